@@ -1,0 +1,133 @@
+using System.Globalization;
+
+namespace GeoShare.Cli;
+
+/// <summary>One option of a command: <c>--name VALUE</c>, or a flag when <see cref="ValueName"/> is null.</summary>
+public sealed record OptionSpec(string Name, string? ValueName, string Help, string? Default = null, bool Required = false);
+
+/// <summary>A command's name, summary, options and examples; parses its arguments.</summary>
+public sealed class CommandSpec(string name, string summary, IReadOnlyList<OptionSpec> options, IReadOnlyList<string> examples)
+{
+    public string Name { get; } = name;
+    public string Summary { get; } = summary;
+    public IReadOnlyList<OptionSpec> Options { get; } = options;
+    public IReadOnlyList<string> Examples { get; } = examples;
+
+    public string HelpText()
+    {
+        var w = new StringWriter();
+        w.WriteLine($"geoshare {Name}: {Summary}");
+        w.WriteLine();
+        w.WriteLine("Options:");
+        int width = Options.Max(o => Label(o).Length) + 2;
+        foreach (var o in Options)
+        {
+            string extra = o.Required ? " (required)" : o.Default is null ? "" : $" (default: {o.Default})";
+            w.WriteLine($"  {Label(o).PadRight(width)}{o.Help}{extra}");
+        }
+        w.WriteLine($"  {"--help".PadRight(width)}show this help");
+        w.WriteLine();
+        w.WriteLine("Examples:");
+        foreach (var e in Examples) w.WriteLine($"  {e}");
+        w.WriteLine();
+        w.WriteLine("Exit codes: 0 ok, 2 usage error, 3 bad input (file or data), 4 numerical failure, 1 internal error.");
+        return w.ToString();
+    }
+
+    private static string Label(OptionSpec o) => o.ValueName is null ? o.Name : $"{o.Name} {o.ValueName}";
+
+    public ParsedArgs Parse(IReadOnlyList<string> args)
+    {
+        var values = new Dictionary<string, string>();
+        var flags = new HashSet<string>();
+        for (int i = 0; i < args.Count; i++)
+        {
+            string a = args[i];
+            string? inline = null;
+            int eq = a.IndexOf('=');
+            if (a.StartsWith("--") && eq > 0) { inline = a[(eq + 1)..]; a = a[..eq]; }
+            var spec = Options.FirstOrDefault(o => o.Name == a);
+            if (spec is null)
+            {
+                string near = Options.Select(o => o.Name).OrderBy(n => Distance(n, a)).First();
+                throw new UsageException(a.StartsWith('-')
+                    ? $"unknown option '{a}' for 'geoshare {Name}' (did you mean {near}? see geoshare {Name} --help)"
+                    : $"unexpected argument '{a}' for 'geoshare {Name}' (see geoshare {Name} --help)");
+            }
+            if (spec.ValueName is null)
+            {
+                if (inline is not null) throw new UsageException($"{a} takes no value");
+                flags.Add(a);
+                continue;
+            }
+            string? value = inline;
+            if (value is null)
+            {
+                if (i + 1 >= args.Count || (args[i + 1].StartsWith("--") && args[i + 1].Length > 2))
+                    throw new UsageException($"{a} needs a value ({spec.ValueName})");
+                value = args[++i];
+            }
+            if (values.ContainsKey(a)) throw new UsageException($"{a} given twice");
+            values[a] = value;
+        }
+        foreach (var o in Options.Where(o => o.Required && !values.ContainsKey(o.Name)))
+            throw new UsageException($"missing required option {o.Name} {o.ValueName} (see geoshare {Name} --help)");
+        return new ParsedArgs(values, flags, Options);
+    }
+
+    private static int Distance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
+        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
+        for (int i = 1; i <= a.Length; i++)
+            for (int j = 1; j <= b.Length; j++)
+                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+        return d[a.Length, b.Length];
+    }
+}
+
+/// <summary>Typed access to parsed options; conversion errors name the option.</summary>
+public sealed class ParsedArgs(Dictionary<string, string> values, HashSet<string> flags, IReadOnlyList<OptionSpec> specs)
+{
+    public bool Has(string name) => values.ContainsKey(name) || flags.Contains(name);
+    public bool Flag(string name) => flags.Contains(name);
+
+    public string? String(string name) => values.TryGetValue(name, out var v) ? v : specs.First(s => s.Name == name).Default;
+    public string Required(string name) => String(name) ?? throw new UsageException($"missing required option {name}");
+
+    public int Int(string name, int? min = null)
+    {
+        string v = Required(name);
+        if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int i))
+            throw new UsageException($"{name}: expected an integer, got '{v}'");
+        if (min is not null && i < min) throw new UsageException($"{name}: must be at least {min}, got {i}");
+        return i;
+    }
+
+    public int? OptionalInt(string name, int? min = null) => String(name) is null ? null : Int(name, min);
+
+    public double Double(string name, double? min = null, double? max = null)
+    {
+        string v = Required(name);
+        if (!double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) || !double.IsFinite(d))
+            throw new UsageException($"{name}: expected a number, got '{v}'");
+        if ((min is not null && d < min) || (max is not null && d > max))
+            throw new UsageException($"{name}: must be within [{min}, {max}], got {v}");
+        return d;
+    }
+
+    public string Choice(string name, params string[] allowed)
+    {
+        string v = Required(name);
+        if (!allowed.Contains(v)) throw new UsageException($"{name}: expected one of {string.Join(", ", allowed)}, got '{v}'");
+        return v;
+    }
+
+    public IReadOnlyList<string> List(string name) =>
+        String(name) is { } v ? v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) : [];
+
+    public IReadOnlyList<double> DoubleList(string name) => List(name).Select(s =>
+        double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d)
+            ? d : throw new UsageException($"{name}: expected numbers separated by commas, got '{s}'")).ToList();
+}

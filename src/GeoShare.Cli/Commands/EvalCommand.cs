@@ -1,0 +1,93 @@
+using GeoShare.Data;
+using GeoShare.Evaluation;
+using GeoShare.Models;
+using TorchSharp;
+
+namespace GeoShare.Cli.Commands;
+
+/// <summary>`geoshare eval`: perplexity of a language model on a text file, or accuracy of the ViT on Fashion-MNIST.</summary>
+public sealed class EvalCommand : ICommand
+{
+    public CommandSpec Spec { get; } = new("eval", "evaluate a model: perplexity on a text file, or image accuracy",
+    [
+        CommonOptions.Model,
+        new("--data", "FILE", "text file for language models: non-overlapping windows, mean next-token NLL"),
+        new("--fashion-mnist", "DIR", "Fashion-MNIST folder for the ViT (t10k split: all 10,000 test images)"),
+        new("--window", "N", "tokens per window", "256"),
+        new("--batch-size", "N", "windows (or images) per forward pass", "logits under 16 MB (LM) / 50 (ViT)"),
+        new("--limit", "N", "evaluate only the first N windows (or images)"),
+        new("--dtype", "TYPE", "float32 or float64", "float32"),
+        CommonOptions.Threads,
+        CommonOptions.Json,
+    ],
+    [
+        "geoshare eval --model assets/models/gpt2-kjv-brown --data assets/data/corpus/test.txt",
+        "geoshare eval --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --json llama-valid.json",
+        "geoshare eval --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist",
+    ]);
+
+    public int Execute(ParsedArgs a)
+    {
+        CommonOptions.ApplyThreads(a);
+        string modelDir = a.Required("--model");
+        string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
+        if ((data is null) == (fmnist is null)) throw new UsageException("give exactly one of --data FILE (language models) or --fashion-mnist DIR (ViT)");
+        CommonOptions.CheckOutputs(a, ["--json"], [modelDir, data, fmnist]);
+        var dtype = a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+        int? limit = a.OptionalInt("--limit", min: 1);
+        int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
+
+        ConsoleProgress.Status($"loading {modelDir}");
+        var model = ModelLoader.Load(modelDir, dtype);
+        var progress = new ConsoleProgress();
+        object json;
+        TextTable table;
+        if (data is not null)
+        {
+            if (model.Task != ModelTask.CausalLanguageModel)
+                throw new UsageException($"{modelDir} is a {model.Config.ModelType} image classifier: evaluate it with --fashion-mnist DIR");
+            var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+            ConsoleProgress.Status($"tokenizing {data}");
+            var windows = TokenWindows.FromFile(data, tokenizer, a.Int("--window", min: 2));
+            var selection = limit is int l ? Enumerable.Range(0, Math.Min(l, windows.Count)).ToArray() : null;
+            var s = Evaluator.Perplexity(model, windows, batch, progress, selection);
+            table = new TextTable("model", "data", "windows", "predicted tokens", "mean NLL", "perplexity", "parameters", "tokens/s", "seconds")
+                .Add(modelDir, data, s.Windows, s.PredictedTokens, CommonOptions.Fmt(s.MeanNll, "0.000000"), CommonOptions.Fmt(s.Perplexity),
+                     s.Parameters, CommonOptions.Fmt(s.TokensPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
+            json = new
+            {
+                command = "eval", model = modelDir, model_type = model.Config.ModelType, data, window = windows.WindowLength,
+                windows = s.Windows, predicted_tokens = s.PredictedTokens, mean_nll = s.MeanNll, perplexity = s.Perplexity,
+                parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
+                wall_seconds = s.Seconds, tokens_per_second = s.TokensPerSecond, threads = torch.get_num_threads(),
+            };
+        }
+        else
+        {
+            if (model.Task != ModelTask.ImageClassification)
+                throw new UsageException($"{modelDir} is a {model.Config.ModelType} language model: evaluate it with --data FILE");
+            var pre = ImagePreprocessor.Load(modelDir);
+            var images = ImageDataset.LoadFashionMnist(fmnist!, "t10k");
+            var selection = limit is int l ? Enumerable.Range(0, Math.Min(l, images.Count)).ToArray() : null;
+            var s = Evaluator.Accuracy(model, images, pre, batch ?? 50, progress, selection);
+            table = new TextTable("model", "images", "correct", "accuracy", "mean NLL", "parameters", "images/s", "seconds")
+                .Add(modelDir, s.Images, s.Correct, CommonOptions.Fmt(s.Accuracy), CommonOptions.Fmt(s.MeanNll, "0.000000"),
+                     s.Parameters, CommonOptions.Fmt(s.ImagesPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
+            json = new
+            {
+                command = "eval", model = modelDir, model_type = model.Config.ModelType, fashion_mnist = fmnist, split = "t10k",
+                images = s.Images, correct = s.Correct, accuracy = s.Accuracy, mean_nll = s.MeanNll,
+                parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
+                wall_seconds = s.Seconds, images_per_second = s.ImagesPerSecond, threads = torch.get_num_threads(),
+            };
+        }
+        progress.EndLine();
+        Console.WriteLine(table);
+        if (a.String("--json") is { } jsonPath)
+        {
+            JsonOutput.Write(jsonPath, json);
+            ConsoleProgress.Status($"wrote {jsonPath}");
+        }
+        return 0;
+    }
+}

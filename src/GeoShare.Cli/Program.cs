@@ -1,0 +1,64 @@
+using GeoShare;
+using GeoShare.Cli;
+using GeoShare.Cli.Commands;
+
+return Cli.Run(args);
+
+namespace GeoShare.Cli
+{
+    /// <summary>The `geoshare` command: dispatch, error reporting and exit codes.</summary>
+    public static class Cli
+    {
+        public static readonly ICommand[] Commands =
+        [
+            new EvalCommand(),
+        ];
+
+        public static int Run(string[] args)
+        {
+            if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
+            {
+                Console.WriteLine(Usage());
+                return args.Length == 0 ? (int)ExitCode.Usage : 0;
+            }
+            var command = Commands.FirstOrDefault(c => c.Spec.Name == args[0]);
+            if (command is null)
+            {
+                Console.Error.WriteLine($"geoshare: error: unknown command '{args[0]}' (commands: {string.Join(", ", Commands.Select(c => c.Spec.Name))})");
+                return (int)ExitCode.Usage;
+            }
+            var rest = args.Skip(1).ToArray();
+            if (rest.Contains("--help") || rest.Contains("-h"))
+            {
+                Console.WriteLine(command.Spec.HelpText());
+                return 0;
+            }
+            try
+            {
+                var parsed = command.Spec.Parse(rest);
+                return command.Execute(parsed);
+            }
+            catch (GeoShareException e)
+            {
+                Console.Error.WriteLine($"geoshare {args[0]}: error: {e.Message}");
+                return (int)e.Code;
+            }
+            catch (Exception e) when (Environment.GetEnvironmentVariable("GEOSHARE_DEBUG") != "1")
+            {
+                Console.Error.WriteLine($"geoshare {args[0]}: internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]} (set GEOSHARE_DEBUG=1 for the trace)");
+                return (int)ExitCode.Failure;
+            }
+        }
+
+        public static string Usage() =>
+            "geoshare: cross-layer parameter sharing for trained transformers, chosen by loss curvature\n\n" +
+            "Commands:\n" + string.Join("\n", Commands.Select(c => $"  {c.Spec.Name,-10}{c.Spec.Summary}")) +
+            "\n\nRun 'geoshare COMMAND --help' for a command's options and examples.";
+    }
+
+    public interface ICommand
+    {
+        CommandSpec Spec { get; }
+        int Execute(ParsedArgs args);
+    }
+}

@@ -1,0 +1,156 @@
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Models;
+
+/// <summary>
+/// A Hugging Face model folder: config.json plus model.safetensors, or model.safetensors.index.json and the
+/// shards it names. Every file is opened and validated up front.
+/// </summary>
+public sealed class Checkpoint
+{
+    public const string SingleFile = "model.safetensors";
+    public const string IndexFile = "model.safetensors.index.json";
+
+    public string Dir { get; }
+    public ModelConfig Config { get; }
+    private readonly Dictionary<string, SafetensorsFile> _fileOf;
+
+    private Checkpoint(string dir, ModelConfig config, Dictionary<string, SafetensorsFile> fileOf)
+    {
+        Dir = dir;
+        Config = config;
+        _fileOf = fileOf;
+    }
+
+    public IEnumerable<string> TensorNames => _fileOf.Keys;
+    public bool Contains(string name) => _fileOf.ContainsKey(name);
+    public SafetensorsEntry Entry(string name) => _fileOf[name].Entries[name];
+    public string FileOf(string name) => _fileOf[name].Path;
+    public Tensor Read(string name, ScalarType dtype) => _fileOf[name].Read(name, dtype);
+
+    public static Checkpoint Open(string dir)
+    {
+        var config = ModelConfig.Load(dir);
+        var fileOf = new Dictionary<string, SafetensorsFile>();
+        string index = Path.Combine(dir, IndexFile);
+        string single = Path.Combine(dir, SingleFile);
+        if (File.Exists(index))
+        {
+            var map = ReadWeightMap(index);
+            var shards = new Dictionary<string, SafetensorsFile>();
+            foreach (var shardName in map.Values.Distinct().Order())
+            {
+                string shardPath = Path.Combine(dir, shardName);
+                if (!File.Exists(shardPath)) throw BadInputException.For(shardPath, $"shard listed in {IndexFile} is missing");
+                shards[shardName] = SafetensorsFile.Open(shardPath);
+            }
+            foreach (var (tensor, shardName) in map)
+            {
+                var shard = shards[shardName];
+                if (!shard.Entries.ContainsKey(tensor))
+                    throw BadInputException.For(shard.Path, $"{IndexFile} places tensor '{tensor}' in this shard, but the shard does not hold it");
+                fileOf[tensor] = shard;
+            }
+        }
+        else if (File.Exists(single))
+        {
+            var file = SafetensorsFile.Open(single);
+            foreach (var name in file.Entries.Keys) fileOf[name] = file;
+        }
+        else
+        {
+            throw BadInputException.For(dir, $"no weights: expected {SingleFile} or {IndexFile}");
+        }
+        return new Checkpoint(dir, config, fileOf);
+    }
+
+    private static Dictionary<string, string> ReadWeightMap(string index)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(index));
+            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                throw BadInputException.For(index, "missing 'weight_map'");
+            var map = new Dictionary<string, string>();
+            foreach (var p in wm.EnumerateObject())
+            {
+                string file = p.Value.GetString() ?? "";
+                if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.Contains(".."))
+                    throw BadInputException.For(index, $"weight_map entry for '{p.Name}' is not a plain file name");
+                map[p.Name] = file;
+            }
+            if (map.Count == 0) throw BadInputException.For(index, "weight_map is empty");
+            return map;
+        }
+        catch (JsonException e)
+        {
+            throw BadInputException.For(index, $"not valid JSON ({e.Message.Split('.')[0]})");
+        }
+    }
+}
+
+/// <summary>Where a model's constructor takes its tensors from: a checkpoint, or a seeded random init (small test models).</summary>
+public abstract class TensorSource
+{
+    public ScalarType DType { get; }
+    protected TensorSource(ScalarType dtype) => DType = dtype;
+
+    /// <summary>The tensor named as in the checkpoint, with exactly the given shape.</summary>
+    public abstract Tensor Take(string name, params long[] shape);
+
+    /// <summary>Like <see cref="Take"/>, for tensors that initialise to ones (norm weights).</summary>
+    public virtual Tensor TakeOnes(string name, params long[] shape) => Take(name, shape);
+
+    public virtual Tensor TakeZeros(string name, params long[] shape) => Take(name, shape);
+
+    public virtual bool Has(string name) => true;
+}
+
+/// <summary>Reads tensors from a checkpoint, checking shape and finiteness and recording which were used.</summary>
+public sealed class CheckpointTensorSource(Checkpoint checkpoint, ScalarType dtype) : TensorSource(dtype)
+{
+    private readonly HashSet<string> _used = [];
+    public IReadOnlyCollection<string> Used => _used;
+
+    public override bool Has(string name) => checkpoint.Contains(name);
+
+    public override Tensor Take(string name, params long[] shape)
+    {
+        if (!checkpoint.Contains(name))
+            throw BadInputException.For(checkpoint.Dir, $"tensor '{name}' is missing from the checkpoint");
+        var entry = checkpoint.Entry(name);
+        if (!entry.Shape.SequenceEqual(shape))
+            throw BadInputException.For(checkpoint.FileOf(name),
+                $"tensor '{name}' has shape {SafetensorsFile.FormatShape(entry.Shape)}, config.json implies {SafetensorsFile.FormatShape(shape)}");
+        var t = checkpoint.Read(name, DType);
+        if (!torch.isfinite(t).all().item<bool>())
+            throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' contains NaN or infinite values");
+        _used.Add(name);
+        return t;
+    }
+}
+
+/// <summary>Seeded random weights, for models built in tests: normal(0, std) matrices, unit norm weights, zero biases.</summary>
+public sealed class RandomTensorSource : TensorSource
+{
+    private readonly Generator _gen;
+    private readonly double _std;
+
+    public RandomTensorSource(long seed, ScalarType dtype = ScalarType.Float64, double std = 0.2) : base(dtype)
+    {
+        _gen = new Generator((ulong)seed);
+        _std = std;
+    }
+
+    public override Tensor Take(string name, params long[] shape) =>
+        torch.randn(shape, dtype: DType, generator: _gen).mul_(_std);
+
+    // Norm weights near one and small non-zero biases keep every parameter's gradient non-trivial.
+    public override Tensor TakeOnes(string name, params long[] shape) =>
+        torch.randn(shape, dtype: DType, generator: _gen).mul_(0.1).add_(1.0);
+
+    public override Tensor TakeZeros(string name, params long[] shape) =>
+        torch.randn(shape, dtype: DType, generator: _gen).mul_(0.05);
+}

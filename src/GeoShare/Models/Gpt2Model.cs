@@ -1,0 +1,158 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace GeoShare.Models;
+
+#pragma warning disable IDE1006 // field names are the checkpoint's module names
+
+/// <summary>GPT2LMHeadModel: transformer.{wte, wpe, h.N, ln_f} and an lm_head tied to wte (or its own).</summary>
+public sealed class Gpt2LMHeadModel : PretrainedModel
+{
+    private readonly Gpt2Model transformer;
+    private readonly DenseLinear lm_head;
+
+    public Gpt2LMHeadModel(Gpt2Config config, TensorSource src) : base(nameof(Gpt2LMHeadModel), config)
+    {
+        transformer = new Gpt2Model(config, src);
+        lm_head = config.TieWordEmbeddings
+            ? new DenseLinear(transformer.wte.Weight, null, WeightLayout.OutIn)
+            : DenseLinear.FromSource(src, "lm_head", config.NEmbd, config.VocabSize, WeightLayout.OutIn, hasBias: false);
+        RegisterComponents();
+    }
+
+    public Gpt2Config Gpt2 => (Gpt2Config)Config;
+    public override ModelTask Task => ModelTask.CausalLanguageModel;
+    public override string LayerPrefix(int layer) => $"transformer.h.{layer}";
+    public override IReadOnlyList<string> ProjectionTypes { get; } = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+    /// <param name="ids">[B, T] token ids, T ≤ n_positions.</param>
+    /// <returns>[B, T, vocab] logits.</returns>
+    public override Tensor forward(Tensor ids) => lm_head.call(transformer.call(ids));
+}
+
+public sealed class Gpt2Model : Module<Tensor, Tensor>
+{
+    internal readonly TokenEmbedding wte;
+    private readonly TokenEmbedding wpe;
+    private readonly ModuleList<Gpt2Block> h;
+    private readonly LayerNorm ln_f;
+
+    public Gpt2Model(Gpt2Config c, TensorSource src) : base(nameof(Gpt2Model))
+    {
+        wte = new TokenEmbedding(src, "transformer.wte", c.VocabSize, c.NEmbd);
+        wpe = new TokenEmbedding(src, "transformer.wpe", c.NPositions, c.NEmbd);
+        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, c.NLayer).Select(i => new Gpt2Block(c, src, $"transformer.h.{i}")).ToArray());
+        ln_f = new LayerNorm(src, "transformer.ln_f", c.NEmbd, c.LayerNormEpsilon);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor ids)
+    {
+        using var positions = torch.arange(ids.shape[1], dtype: ScalarType.Int64, device: ids.device);
+        var x = wte.call(ids).add(wpe.call(positions));
+        foreach (var block in h) x = block.call(x);
+        return ln_f.call(x);
+    }
+}
+
+public sealed class Gpt2Block : Module<Tensor, Tensor>
+{
+    private readonly LayerNorm ln_1;
+    private readonly Gpt2Attention attn;
+    private readonly LayerNorm ln_2;
+    private readonly Gpt2Mlp mlp;
+
+    public Gpt2Block(Gpt2Config c, TensorSource src, string prefix) : base(nameof(Gpt2Block))
+    {
+        ln_1 = new LayerNorm(src, prefix + ".ln_1", c.NEmbd, c.LayerNormEpsilon);
+        attn = new Gpt2Attention(c, src, prefix + ".attn");
+        ln_2 = new LayerNorm(src, prefix + ".ln_2", c.NEmbd, c.LayerNormEpsilon);
+        mlp = new Gpt2Mlp(c, src, prefix + ".mlp");
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        // Free this layer's intermediates now (autograd keeps what backward needs).
+        using var scope = torch.NewDisposeScope();
+        x = x.add(attn.call(ln_1.call(x)));
+        return x.add(mlp.call(ln_2.call(x))).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class Gpt2Attention : ProjectionOwner
+{
+    private LinearMap c_attn;
+    private LinearMap c_proj;
+    private readonly int _heads;
+
+    public Gpt2Attention(Gpt2Config c, TensorSource src, string prefix) : base(nameof(Gpt2Attention))
+    {
+        c_attn = DenseLinear.FromSource(src, prefix + ".c_attn", c.NEmbd, 3 * c.NEmbd, WeightLayout.InOut, hasBias: true);
+        c_proj = DenseLinear.FromSource(src, prefix + ".c_proj", c.NEmbd, c.NEmbd, WeightLayout.InOut, hasBias: true);
+        _heads = c.NHead;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        long b = x.shape[0], t = x.shape[1], d = x.shape[2], hd = d / _heads;
+        var qkv = c_attn.call(x).split(d, dim: 2);
+        Tensor Heads(Tensor z) => z.view(b, t, _heads, hd).transpose(1, 2);
+        var y = Attention.Compute(Heads(qkv[0]), Heads(qkv[1]), Heads(qkv[2]), causal: true);
+        return c_proj.call(y.transpose(1, 2).reshape(b, t, d));
+    }
+
+    public override LinearMap GetProjection(string localName) => localName switch
+    {
+        "c_attn" => c_attn,
+        "c_proj" => c_proj,
+        _ => throw new ArgumentException($"no projection '{localName}' in GPT-2 attention"),
+    };
+
+    public override void SetProjection(string localName, LinearMap map)
+    {
+        switch (localName)
+        {
+            case "c_attn": c_attn = Swap(localName, c_attn, map); break;
+            case "c_proj": c_proj = Swap(localName, c_proj, map); break;
+            default: throw new ArgumentException($"no projection '{localName}' in GPT-2 attention");
+        }
+    }
+}
+
+public sealed class Gpt2Mlp : ProjectionOwner
+{
+    private LinearMap c_fc;
+    private LinearMap c_proj;
+    private readonly string _activation;
+
+    public Gpt2Mlp(Gpt2Config c, TensorSource src, string prefix) : base(nameof(Gpt2Mlp))
+    {
+        c_fc = DenseLinear.FromSource(src, prefix + ".c_fc", c.NEmbd, c.NInner, WeightLayout.InOut, hasBias: true);
+        c_proj = DenseLinear.FromSource(src, prefix + ".c_proj", c.NInner, c.NEmbd, WeightLayout.InOut, hasBias: true);
+        _activation = c.Activation;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => c_proj.call(Activations.Apply(_activation, c_fc.call(x)));
+
+    public override LinearMap GetProjection(string localName) => localName switch
+    {
+        "c_fc" => c_fc,
+        "c_proj" => c_proj,
+        _ => throw new ArgumentException($"no projection '{localName}' in GPT-2 MLP"),
+    };
+
+    public override void SetProjection(string localName, LinearMap map)
+    {
+        switch (localName)
+        {
+            case "c_fc": c_fc = Swap(localName, c_fc, map); break;
+            case "c_proj": c_proj = Swap(localName, c_proj, map); break;
+            default: throw new ArgumentException($"no projection '{localName}' in GPT-2 MLP");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace GeoShare.Models;
+
+/// <summary>How a checkpoint stores a projection matrix: nn.Linear keeps [out, in], GPT-2's Conv1D keeps [in, out].</summary>
+public enum WeightLayout { OutIn, InOut }
+
+/// <summary>Observes a projection's input and output during forward (activation statistics, K-FAC).</summary>
+public interface IProjectionProbe
+{
+    void OnForward(LinearMap projection, Tensor input, Tensor output);
+}
+
+/// <summary>
+/// A linear projection y = x W + b, whatever its storage: dense, a shared low-rank basis with per-layer
+/// coefficients, or a matrix tied across layers. The shareable matrices of every architecture are these.
+/// </summary>
+public abstract class LinearMap : Module<Tensor, Tensor>
+{
+    public int InFeatures { get; }
+    public int OutFeatures { get; }
+    public IProjectionProbe? Probe { get; set; }
+
+    protected LinearMap(string name, int inFeatures, int outFeatures) : base(name)
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+    }
+
+    /// <summary>The bias, or null.</summary>
+    public abstract Parameter? Bias { get; }
+
+    /// <summary>The matrix this projection applies, as [in, out] (y = x W); a new tensor for factored forms.</summary>
+    public abstract Tensor WeightInOut();
+
+    protected abstract Tensor Apply(Tensor x);
+
+    public sealed override Tensor forward(Tensor x)
+    {
+        var y = Apply(x);
+        Probe?.OnForward(this, x, y);
+        return y;
+    }
+}
+
+/// <summary>A dense projection; its weight is kept in the checkpoint's layout so names and shapes map one to one.</summary>
+public sealed class DenseLinear : LinearMap
+{
+#pragma warning disable IDE1006 // names follow the checkpoint keys
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+#pragma warning restore IDE1006
+    public WeightLayout Layout { get; }
+
+    public DenseLinear(Tensor weight, Tensor? bias, WeightLayout layout)
+        : base(nameof(DenseLinear),
+               (int)(layout == WeightLayout.InOut ? weight.shape[0] : weight.shape[1]),
+               (int)(layout == WeightLayout.InOut ? weight.shape[1] : weight.shape[0]))
+    {
+        this.weight = weight as Parameter ?? new Parameter(weight, requires_grad: false);
+        this.bias = bias is null ? null : bias as Parameter ?? new Parameter(bias, requires_grad: false);
+        Layout = layout;
+        RegisterComponents();
+    }
+
+    public static DenseLinear FromSource(TensorSource src, string prefix, int inFeatures, int outFeatures, WeightLayout layout, bool hasBias)
+    {
+        var w = layout == WeightLayout.InOut
+            ? src.Take(prefix + ".weight", inFeatures, outFeatures)
+            : src.Take(prefix + ".weight", outFeatures, inFeatures);
+        var b = hasBias ? src.TakeZeros(prefix + ".bias", outFeatures) : null;
+        return new DenseLinear(w, b, layout);
+    }
+
+    public Parameter Weight => weight;
+    public override Parameter? Bias => bias;
+
+    public override Tensor WeightInOut() => Layout == WeightLayout.InOut ? weight : weight.t();
+
+    protected override Tensor Apply(Tensor x) => Layout == WeightLayout.InOut
+        ? (bias is null ? x.matmul(weight) : torch.add(x.matmul(weight), bias))
+        : functional.linear(x, weight, bias);
+}
+
+/// <summary>
+/// Basis Sharing's layer: y = (x · basis) · coeff + b. The basis [in, k] is one Parameter shared by every
+/// layer of its group (one storage); coeff [k, out] and the bias belong to this layer.
+/// </summary>
+public sealed class SharedBasisLinear : LinearMap
+{
+#pragma warning disable IDE1006
+    private readonly Parameter basis;
+    private readonly Parameter coeff;
+    private readonly Parameter? bias;
+#pragma warning restore IDE1006
+
+    public SharedBasisLinear(Parameter sharedBasis, Tensor coefficients, Tensor? bias)
+        : base(nameof(SharedBasisLinear), (int)sharedBasis.shape[0], (int)coefficients.shape[1])
+    {
+        if (sharedBasis.shape[1] != coefficients.shape[0])
+            throw new ArgumentException($"basis rank {sharedBasis.shape[1]} does not match coefficients {coefficients.shape[0]}");
+        basis = sharedBasis;
+        coeff = coefficients as Parameter ?? new Parameter(coefficients, requires_grad: false);
+        this.bias = bias is null ? null : bias as Parameter ?? new Parameter(bias, requires_grad: false);
+        RegisterComponents();
+    }
+
+    public int Rank => (int)basis.shape[1];
+    public Parameter Basis => basis;
+    public Parameter Coefficients => coeff;
+    public override Parameter? Bias => bias;
+
+    public override Tensor WeightInOut() => basis.matmul(coeff);
+
+    protected override Tensor Apply(Tensor x)
+    {
+        var y = x.matmul(basis).matmul(coeff);
+        return bias is null ? y : y.add(bias);
+    }
+}
+
+/// <summary>LayerNorm over the last dimension with weight and bias (GPT-2, ViT).</summary>
+public sealed class LayerNorm : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    private readonly Parameter weight;
+    private readonly Parameter bias;
+#pragma warning restore IDE1006
+    private readonly double _eps;
+
+    public LayerNorm(TensorSource src, string prefix, int size, double eps) : base(nameof(LayerNorm))
+    {
+        weight = new Parameter(src.TakeOnes(prefix + ".weight", size), requires_grad: false);
+        bias = new Parameter(src.TakeZeros(prefix + ".bias", size), requires_grad: false);
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        functional.layer_norm(x, [x.shape[^1]], weight, bias, _eps);
+}
+
+/// <summary>LLaMA's RMSNorm: x / sqrt(mean(x²) + eps) · weight.</summary>
+public sealed class RmsNorm : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    private readonly Parameter weight;
+#pragma warning restore IDE1006
+    private readonly double _eps;
+
+    public RmsNorm(TensorSource src, string prefix, int size, double eps) : base(nameof(RmsNorm))
+    {
+        weight = new Parameter(src.TakeOnes(prefix + ".weight", size), requires_grad: false);
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) =>
+        x.mul(torch.rsqrt(x.pow(2).mean([-1L], keepdim: true).add(_eps))).mul(weight);
+}
+
+/// <summary>A lookup table [num, dim] named like the checkpoint's embedding.</summary>
+public sealed class TokenEmbedding : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006
+    private readonly Parameter weight;
+#pragma warning restore IDE1006
+
+    public TokenEmbedding(TensorSource src, string prefix, int num, int dim) : base(nameof(TokenEmbedding))
+    {
+        weight = new Parameter(src.Take(prefix + ".weight", num, dim), requires_grad: false);
+        RegisterComponents();
+    }
+
+    public Parameter Weight => weight;
+
+    public override Tensor forward(Tensor ids) =>
+        weight.index_select(0, ids.reshape(-1)).reshape([.. ids.shape, weight.shape[1]]);
+}
+
+/// <summary>Activation functions by their Hugging Face names.</summary>
+public static class Activations
+{
+    private static readonly double Sqrt2OverPi = Math.Sqrt(2.0 / Math.PI);
+
+    public static Tensor Apply(string name, Tensor x) => name switch
+    {
+        // GPT-2's tanh approximation, written out so that it double-backwards.
+        "gelu_new" => x.mul(0.5).mul(torch.tanh(x.add(x.pow(3).mul(0.044715)).mul(Sqrt2OverPi)).add(1.0)),
+        "gelu" => functional.gelu(x),
+        "relu" => functional.relu(x),
+        "silu" => functional.silu(x),
+        _ => throw new ArgumentException($"unknown activation '{name}'"),
+    };
+}
+
+/// <summary>Scaled dot-product attention written with explicit softmax, so that double backward works on CPU.</summary>
+public static class Attention
+{
+    /// <param name="q">[B, H, T, D]</param>
+    /// <param name="k">[B, H, S, D]</param>
+    /// <param name="v">[B, H, S, D]</param>
+    public static Tensor Compute(Tensor q, Tensor k, Tensor v, bool causal)
+    {
+        var scores = q.matmul(k.transpose(-2, -1)).mul(1.0 / Math.Sqrt(q.shape[^1]));
+        if (causal)
+        {
+            long t = q.shape[^2], s = k.shape[^2];
+            using var mask = torch.ones(t, s, dtype: ScalarType.Bool, device: q.device).triu(1 + s - t);
+            scores = scores.masked_fill(mask, double.NegativeInfinity);
+        }
+        return functional.softmax(scores, -1).matmul(v);
+    }
+}

@@ -1,0 +1,244 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace GeoShare.Models;
+
+#pragma warning disable IDE1006 // field names are the checkpoint's module names
+
+/// <summary>ViTForImageClassification: vit.{embeddings, encoder.layer.N, layernorm} and classifier on the CLS token.</summary>
+public sealed class VitForImageClassification : PretrainedModel
+{
+    private readonly VitModel vit;
+    private readonly DenseLinear classifier;
+
+    public VitForImageClassification(VitConfig config, TensorSource src) : base(nameof(VitForImageClassification), config)
+    {
+        vit = new VitModel(config, src);
+        classifier = DenseLinear.FromSource(src, "classifier", config.Hidden, config.NumLabels, WeightLayout.OutIn, hasBias: true);
+        RegisterComponents();
+    }
+
+    public VitConfig Vit => (VitConfig)Config;
+    public override ModelTask Task => ModelTask.ImageClassification;
+    public override string LayerPrefix(int layer) => $"vit.encoder.layer.{layer}";
+    public override IReadOnlyList<string> ProjectionTypes { get; } =
+        ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense", "intermediate.dense", "output.dense"];
+
+    /// <param name="pixels">[B, C, H, W] normalised pixel values.</param>
+    /// <returns>[B, labels] logits.</returns>
+    public override Tensor forward(Tensor pixels)
+    {
+        var hidden = vit.call(pixels);
+        return classifier.call(hidden.select(1, 0));
+    }
+}
+
+public sealed class VitModel : Module<Tensor, Tensor>
+{
+    private readonly VitEmbeddings embeddings;
+    private readonly VitEncoder encoder;
+    private readonly LayerNorm layernorm;
+
+    public VitModel(VitConfig c, TensorSource src) : base(nameof(VitModel))
+    {
+        embeddings = new VitEmbeddings(c, src);
+        encoder = new VitEncoder(c, src);
+        layernorm = new LayerNorm(src, "vit.layernorm", c.Hidden, c.LayerNormEps);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor pixels) => layernorm.call(encoder.call(embeddings.call(pixels)));
+}
+
+public sealed class VitEmbeddings : Module<Tensor, Tensor>
+{
+    private readonly Parameter cls_token;
+    private readonly Parameter position_embeddings;
+    private readonly VitPatchEmbeddings patch_embeddings;
+
+    public VitEmbeddings(VitConfig c, TensorSource src) : base(nameof(VitEmbeddings))
+    {
+        cls_token = new Parameter(src.Take("vit.embeddings.cls_token", 1, 1, c.Hidden), requires_grad: false);
+        position_embeddings = new Parameter(src.Take("vit.embeddings.position_embeddings", 1, c.NumPatches + 1, c.Hidden), requires_grad: false);
+        patch_embeddings = new VitPatchEmbeddings(c, src);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor pixels)
+    {
+        var patches = patch_embeddings.call(pixels);
+        var cls = cls_token.expand(patches.shape[0], -1, -1);
+        return torch.cat([cls, patches], 1).add(position_embeddings);
+    }
+}
+
+public sealed class VitPatchEmbeddings : Module<Tensor, Tensor>
+{
+    private readonly PatchProjection projection;
+
+    public VitPatchEmbeddings(VitConfig c, TensorSource src) : base(nameof(VitPatchEmbeddings))
+    {
+        projection = new PatchProjection(c, src, "vit.embeddings.patch_embeddings.projection");
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor pixels) => projection.call(pixels);
+}
+
+/// <summary>
+/// The Conv2d(kernel = stride = patch) of ViT, computed as a matrix product over non-overlapping patches:
+/// the same numbers, and it double-backwards without the NNPACK path.
+/// </summary>
+public sealed class PatchProjection : Module<Tensor, Tensor>
+{
+    private readonly Parameter weight;
+    private readonly Parameter bias;
+    private readonly int _patch, _channels, _hidden;
+
+    public PatchProjection(VitConfig c, TensorSource src, string prefix) : base(nameof(PatchProjection))
+    {
+        _patch = c.PatchSize;
+        _channels = c.NumChannels;
+        _hidden = c.Hidden;
+        weight = new Parameter(src.Take(prefix + ".weight", c.Hidden, c.NumChannels, c.PatchSize, c.PatchSize), requires_grad: false);
+        bias = new Parameter(src.TakeZeros(prefix + ".bias", c.Hidden), requires_grad: false);
+        RegisterComponents();
+    }
+
+    /// <returns>[B, patches, hidden] in row-major patch order, as Conv2d + flatten(2) + transpose gives.</returns>
+    public override Tensor forward(Tensor pixels)
+    {
+        long b = pixels.shape[0], gh = pixels.shape[2] / _patch, gw = pixels.shape[3] / _patch;
+        var patches = pixels.reshape(b, _channels, gh, _patch, gw, _patch)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(b, gh * gw, _channels * _patch * _patch);
+        return functional.linear(patches, weight.reshape(_hidden, -1), bias);
+    }
+}
+
+public sealed class VitEncoder : Module<Tensor, Tensor>
+{
+    private readonly ModuleList<VitLayer> layer;
+
+    public VitEncoder(VitConfig c, TensorSource src) : base(nameof(VitEncoder))
+    {
+        layer = new ModuleList<VitLayer>(Enumerable.Range(0, c.Layers).Select(i => new VitLayer(c, src, $"vit.encoder.layer.{i}")).ToArray());
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        foreach (var l in layer) x = l.call(x);
+        return x;
+    }
+}
+
+public sealed class VitLayer : Module<Tensor, Tensor>
+{
+    private readonly VitAttention attention;
+    private readonly VitDense intermediate;
+    private readonly VitDense output;
+    private readonly LayerNorm layernorm_before;
+    private readonly LayerNorm layernorm_after;
+    private readonly string _activation;
+
+    public VitLayer(VitConfig c, TensorSource src, string prefix) : base(nameof(VitLayer))
+    {
+        attention = new VitAttention(c, src, prefix + ".attention");
+        intermediate = new VitDense(src, prefix + ".intermediate", c.Hidden, c.IntermediateSize);
+        output = new VitDense(src, prefix + ".output", c.IntermediateSize, c.Hidden);
+        layernorm_before = new LayerNorm(src, prefix + ".layernorm_before", c.Hidden, c.LayerNormEps);
+        layernorm_after = new LayerNorm(src, prefix + ".layernorm_after", c.Hidden, c.LayerNormEps);
+        _activation = c.HiddenAct;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = torch.NewDisposeScope();
+        x = x.add(attention.call(layernorm_before.call(x)));
+        return x.add(output.call(Activations.Apply(_activation, intermediate.call(layernorm_after.call(x))))).MoveToOuterDisposeScope();
+    }
+}
+
+public sealed class VitAttention : Module<Tensor, Tensor>
+{
+    private readonly VitSelfAttention attention;
+    private readonly VitDense output;
+
+    public VitAttention(VitConfig c, TensorSource src, string prefix) : base(nameof(VitAttention))
+    {
+        attention = new VitSelfAttention(c, src, prefix + ".attention");
+        output = new VitDense(src, prefix + ".output", c.Hidden, c.Hidden);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => output.call(attention.call(x));
+}
+
+public sealed class VitSelfAttention : ProjectionOwner
+{
+    private LinearMap query, key, value;
+    private readonly int _heads;
+
+    public VitSelfAttention(VitConfig c, TensorSource src, string prefix) : base(nameof(VitSelfAttention))
+    {
+        query = DenseLinear.FromSource(src, prefix + ".query", c.Hidden, c.Hidden, WeightLayout.OutIn, c.QkvBias);
+        key = DenseLinear.FromSource(src, prefix + ".key", c.Hidden, c.Hidden, WeightLayout.OutIn, c.QkvBias);
+        value = DenseLinear.FromSource(src, prefix + ".value", c.Hidden, c.Hidden, WeightLayout.OutIn, c.QkvBias);
+        _heads = c.NumAttentionHeads;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        long b = x.shape[0], t = x.shape[1], d = x.shape[2], hd = d / _heads;
+        Tensor Heads(Tensor z) => z.view(b, t, _heads, hd).transpose(1, 2);
+        var y = Attention.Compute(Heads(query.call(x)), Heads(key.call(x)), Heads(value.call(x)), causal: false);
+        return y.transpose(1, 2).reshape(b, t, d);
+    }
+
+    public override LinearMap GetProjection(string localName) => localName switch
+    {
+        "query" => query,
+        "key" => key,
+        "value" => value,
+        _ => throw new ArgumentException($"no projection '{localName}' in ViT self-attention"),
+    };
+
+    public override void SetProjection(string localName, LinearMap map)
+    {
+        switch (localName)
+        {
+            case "query": query = Swap(localName, query, map); break;
+            case "key": key = Swap(localName, key, map); break;
+            case "value": value = Swap(localName, value, map); break;
+            default: throw new ArgumentException($"no projection '{localName}' in ViT self-attention");
+        }
+    }
+}
+
+/// <summary>ViT's wrappers that hold a single projection named "dense" (ViTSelfOutput, ViTIntermediate, ViTOutput).</summary>
+public sealed class VitDense : ProjectionOwner
+{
+    private LinearMap dense;
+
+    public VitDense(TensorSource src, string prefix, int inFeatures, int outFeatures) : base(nameof(VitDense))
+    {
+        dense = DenseLinear.FromSource(src, prefix + ".dense", inFeatures, outFeatures, WeightLayout.OutIn, hasBias: true);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => dense.call(x);
+
+    public override LinearMap GetProjection(string localName) =>
+        localName == "dense" ? dense : throw new ArgumentException($"no projection '{localName}' in ViT dense");
+
+    public override void SetProjection(string localName, LinearMap map)
+    {
+        if (localName != "dense") throw new ArgumentException($"no projection '{localName}' in ViT dense");
+        dense = Swap(localName, dense, map);
+    }
+}
