@@ -18,6 +18,7 @@ internal static partial class NativeAllocator
     private static partial int MallOpt(int param, int value);
 
     [ModuleInitializer]
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Usage", "CA2255", Justification = "allocator policy must be set before the first tensor is allocated, in every host (CLI, tests, user code)")]
     internal static void Tune()
     {
         if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("MALLOC_TOP_PAD_") is not null) return;
