@@ -3,7 +3,11 @@ using System.Globalization;
 namespace GeoShare.Cli;
 
 /// <summary>One option of a command: <c>--name VALUE</c>, or a flag when <see cref="ValueName"/> is null.</summary>
-public sealed record OptionSpec(string Name, string? ValueName, string Help, string? Default = null, bool Required = false);
+/// <summary>
+/// One option of a command: <c>--name VALUE</c>, or a flag when <see cref="ValueName"/> is null. <see cref="Default"/> is
+/// the value used when the option is absent; <see cref="DefaultNote"/> only describes, in the help, what happens then.
+/// </summary>
+public sealed record OptionSpec(string Name, string? ValueName, string Help, string? Default = null, bool Required = false, string? DefaultNote = null);
 
 /// <summary>A command's name, summary, options and examples; parses its arguments.</summary>
 public sealed class CommandSpec(string name, string summary, IReadOnlyList<OptionSpec> options, IReadOnlyList<string> examples)
@@ -22,7 +26,7 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
         int width = Options.Max(o => Label(o).Length) + 2;
         foreach (var o in Options)
         {
-            string extra = o.Required ? " (required)" : o.Default is null ? "" : $" (default: {o.Default})";
+            string extra = o.Required ? " (required)" : (o.Default ?? o.DefaultNote) is { } d ? $" (default: {d})" : "";
             w.WriteLine($"  {Label(o).PadRight(width)}{o.Help}{extra}");
         }
         w.WriteLine($"  {"--help".PadRight(width)}show this help");
@@ -49,7 +53,7 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
             var spec = Options.FirstOrDefault(o => o.Name == a);
             if (spec is null)
             {
-                string near = Options.Select(o => o.Name).OrderBy(n => Distance(n, a)).First();
+                string near = EditDistance.Closest(Options.Select(o => o.Name), a, 1).First();
                 throw new UsageException(a.StartsWith('-')
                     ? $"unknown option '{a}' for 'geoshare {Name}' (did you mean {near}? see geoshare {Name} --help)"
                     : $"unexpected argument '{a}' for 'geoshare {Name}' (see geoshare {Name} --help)");
@@ -73,17 +77,6 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
         foreach (var o in Options.Where(o => o.Required && !values.ContainsKey(o.Name)))
             throw new UsageException($"missing required option {o.Name} {o.ValueName} (see geoshare {Name} --help)");
         return new ParsedArgs(values, flags, Options);
-    }
-
-    private static int Distance(string a, string b)
-    {
-        var d = new int[a.Length + 1, b.Length + 1];
-        for (int i = 0; i <= a.Length; i++) d[i, 0] = i;
-        for (int j = 0; j <= b.Length; j++) d[0, j] = j;
-        for (int i = 1; i <= a.Length; i++)
-            for (int j = 1; j <= b.Length; j++)
-                d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
-        return d[a.Length, b.Length];
     }
 }
 

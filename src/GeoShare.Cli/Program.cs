@@ -12,6 +12,7 @@ namespace GeoShare.Cli
         public static readonly ICommand[] Commands =
         [
             new EvalCommand(),
+            new AnalyzeCommand(),
         ];
 
         public static int Run(string[] args)

@@ -8,7 +8,7 @@ public static class CommonOptions
 {
     public static OptionSpec Model => new("--model", "DIR", "Hugging Face model folder (config.json + safetensors), or a GeoShare compressed folder", Required: true);
     public static OptionSpec Json => new("--json", "PATH", "also write the results as JSON to PATH");
-    public static OptionSpec Threads => new("--threads", "N", "CPU threads for tensor work", "all cores");
+    public static OptionSpec Threads => new("--threads", "N", "CPU threads for tensor work", DefaultNote: "all cores");
     public static OptionSpec Seed => new("--seed", "N", "random seed", "0");
 
     public static void ApplyThreads(ParsedArgs a)

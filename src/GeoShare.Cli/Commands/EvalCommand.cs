@@ -14,7 +14,7 @@ public sealed class EvalCommand : ICommand
         new("--data", "FILE", "text file for language models: non-overlapping windows, mean next-token NLL"),
         new("--fashion-mnist", "DIR", "Fashion-MNIST folder for the ViT (t10k split: all 10,000 test images)"),
         new("--window", "N", "tokens per window", "256"),
-        new("--batch-size", "N", "windows (or images) per forward pass", "logits under 16 MB (LM) / 50 (ViT)"),
+        new("--batch-size", "N", "windows (or images) per forward pass", DefaultNote: "logits under 16 MB (LM) / 50 (ViT)"),
         new("--limit", "N", "evaluate only the first N windows (or images)"),
         new("--dtype", "TYPE", "float32 or float64", "float32"),
         CommonOptions.Threads,

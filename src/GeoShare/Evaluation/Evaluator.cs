@@ -39,6 +39,7 @@ public static class Evaluator
         var sw = Stopwatch.StartNew();
         double nllSum = 0;
         long predicted = 0;
+        progress?.Report(new ProgressTick("eval", 0, windows.Count, "windows"));
         using (torch.no_grad())
         {
             for (int start = 0; start < windows.Count; start += perPass)
@@ -108,6 +109,7 @@ public static class Evaluator
         var sw = Stopwatch.StartNew();
         int correct = 0;
         double nll = 0;
+        progress?.Report(new ProgressTick("eval", 0, indices.Count, "images"));
         using (torch.no_grad())
         {
             for (int start = 0; start < indices.Count; start += batchSize)

@@ -4,13 +4,17 @@ using System.Runtime.InteropServices;
 namespace GeoShare;
 
 /// <summary>
-/// glibc's malloc, left to itself, lets the resident size of a long libtorch loop grow without bound
-/// (measured here: +200 MB per GPT-2 forward pass of 8 windows) and returns memory to the kernel only to
-/// fault it back in. A large top pad keeps freed heap memory for reuse: resident size plateaus (≈0.8 GB
-/// for that loop) and passes run faster. Applied once, when the library loads.
+/// The native allocator under libtorch. jemalloc (preloaded by the `geoshare` launcher when installed, with
+/// decay off) reuses the many-megabyte tensors of each pass; glibc's malloc instead returns them to the
+/// kernel and faults them back in (about half the time of a GPT-2 Hessian-vector product) and, left to
+/// itself, lets the resident size of a long loop grow without bound (+200 MB per pass of 8 windows). Under
+/// glibc a large top pad is set when the library loads, which makes the resident size plateau.
 /// </summary>
-internal static partial class NativeAllocator
+public static partial class NativeAllocator
 {
+    /// <summary>"jemalloc" when preloaded (the `geoshare` launcher does so when it is installed), else "glibc".</summary>
+    public static string Name { get; } = File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc") ? "jemalloc" : "glibc";
+
     private const int M_TOP_PAD = -2;
     private const int TopPadBytes = 512 << 20;
 
@@ -21,7 +25,7 @@ internal static partial class NativeAllocator
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Usage", "CA2255", Justification = "allocator policy must be set before the first tensor is allocated, in every host (CLI, tests, user code)")]
     internal static void Tune()
     {
-        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("MALLOC_TOP_PAD_") is not null) return;
+        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("MALLOC_TOP_PAD_") is not null || Name != "glibc") return;
         try { MallOpt(M_TOP_PAD, TopPadBytes); }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { /* not glibc: nothing to tune */ }
     }

@@ -1,0 +1,37 @@
+using GeoShare.Curvature;
+using GeoShare.Data;
+using GeoShare.Models;
+using TorchSharp;
+
+namespace GeoShare.Cli.Commands;
+
+/// <summary>Calibration batches from the command line: windows of a text file, or Fashion-MNIST training images.</summary>
+public static class CalibrationOptions
+{
+    public static OptionSpec Data => new("--data", "FILE", "text file whose windows form the calibration batch (language models)");
+    public static OptionSpec FashionMnist => new("--fashion-mnist", "DIR", "Fashion-MNIST folder; the batch is taken from its training images (ViT)");
+
+    public static LossBatch Load(PretrainedModel model, string modelDir, ParsedArgs a, string countOption, string strideOption, string? firstOption = null)
+    {
+        string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
+        int count = a.Int(countOption);
+        if (count <= 0) throw new UsageException($"{countOption}: must be at least 1, got {count}");
+        int stride = a.Int(strideOption, min: 1);
+        int first = firstOption is null ? 0 : a.Int(firstOption, min: 0);
+        if (model.Task == ModelTask.CausalLanguageModel)
+        {
+            if (data is null) throw new UsageException($"{modelDir} is a language model: give --data FILE");
+            var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+            ConsoleProgress.Status($"tokenizing {data}");
+            var windows = TokenWindows.FromFile(data, tokenizer, 256);
+            Evaluation.Evaluator.CheckFits(model, windows);
+            return LanguageModelBatch.FromWindows(windows, windows.Select(count, stride, first));
+        }
+        if (fmnist is null) throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR");
+        var images = ImageDataset.LoadFashionMnist(fmnist, "train");
+        return ClassificationBatch.FromImages(images, ImagePreprocessor.Load(modelDir), images.Select(count, stride, first), model.DType);
+    }
+
+    public static torch.ScalarType DType(ParsedArgs a) =>
+        a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+}

@@ -1,0 +1,37 @@
+using GeoShare.Curvature;
+using GeoShare.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Tests;
+
+/// <summary>Real architectures at toy sizes (a few thousand parameters), with seeded random weights, float64.</summary>
+public static class TinyModels
+{
+    public static PretrainedModel Gpt2(long seed = 1, ScalarType dtype = ScalarType.Float64) =>
+        ModelLoader.Build(new Gpt2Config(VocabSize: 13, NPositions: 8, NEmbd: 8, NLayer: 2, NHead: 2, NInner: 16,
+            LayerNormEpsilon: 1e-5, Activation: "gelu_new", TieWordEmbeddings: true), new RandomTensorSource(seed, dtype));
+
+    public static PretrainedModel Llama(long seed = 2, ScalarType dtype = ScalarType.Float64) =>
+        ModelLoader.Build(new LlamaConfig(VocabSize: 11, Hidden: 8, IntermediateSize: 12, Layers: 2, NumAttentionHeads: 2,
+            NumKeyValueHeads: 1, HeadDim: 4, RmsNormEps: 1e-5, RopeTheta: 10000, TieWordEmbeddings: false, AttentionBias: false,
+            MlpBias: false, MaxPositionEmbeddings: 16), new RandomTensorSource(seed, dtype));
+
+    public static PretrainedModel Vit(long seed = 3, ScalarType dtype = ScalarType.Float64) =>
+        ModelLoader.Build(new VitConfig(ImageSize: 4, PatchSize: 2, NumChannels: 1, Hidden: 8, Layers: 2, NumAttentionHeads: 2,
+            IntermediateSize: 12, LayerNormEps: 1e-12, QkvBias: true, HiddenAct: "gelu", Labels: ["a", "b", "c"]), new RandomTensorSource(seed, dtype));
+
+    public static LanguageModelBatch TokenBatch(PretrainedModel model, int windows = 3, int length = 8, long seed = 5)
+    {
+        int vocab = model.Config switch { Gpt2Config g => g.VocabSize, LlamaConfig l => l.VocabSize, _ => throw new ArgumentException() };
+        var ids = torch.randint(0, vocab, [windows, length], dtype: ScalarType.Int64, generator: new Generator((ulong)seed));
+        return new LanguageModelBatch(ids, "random tokens");
+    }
+
+    public static ClassificationBatch ImageBatch(int images = 6, long seed = 6, ScalarType dtype = ScalarType.Float64)
+    {
+        var gen = new Generator((ulong)seed);
+        return new ClassificationBatch(torch.randn([images, 1, 4, 4], dtype: dtype, generator: gen),
+            torch.randint(0, 3, [images], dtype: ScalarType.Int64, generator: gen), "random images");
+    }
+}
