@@ -69,16 +69,6 @@ public static class Evaluator
         return torch.nn.functional.cross_entropy(pred, target, reduction: nn.Reduction.Sum);
     }
 
-    /// <summary>Mean next-token cross-entropy of a batch (the loss that curvature is taken of).</summary>
-    public static Tensor MeanNextTokenNll(PretrainedModel model, Tensor ids)
-    {
-        var logits = model.call(ids);
-        long v = logits.shape[2];
-        var pred = logits[TensorIndex.Colon, TensorIndex.Slice(0, -1)].reshape(-1, v);
-        var target = ids[TensorIndex.Colon, TensorIndex.Slice(1)].reshape(-1);
-        return torch.nn.functional.cross_entropy(pred, target);
-    }
-
     /// <summary>Checks the windows against the model before any native call sees them.</summary>
     public static void CheckFits(PretrainedModel model, TokenWindows data)
     {
