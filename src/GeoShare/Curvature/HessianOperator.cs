@@ -72,6 +72,8 @@ public sealed class HessianOperator : IDisposable
         var result = _params.Select(p => (Tensor?)null).ToArray();
         if (_differentiable.Count > 0)
         {
+            // autograd.grad aborts the process if an input stopped requiring grad (someone else toggled it).
+            foreach (var p in _params) p.requires_grad = true;
             var outs = _differentiable.Select(i => _grads[i]).ToList();
             var vs = _differentiable.Select(i => pieces[i]).ToList();
             var hv = torch.autograd.grad(outs, _params, vs, retain_graph: true, create_graph: false, allow_unused: true);

@@ -11,6 +11,7 @@ public static class ModelLoader
 
     public static PretrainedModel Load(string dir, ScalarType dtype = ScalarType.Float32)
     {
+        if (Sharing.CompressedCheckpoint.IsCompressed(dir)) return Sharing.CompressedCheckpoint.Load(dir, dtype);
         var checkpoint = Checkpoint.Open(dir);
         var src = new CheckpointTensorSource(checkpoint, dtype);
         var model = Build(checkpoint.Config, src);

@@ -1,0 +1,166 @@
+using System.Diagnostics;
+using GeoShare.Data;
+using GeoShare.Evaluation;
+using GeoShare.Models;
+using GeoShare.Sharing;
+using TorchSharp;
+
+namespace GeoShare.Cli.Commands;
+
+/// <summary>`geoshare compress`: share parameters across layers by a method (or a plan file) at a parameter budget.</summary>
+public sealed class CompressCommand : ICommand
+{
+    public CommandSpec Spec { get; } = new("compress", "share parameters across layers at a compression ratio, save and evaluate the smaller model",
+    [
+        CommonOptions.Model,
+        CalibrationOptions.Data,
+        CalibrationOptions.FashionMnist,
+        new("--ratio", "R", "fraction of the shareable matrices' parameters to remove, in (0, 1)"),
+        new("--method", "NAME", "none, svd, adjacent, all, sequence, cycle, cycle-rev, sandwich, similarity, random", "adjacent"),
+        new("--plan", "FILE", "use this plan (geoshare_plan JSON) instead of a method"),
+        new("--mode", "basis|tie", "shared low-rank basis with per-layer coefficients, or one tied matrix per group", "basis"),
+        new("--group-size", "N", "layers per group for adjacent, similarity and random", "2"),
+        new("--unique", "M", "unique blocks for sequence, cycle and cycle-rev", DefaultNote: "layers / 3"),
+        new("--share", "TYPES", "matrix types whose layers share (comma-separated; 'all' or 'none'); the rest are compressed per layer", DefaultNote: "Basis Sharing's choice per architecture"),
+        new("--refit", "auto|on|off", "least-squares refit of the coefficients on inputs of the compressed model (auto: from ratio 0.4, as Basis Sharing)", "auto"),
+        new("--calib-windows", "N", "calibration windows (images) for whitening", "64"),
+        new("--calib-stride", "S", "calibration stride: windows 0, S, 2S, …", "16"),
+        new("--out", "DIR", "write the compressed model here (safetensors + plan + config + tokenizer)"),
+        new("--force", null, "replace a non-empty --out folder"),
+        new("--eval", "FILE", "evaluate the compressed language model on this text file (for the ViT: --eval t10k)"),
+        new("--eval-limit", "N", "evaluate only the first N windows (images)"),
+        new("--dtype", "TYPE", "float32 or float64", "float32"),
+        CommonOptions.Seed,
+        CommonOptions.Threads,
+        CommonOptions.Json,
+    ],
+    [
+        "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3 --method adjacent --out gpt2-adjacent-30 --eval assets/data/corpus/test.txt",
+        "geoshare compress --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.2 --method svd --json llama-svd-20.json",
+        "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan my-plan.json --out gpt2-custom",
+        "geoshare compress --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist --ratio 0.4 --method all --eval t10k",
+    ]);
+
+    public int Execute(ParsedArgs a)
+    {
+        CommonOptions.ApplyThreads(a);
+        var total = Stopwatch.StartNew();
+        string modelDir = a.Required("--model");
+        string? planPath = a.String("--plan"), outDir = a.String("--out"), evalData = a.String("--eval");
+        CommonOptions.CheckOutputs(a, ["--json", "--out"], [modelDir, a.String("--data"), a.String("--fashion-mnist"), planPath, evalData]);
+        if (outDir is not null && Path.GetFullPath(outDir) == Path.GetFullPath(modelDir)) throw new UsageException("--out would overwrite the input model");
+        if (outDir is not null && !a.Flag("--force") && Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
+            throw new UsageException($"--out {outDir} exists and is not empty (use --force to replace it)");
+        if (planPath is null && !a.Has("--ratio")) throw new UsageException("give --ratio R (or --plan FILE)");
+        var dtype = CalibrationOptions.DType(a);
+
+        ConsoleProgress.Status($"loading {modelDir}");
+        var model = ModelLoader.Load(modelDir, dtype);
+        if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
+            throw new UsageException($"{modelDir} is already compressed; compress the original model");
+        var progress = new ConsoleProgress();
+        var (calibration, evaluate) = Data(model, modelDir, a);
+
+        string method = planPath is null ? a.Required("--method") : "plan";
+        using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
+        SharingPlan plan;
+        if (planPath is not null)
+        {
+            plan = SharingPlan.Load(planPath);
+            plan.Validate(model, planPath);
+        }
+        else
+        {
+            double ratio = a.Double("--ratio", min: 0, max: 1);
+            var options = new BaselineOptions
+            {
+                GroupSize = a.Int("--group-size", min: 1),
+                UniqueBlocks = a.Has("--unique") ? a.Int("--unique", min: 1) : null,
+                SharedTypes = ShareableTypes.Resolve(model, a.List("--share")),
+                Mode = a.Choice("--mode", "basis", "tie") == "tie" ? SharingMode.Tie : SharingMode.Basis,
+                Seed = a.Int("--seed", min: 0),
+            };
+            plan = Baselines.Create(method, model, ratio, options, grams);
+        }
+        bool refit = a.Choice("--refit", "auto", "on", "off") switch
+        {
+            "on" => true,
+            "off" => false,
+            _ => (plan.Ratio ?? 0) >= 0.4,
+        };
+        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit }, calibration, progress);
+        progress.EndLine();
+
+        var table = new TextTable("type", "mode", "colors", "ranks", "parameters before", "after", "kept");
+        foreach (var t in report.Types)
+            table.Add(t.Type, t.Mode.ToString().ToLowerInvariant(), t.Colors, t.Ranks is null ? "" : RankSummary(t.Ranks),
+                t.ParametersBefore, t.ParametersAfter, CommonOptions.Fmt((double)t.ParametersAfter / t.ParametersBefore, "0.000"));
+        table.Add("all matrices", "", "", "", report.MatrixParametersBefore, report.MatrixParametersAfter, CommonOptions.Fmt(1 - report.Ratio, "0.000"));
+        table.Add("whole model", "", "", "", report.ModelParametersBefore, report.ModelParametersAfter, CommonOptions.Fmt((double)report.ModelParametersAfter / report.ModelParametersBefore, "0.000"));
+        Console.WriteLine($"{plan.Method} at ratio {CommonOptions.Fmt(plan.Ratio ?? 0, "0.00")}: removed {CommonOptions.Fmt(report.Ratio * 100, "0.0")}% of the shareable matrices' parameters{(report.Refitted ? " (coefficients refitted)" : "")}");
+        Console.WriteLine(table);
+
+        object? evalResult = evaluate is null ? null : evaluate(model, progress);
+        progress.EndLine();
+        if (outDir is not null)
+        {
+            var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
+            if (a.Flag("--force")) CompressedCheckpoint.Replace(model, plan, modelDir, outDir, saved);
+            else CompressedCheckpoint.Save(model, plan, modelDir, outDir, saved);
+            ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights)");
+        }
+        if (a.String("--json") is { } jsonPath)
+        {
+            JsonOutput.Write(jsonPath, new
+            {
+                command = "compress", model = modelDir, model_type = model.Config.ModelType, method = plan.Method, ratio = plan.Ratio,
+                calibration = calibration.Description, refit = report.Refitted, report, achieved_ratio = report.Ratio,
+                parameter_bytes = model.ParameterBytes(), evaluation = evalResult, out_dir = outDir, plan,
+                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
+            });
+            ConsoleProgress.Status($"wrote {jsonPath}");
+        }
+        return 0;
+    }
+
+    private static string RankSummary(int[] ranks) =>
+        ranks.Distinct().Count() == 1 ? $"{ranks[0]} × {ranks.Length}" : string.Join(",", ranks);
+
+    /// <summary>The calibration set, and (with --eval) how to evaluate the compressed model and print its line.</summary>
+    private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, object>?) Data(PretrainedModel model, string modelDir, ParsedArgs a)
+    {
+        int count = a.Int("--calib-windows", min: 1), stride = a.Int("--calib-stride", min: 1);
+        int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
+        string? evalData = a.String("--eval");
+        if (model.Task == ModelTask.CausalLanguageModel)
+        {
+            string data = a.String("--data") ?? throw new UsageException($"{modelDir} is a language model: give --data FILE for calibration");
+            var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+            ConsoleProgress.Status($"tokenizing {data}");
+            var windows = TokenWindows.FromFile(data, tokenizer, 256);
+            Evaluator.CheckFits(model, windows);
+            var calibration = CalibrationSet.FromWindows(windows, windows.Select(count, stride));
+            if (evalData is null) return (calibration, null);
+            var test = TokenWindows.FromFile(evalData, tokenizer, 256);
+            return (calibration, (m, progress) =>
+            {
+                var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
+                Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s)");
+                return new { data = evalData, perplexity = s.Perplexity, mean_nll = s.MeanNll, predicted_tokens = s.PredictedTokens, tokens_per_second = s.TokensPerSecond, wall_seconds = s.Seconds };
+            });
+        }
+        string dir = a.String("--fashion-mnist") ?? throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR for calibration");
+        var pre = ImagePreprocessor.Load(modelDir);
+        var train = ImageDataset.LoadFashionMnist(dir, "train");
+        var calib = CalibrationSet.FromImages(train, pre, train.Select(count, stride));
+        if (evalData is null) return (calib, null);
+        if (evalData != "t10k") throw new UsageException("--eval for the ViT: t10k (the Fashion-MNIST test split)");
+        var testImages = ImageDataset.LoadFashionMnist(dir, "t10k");
+        return (calib, (m, progress) =>
+        {
+            var s = Evaluator.Accuracy(m, testImages, pre, 50, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, testImages.Count)).ToArray() : null);
+            Console.WriteLine($"t10k: accuracy {CommonOptions.Fmt(s.Accuracy)} ({s.Correct}/{s.Images}, {CommonOptions.Fmt(s.ImagesPerSecond, "0")} images/s)");
+            return new { data = "t10k", accuracy = s.Accuracy, images = s.Images, mean_nll = s.MeanNll, images_per_second = s.ImagesPerSecond, wall_seconds = s.Seconds };
+        });
+    }
+}

@@ -1,0 +1,95 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Sharing;
+
+/// <summary>
+/// The linear algebra of sharing, in float64. Weights are [in, out] (y = x W). For a group of layers with
+/// stacked weights W = [W₁ … Wₙ] and input second moment XᵀX = SᵀS (S upper triangular), the rank-k
+/// representation minimising Σᵢ ‖Xᵢ(Wᵢ − Ŵᵢ)‖² … over the group's inputs is Basis Sharing's:
+/// SVD of S·W = UΣVᵀ, shared basis B = S⁻¹U_kΣ_k [in, k], coefficients C = V_kᵀ split per layer [k, out].
+/// </summary>
+public static class SharedBasis
+{
+    /// <summary>S with SᵀS = XᵀX + δI: Cholesky, adding damping until it succeeds.</summary>
+    public static Tensor WhiteningFactor(Tensor gram)
+    {
+        long n = gram.shape[0];
+        double scale = Math.Max(gram.diagonal().mean().item<double>(), 1e-12);
+        using var eye = torch.eye(n, dtype: ScalarType.Float64);
+        for (double damping = 0; ; damping = damping == 0 ? 1e-8 * scale : damping * 10)
+        {
+            try
+            {
+                using var a = gram.add(eye.mul(damping));
+                using var l = torch.linalg.cholesky(a);
+                return l.t().contiguous();
+            }
+            catch (Exception) when (damping < scale)
+            {
+                // not positive definite yet: damp more
+            }
+        }
+    }
+
+    public sealed record GroupBasis(Tensor Basis, Tensor[] Coefficients, double[] SingularValues, double RetainedEnergy);
+
+    /// <param name="weights">[in, out] matrices of the group, float64.</param>
+    /// <param name="gram">Σ over the group's layers of XᵀX.</param>
+    public static GroupBasis Compute(IReadOnlyList<Tensor> weights, Tensor gram, int rank)
+    {
+        using var scope = torch.NewDisposeScope();
+        long din = weights[0].shape[0], dout = weights[0].shape[1];
+        int full = SharingPlan.FullRank((int)din, (int)dout, weights.Count);
+        if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
+        var s = WhiteningFactor(gram);
+        var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
+        var (u, sigma, vh) = torch.linalg.svd(s.matmul(stacked), fullMatrices: false);
+        var uk = u.narrow(1, 0, rank);
+        var sk = sigma.narrow(0, 0, rank);
+        var basis = torch.linalg.solve_triangular(s, uk.mul(sk.unsqueeze(0)), upper: true); // S⁻¹ U_k Σ_k
+        var coeff = vh.narrow(0, 0, rank);                                 // [k, n·out]
+        var parts = Enumerable.Range(0, weights.Count).Select(i => coeff.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
+        var sv = sigma.data<double>().ToArray();
+        double total = sv.Sum(x => x * x), kept = sv.Take(rank).Sum(x => x * x);
+        return new GroupBasis(basis.contiguous().MoveToOuterDisposeScope(), parts, sv, total > 0 ? kept / total : 1);
+    }
+
+    /// <summary>Least-squares coefficients for a fixed basis: C = (BᵀAB)⁻¹ BᵀA W, with A = XᵀX of this layer's inputs.</summary>
+    public static Tensor Refit(Tensor basis, Tensor weight, Tensor gram)
+    {
+        using var scope = torch.NewDisposeScope();
+        var ab = gram.matmul(basis);
+        var lhs = basis.t().matmul(ab);
+        var rhs = ab.t().matmul(weight);
+        double damping = 1e-10 * Math.Max(lhs.diagonal().abs().mean().item<double>(), 1e-300);
+        var c = torch.linalg.solve(lhs.add(torch.eye(lhs.shape[0], dtype: ScalarType.Float64).mul(damping)), rhs);
+        return c.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One matrix for a color: the plain mean, or with input statistics the minimiser of Σᵢ ‖Xᵢ(W − Wᵢ)‖²,
+    /// W = (Σ Aᵢ)⁻¹ Σ Aᵢ Wᵢ (the K-FAC A-weighted mean).
+    /// </summary>
+    public static Tensor Tie(IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor>? grams)
+    {
+        using var scope = torch.NewDisposeScope();
+        if (grams is null) return torch.stack(weights.ToList()).mean([0L]).MoveToOuterDisposeScope();
+        var a = grams.Aggregate((x, y) => x.add(y));
+        var rhs = weights.Zip(grams, (w, g) => g.matmul(w)).Aggregate((x, y) => x.add(y));
+        double damping = 1e-10 * Math.Max(a.diagonal().mean().item<double>(), 1e-300);
+        return torch.linalg.solve(a.add(torch.eye(a.shape[0], dtype: ScalarType.Float64).mul(damping)), rhs).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Rank that keeps fraction <paramref name="kept"/> of a group's parameters: d_in·k + n·k·d_out ≤ x·n·d_in·d_out.</summary>
+    public static int RankForKeptFraction(int inFeatures, int outFeatures, int layers, double kept)
+    {
+        long budget = (long)Math.Floor(kept * layers * (double)inFeatures * outFeatures);
+        int k = (int)(budget / (inFeatures + (long)layers * outFeatures));
+        return Math.Clamp(k, 1, SharingPlan.FullRank(inFeatures, outFeatures, layers));
+    }
+
+    /// <summary>Parameters a basis group stores: the basis once plus every layer's coefficients.</summary>
+    public static long BasisParameters(int inFeatures, int outFeatures, int layers, int rank) =>
+        (long)inFeatures * rank + (long)layers * rank * outFeatures;
+}
