@@ -13,6 +13,7 @@ namespace GeoShare.Cli
         [
             new EvalCommand(),
             new AnalyzeCommand(),
+            new PlanCommand(),
             new CompressCommand(),
         ];
 

@@ -12,6 +12,11 @@ public static class TinyModels
         ModelLoader.Build(new Gpt2Config(VocabSize: 13, NPositions: 8, NEmbd: 8, NLayer: 2, NHead: 2, NInner: 16,
             LayerNormEpsilon: 1e-5, Activation: "gelu_new", TieWordEmbeddings: true), new RandomTensorSource(seed, dtype));
 
+    /// <summary>A tiny GPT-2 with more layers, for searches over colorings.</summary>
+    public static PretrainedModel Gpt2Deep(int layers, long seed = 4, ScalarType dtype = ScalarType.Float64) =>
+        ModelLoader.Build(new Gpt2Config(VocabSize: 13, NPositions: 8, NEmbd: 8, NLayer: layers, NHead: 2, NInner: 16,
+            LayerNormEpsilon: 1e-5, Activation: "gelu_new", TieWordEmbeddings: true), new RandomTensorSource(seed, dtype));
+
     public static PretrainedModel Llama(long seed = 2, ScalarType dtype = ScalarType.Float64) =>
         ModelLoader.Build(new LlamaConfig(VocabSize: 11, Hidden: 8, IntermediateSize: 12, Layers: 2, NumAttentionHeads: 2,
             NumKeyValueHeads: 1, HeadDim: 4, RmsNormEps: 1e-5, RopeTheta: 10000, TieWordEmbeddings: false, AttentionBias: false,

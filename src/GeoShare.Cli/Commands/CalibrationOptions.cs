@@ -32,6 +32,23 @@ public static class CalibrationOptions
         return ClassificationBatch.FromImages(images, ImagePreprocessor.Load(modelDir), images.Select(count, stride, first), model.DType);
     }
 
+    /// <summary>The calibration set of --calib-windows / --calib-stride (windows of --data, or Fashion-MNIST training images).</summary>
+    public static GeoShare.Sharing.CalibrationSet CalibrationSet(PretrainedModel model, string modelDir, ParsedArgs a)
+    {
+        int count = a.Int("--calib-windows", min: 1), stride = a.Int("--calib-stride", min: 1);
+        if (model.Task == ModelTask.CausalLanguageModel)
+        {
+            string data = a.String("--data") ?? throw new UsageException($"{modelDir} is a language model: give --data FILE for calibration");
+            ConsoleProgress.Status($"tokenizing {data}");
+            var windows = TokenWindows.FromFile(data, ByteLevelBpeTokenizer.Load(modelDir), 256);
+            Evaluation.Evaluator.CheckFits(model, windows);
+            return GeoShare.Sharing.CalibrationSet.FromWindows(windows, windows.Select(count, stride));
+        }
+        string dir = a.String("--fashion-mnist") ?? throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR for calibration");
+        var train = ImageDataset.LoadFashionMnist(dir, "train");
+        return GeoShare.Sharing.CalibrationSet.FromImages(train, ImagePreprocessor.Load(modelDir), train.Select(count, stride));
+    }
+
     public static torch.ScalarType DType(ParsedArgs a) =>
         a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
 }

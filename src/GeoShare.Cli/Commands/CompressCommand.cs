@@ -2,6 +2,7 @@ using System.Diagnostics;
 using GeoShare.Data;
 using GeoShare.Evaluation;
 using GeoShare.Models;
+using GeoShare.Planning;
 using GeoShare.Sharing;
 using TorchSharp;
 
@@ -16,12 +17,13 @@ public sealed class CompressCommand : ICommand
         CalibrationOptions.Data,
         CalibrationOptions.FashionMnist,
         new("--ratio", "R", "fraction of the shareable matrices' parameters to remove, in (0, 1)"),
-        new("--method", "NAME", "none, svd, adjacent, all, sequence, cycle, cycle-rev, sandwich, similarity, random", "adjacent"),
+        new("--method", "NAME", "geo (Geo-Sharing: curvature-chosen coloring, ranks and coefficients), or a heuristic: none, svd, adjacent, all, sequence, cycle, cycle-rev, sandwich, similarity, random", "adjacent"),
         new("--plan", "FILE", "use this plan (geoshare_plan JSON) instead of a method"),
         new("--mode", "basis|tie", "shared low-rank basis with per-layer coefficients, or one tied matrix per group", "basis"),
         new("--group-size", "N", "layers per group for adjacent, similarity and random", "2"),
         new("--unique", "M", "unique blocks for sequence, cycle and cycle-rev", DefaultNote: "layers / 3"),
         new("--share", "TYPES", "matrix types whose layers share (comma-separated; 'all' or 'none'); the rest are compressed per layer", DefaultNote: "Basis Sharing's choice per architecture"),
+        .. PlannerCliOptions.Specs,
         new("--refit", "auto|on|off", "least-squares refit of the coefficients on inputs of the compressed model (auto: from ratio 0.4, as Basis Sharing)", "auto"),
         new("--calib-windows", "N", "calibration windows (images) for whitening", "64"),
         new("--calib-stride", "S", "calibration stride: windows 0, S, 2S, …", "16"),
@@ -35,6 +37,7 @@ public sealed class CompressCommand : ICommand
         CommonOptions.Json,
     ],
     [
+        "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3 --method geo --eval assets/data/corpus/test.txt --json gpt2-geo-30.json",
         "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3 --method adjacent --out gpt2-adjacent-30 --eval assets/data/corpus/test.txt",
         "geoshare compress --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.2 --method svd --json llama-svd-20.json",
         "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan my-plan.json --out gpt2-custom",
@@ -64,6 +67,7 @@ public sealed class CompressCommand : ICommand
         string method = planPath is null ? a.Required("--method") : "plan";
         using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
         SharingPlan plan;
+        PlannerResult? planner = null;
         if (planPath is not null)
         {
             plan = SharingPlan.Load(planPath);
@@ -80,7 +84,14 @@ public sealed class CompressCommand : ICommand
                 Mode = a.Choice("--mode", "basis", "tie") == "tie" ? SharingMode.Tie : SharingMode.Basis,
                 Seed = a.Int("--seed", min: 0),
             };
-            plan = Baselines.Create(method, model, ratio, options, grams);
+            if (method == "geo")
+            {
+                planner = PlannerCliOptions.Run(model, modelDir, a, PlannerCliOptions.Parse(a, model, ratio), progress, grams);
+                progress.EndLine();
+                PlannerCliOptions.PrintSummary(model, planner);
+                plan = planner.Plan;
+            }
+            else plan = Baselines.Create(method, model, ratio, options, grams);
         }
         bool refit = a.Choice("--refit", "auto", "on", "off") switch
         {
@@ -88,7 +99,7 @@ public sealed class CompressCommand : ICommand
             "off" => false,
             _ => (plan.Ratio ?? 0) >= 0.4,
         };
-        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit }, calibration, progress);
+        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit, Coefficients = planner is null ? null : new CurvatureAlignedSolver(planner.Costs) }, calibration, progress);
         progress.EndLine();
 
         var table = new TextTable("type", "mode", "colors", "ranks", "parameters before", "after", "kept");
@@ -116,10 +127,12 @@ public sealed class CompressCommand : ICommand
                 command = "compress", model = modelDir, model_type = model.Config.ModelType, method = plan.Method, ratio = plan.Ratio,
                 calibration = calibration.Description, refit = report.Refitted, report, achieved_ratio = report.Ratio,
                 parameter_bytes = model.ParameterBytes(), evaluation = evalResult, out_dir = outDir, plan,
+                planner = planner is null ? null : PlannerCliOptions.Summary(planner),
                 threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
+        planner?.Dispose();
         return 0;
     }
 
@@ -129,19 +142,13 @@ public sealed class CompressCommand : ICommand
     /// <summary>The calibration set, and (with --eval) how to evaluate the compressed model and print its line.</summary>
     private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, object>?) Data(PretrainedModel model, string modelDir, ParsedArgs a)
     {
-        int count = a.Int("--calib-windows", min: 1), stride = a.Int("--calib-stride", min: 1);
         int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
         string? evalData = a.String("--eval");
         if (model.Task == ModelTask.CausalLanguageModel)
         {
-            string data = a.String("--data") ?? throw new UsageException($"{modelDir} is a language model: give --data FILE for calibration");
-            var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
-            ConsoleProgress.Status($"tokenizing {data}");
-            var windows = TokenWindows.FromFile(data, tokenizer, 256);
-            Evaluator.CheckFits(model, windows);
-            var calibration = CalibrationSet.FromWindows(windows, windows.Select(count, stride));
+            var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
             if (evalData is null) return (calibration, null);
-            var test = TokenWindows.FromFile(evalData, tokenizer, 256);
+            var test = TokenWindows.FromFile(evalData, ByteLevelBpeTokenizer.Load(modelDir), 256);
             return (calibration, (m, progress) =>
             {
                 var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
@@ -149,11 +156,10 @@ public sealed class CompressCommand : ICommand
                 return new { data = evalData, perplexity = s.Perplexity, mean_nll = s.MeanNll, predicted_tokens = s.PredictedTokens, tokens_per_second = s.TokensPerSecond, wall_seconds = s.Seconds };
             });
         }
-        string dir = a.String("--fashion-mnist") ?? throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR for calibration");
-        var pre = ImagePreprocessor.Load(modelDir);
-        var train = ImageDataset.LoadFashionMnist(dir, "train");
-        var calib = CalibrationSet.FromImages(train, pre, train.Select(count, stride));
+        var calib = CalibrationOptions.CalibrationSet(model, modelDir, a);
         if (evalData is null) return (calib, null);
+        string dir = a.Required("--fashion-mnist");
+        var pre = ImagePreprocessor.Load(modelDir);
         if (evalData != "t10k") throw new UsageException("--eval for the ViT: t10k (the Fashion-MNIST test split)");
         var testImages = ImageDataset.LoadFashionMnist(dir, "t10k");
         return (calib, (m, progress) =>

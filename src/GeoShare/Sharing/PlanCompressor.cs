@@ -23,6 +23,8 @@ public sealed record CompressionOptions
     public bool Refit { get; init; }
     /// <summary>Tie mode: weight the mean by each layer's input second moments.</summary>
     public bool WeightedTie { get; init; } = true;
+    /// <summary>Coefficients for a fixed basis (Geo-Sharing's curvature alignment); null: Basis Sharing's (the SVD's, refit by least squares).</summary>
+    public Planning.ICoefficientSolver? Coefficients { get; init; }
 }
 
 /// <summary>Turns a dense model into a compressed one by a <see cref="SharingPlan"/>, in place.</summary>
@@ -69,7 +71,8 @@ public static class PlanCompressor
                         var basis = new Parameter(g.Basis.to_type(dtype).MoveToOuterDisposeScope(), requires_grad: false);
                         for (int i = 0; i < members.Length; i++)
                         {
-                            var layer = new SharedBasisLinear(basis, g.Coefficients[i].to_type(dtype).MoveToOuterDisposeScope(), biases[i]?.MoveToOuterDisposeScope());
+                            var coefficients = options.Coefficients?.Solve(members[i], g.Basis, weights[i], grams[members[i].Name], grams.Rows) ?? g.Coefficients[i];
+                            var layer = new SharedBasisLinear(basis, coefficients.to_type(dtype).MoveToOuterDisposeScope(), biases[i]?.MoveToOuterDisposeScope());
                             model.SetProjection(members[i], layer);
                             newMaps[members[i].Name] = layer;
                             if (options.Refit) originals[members[i].Name] = weights[i].detach().clone().MoveToOuterDisposeScope();
@@ -94,7 +97,7 @@ public static class PlanCompressor
         bool refitted = false;
         if (options.Refit && newMaps.Count > 0 && calibration is not null)
         {
-            RefitCoefficients(model, newMaps, originals, calibration, progress);
+            RefitCoefficients(model, newMaps, originals, calibration, options.Coefficients, progress);
             refitted = true;
         }
         return new CompressionReport(report, report.Sum(r => r.ParametersBefore), report.Sum(r => r.ParametersAfter),
@@ -106,7 +109,7 @@ public static class PlanCompressor
     /// re-solve its coefficients for the original weights (the basis stays fixed).
     /// </summary>
     private static void RefitCoefficients(PretrainedModel model, Dictionary<string, SharedBasisLinear> maps, Dictionary<string, Tensor> originals,
-        CalibrationSet calibration, IProgress<ProgressTick>? progress)
+        CalibrationSet calibration, Planning.ICoefficientSolver? solver, IProgress<ProgressTick>? progress)
     {
         int layers = model.Config.NumLayers;
         for (int l = 0; l < layers; l++)
@@ -119,7 +122,7 @@ public static class PlanCompressor
                 {
                     var m = maps[s.Name];
                     using var basis = m.Basis.to_type(ScalarType.Float64);
-                    using var c = SharedBasis.Refit(basis, originals[s.Name], grams[s.Name]);
+                    using var c = solver?.Solve(s, basis, originals[s.Name], grams[s.Name], grams.Rows) ?? SharedBasis.Refit(basis, originals[s.Name], grams[s.Name]);
                     m.Coefficients.copy_(c.to_type(m.Coefficients.dtype));
                 }
             progress?.Report(new ProgressTick("refit", l + 1, layers, "layers"));

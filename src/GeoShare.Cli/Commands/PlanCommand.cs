@@ -1,0 +1,73 @@
+using System.Diagnostics;
+using GeoShare.Data;
+using GeoShare.Models;
+using GeoShare.Planning;
+using GeoShare.Reporting;
+using GeoShare.Sharing;
+using TorchSharp;
+
+namespace GeoShare.Cli.Commands;
+
+/// <summary>`geoshare plan`: Geo-Sharing's choice of which layers share and at what rank, under a parameter budget.</summary>
+public sealed class PlanCommand : ICommand
+{
+    public CommandSpec Spec { get; } = new("plan", "choose which layers share (coloring) and the ranks, from the loss curvature, at a compression ratio",
+    [
+        CommonOptions.Model,
+        CalibrationOptions.Data,
+        CalibrationOptions.FashionMnist,
+        new("--ratio", "R", "fraction of the shareable matrices' parameters to remove, in (0, 1)", Required: true),
+        new("--share", "TYPES", "matrix types whose layers may share (comma-separated; 'all' or 'none')", DefaultNote: "Basis Sharing's choice per architecture"),
+        .. PlannerCliOptions.Specs,
+        new("--calib-windows", "N", "calibration windows (images) for the input second moments and whitening", "64"),
+        new("--calib-stride", "S", "calibration stride: windows 0, S, 2S, …", "16"),
+        new("--out", "FILE", "the plan (geoshare-plan JSON), for `compress --plan`", "geoshare-plan.json"),
+        new("--plots", "DIR", "folder for the pictures (coloring, pairwise sharing costs)", "geoshare-plots/plan"),
+        CommonOptions.Seed,
+        CommonOptions.Threads,
+        CommonOptions.Json,
+    ],
+    [
+        "geoshare plan --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3",
+        "geoshare plan --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3 --curvature exact --out gpt2-geo-30.json --json plan-report.json",
+        "geoshare plan --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.4 --contiguous --private 0,7 --max-group 3",
+        "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan gpt2-geo-30.json --eval assets/data/corpus/test.txt",
+    ]);
+
+    public int Execute(ParsedArgs a)
+    {
+        CommonOptions.ApplyThreads(a);
+        var total = Stopwatch.StartNew();
+        string modelDir = a.Required("--model");
+        CommonOptions.CheckOutputs(a, ["--json", "--out", "--plots"], [modelDir, a.String("--data"), a.String("--fashion-mnist")]);
+        double ratio = a.Double("--ratio", min: 0, max: 1);
+        string planPath = a.Required("--out");
+        if (Directory.Exists(planPath)) throw new UsageException($"--out {planPath} is a folder; give a file name");
+
+        ConsoleProgress.Status($"loading {modelDir}");
+        var model = ModelLoader.Load(modelDir);
+        if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
+            throw new UsageException($"{modelDir} is already compressed; plan on the original model");
+        var options = PlannerCliOptions.Parse(a, model, ratio);
+        var progress = new ConsoleProgress();
+        using var result = PlannerCliOptions.Run(model, modelDir, a, options, progress);
+        progress.EndLine();
+
+        result.Plan.Save(planPath);
+        var pictures = PlanPlots.Write(a.Required("--plots"), model, result.Plan, result.PairwiseCost, Path.GetFileName(Path.TrimEndingDirectorySeparator(modelDir)));
+        PlannerCliOptions.PrintSummary(model, result);
+        Console.WriteLine($"wrote {planPath}; pictures: {string.Join(", ", pictures)}");
+        if (a.String("--json") is { } jsonPath)
+        {
+            JsonOutput.Write(jsonPath, new
+            {
+                command = "plan", model = modelDir, model_type = model.Config.ModelType, ratio, curvature = options.Curvature.ToString().ToLowerInvariant(),
+                options = new { options.TopK, options.MaxGroupSize, options.Contiguous, private_layers = options.PrivateLayers.Order(), options.SharedTypes, options.Search, options.Trust, options.KeptOffsets },
+                planner = PlannerCliOptions.Summary(result), plan = result.Plan, plan_file = planPath, pictures,
+                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
+            });
+            ConsoleProgress.Status($"wrote {jsonPath}");
+        }
+        return 0;
+    }
+}

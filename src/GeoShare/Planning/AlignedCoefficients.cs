@@ -1,0 +1,158 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Planning;
+
+/// <summary>One layer's solution for one rank: what it costs under the block's model, and how it was constrained.</summary>
+public sealed record MemberSolution(double Linear, double Quadratic, double HighCurvatureEnergy, double DeltaNorm, double TrustRadius,
+    double BasisSharingDeltaNorm, double Multiplier)
+{
+    public double Predicted => Linear + 0.5 * Quadratic;
+}
+
+/// <summary>
+/// Curvature alignment of one layer's coefficients C for a fixed shared basis B (δ = BC − W):
+///
+///   minimise  q(C) = ⟨g, δ⟩ + ½ [ Σⱼ γⱼ δⱼᵀ A δⱼ + Σᵢ cᵢ ⟨Vᵢ, δ⟩² ]   subject to  ‖δ‖_F ≤ Δ = (1 + τ) ‖δ_BS‖_F,
+///
+/// with the block's <see cref="BlockCurvatureModel"/> (g, A, γ, cᵢ, Vᵢ) and δ_BS Basis Sharing's perturbation
+/// (C = (BᵀAB)⁻¹BᵀAW, activation-weighted least squares). Energy in the high-curvature directions Vᵢ is
+/// penalised by cᵢ; the trust region keeps δ where a quadratic model of the loss is credible. The constraint
+/// enters by its multiplier ν (a term ½ν‖δ‖²), found by bisection on ‖δ(ν)‖ = Δ.
+/// With BᵀB = LLᵀ, L⁻¹(BᵀAB)L⁻ᵀ = QΘQᵀ, T = QᵀL⁻¹ and C = TᵀĈ, the stationarity condition is diagonal up to
+/// the k rank-one terms:  (θᵢγⱼ + ν) Ĉᵢⱼ + Σ cₛ P̂ₛ⟨P̂ₛ, Ĉ⟩ = Ŷ₀ + νŶ₁, solved exactly by Woodbury's identity;
+/// the predicted loss, ‖δ‖ and the projections ⟨Vᵢ, δ⟩ are all evaluated in these coordinates, so a trial ν
+/// costs O(r·out) and a rank O(r³ + (3 + k)·r²·out).
+/// </summary>
+public sealed class AlignedCoefficients : IDisposable
+{
+    private readonly BlockCurvatureModel _m;
+    private readonly Tensor _b, _btA, _btW, _btAw, _btGr, _gamma;
+    private readonly Tensor[] _btV;
+    private readonly double[] _vDotW;
+    private readonly double _wNormSq, _gDotW, _bulkW;
+
+    /// <param name="basis">[in, rmax] float64; ranks are its leading columns (borrowed).</param>
+    /// <param name="weight">[in, out] float64, the layer's original matrix (borrowed).</param>
+    /// <param name="a">Input second moment used for this layer (the model's A, or one measured on the compressed model for a refit).</param>
+    public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null)
+    {
+        _m = model;
+        using var scope = torch.NewDisposeScope();
+        var aa = a ?? model.A;
+        _b = basis;
+        _gamma = model.OutputWeights;
+        var aw = aa.matmul(weight);
+        _btA = basis.t().matmul(aa).MoveToOuterDisposeScope();
+        _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
+        _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
+        _btGr = basis.t().matmul(model.Gradient).MoveToOuterDisposeScope();
+        int k = model.Corrections.Length;
+        _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(model.TopVectors[i]).MoveToOuterDisposeScope()).ToArray();
+        _vDotW = Enumerable.Range(0, k).Select(i => model.TopVectors[i].mul(weight).sum().item<double>()).ToArray();
+        _wNormSq = weight.pow(2).sum().item<double>();
+        _gDotW = model.Gradient.mul(weight).sum().item<double>();
+        _bulkW = aw.mul(weight).mul(_gamma).sum().item<double>();
+    }
+
+    /// <summary>Solves for the leading <paramref name="rank"/> columns of the basis with trust factor τ.</summary>
+    public MemberSolution Solve(int rank, double trust, bool useGradient = true) => Solve(rank, trust, useGradient, out _, wantCoefficients: false);
+
+    /// <summary>The aligned coefficients [rank, out] (float64) for the leading <paramref name="rank"/> columns.</summary>
+    public Tensor Coefficients(int rank, double trust, bool useGradient = true)
+    {
+        Solve(rank, trust, useGradient, out var c, wantCoefficients: true);
+        return c!;
+    }
+
+    private MemberSolution Solve(int rank, double trust, bool useGradient, out Tensor? coefficients, bool wantCoefficients)
+    {
+        using var scope = torch.NewDisposeScope();
+        var b = _b.narrow(1, 0, rank);
+        var m = _btA.narrow(0, 0, rank).matmul(b);
+        var l = Cholesky(b.t().matmul(b));
+        var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
+        var mt = linv.matmul(m).matmul(linv.t());
+        var (theta, q) = torch.linalg.eigh(mt.add(mt.t()).mul(0.5));
+        var t = q.t().matmul(linv);
+        Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
+
+        var hAw = Hat(_btAw);
+        var hG = Hat(_btGr);
+        var y1h = Hat(_btW);
+        var ph = _btV.Select(Hat).ToArray();
+        var c = _m.Corrections;
+        var y0h = hAw.mul(_gamma);
+        if (useGradient) y0h = y0h.sub(hG);
+        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].mul(c[i] * _vDotW[i]));
+        var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
+        double eps = 1e-12 * Math.Max(d0.abs().max().item<double>(), 1e-300);
+        var active = Enumerable.Range(0, ph.Length).Where(i => c[i] > 0).ToArray();
+        // U: the active rank-one directions, flattened [a, r·out]; invC = diag(1/cᵢ).
+        var u = active.Length == 0 ? null : torch.stack(active.Select(i => ph[i].reshape(-1)).ToArray());
+        var invC = active.Length == 0 ? null : torch.diag(torch.tensor(active.Select(i => 1.0 / c[i]).ToArray()));
+
+        Tensor SolveHat(double nu)
+        {
+            var d = d0.add(nu + eps).reshape(-1);
+            var x = y0h.add(y1h.mul(nu)).reshape(-1).div(d);
+            if (u is null) return x.reshape(y0h.shape);
+            // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
+            var dinvU = u.div(d);
+            var small = u.matmul(dinvU.t()).add(invC!);
+            var coef = torch.linalg.solve(small, u.matmul(x));
+            return x.sub(coef.matmul(dinvU)).reshape(y0h.shape);
+        }
+        double DeltaNorm(Tensor ch) => Math.Sqrt(Math.Max(0, ch.pow(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
+
+        // Trust radius from Basis Sharing's own perturbation: ΘĈ = Ĥ(BᵀAW).
+        double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).add(eps)));
+        double radius = (1 + trust) * bsNorm;
+
+        // ‖δ(ν)‖ falls as ν grows (ν → ∞ gives the unweighted least squares, ‖δ‖ ≤ ‖δ_BS‖ ≤ Δ): bisect in log ν
+        // to 5% in ν (the radius is a modelling choice, not a quantity to hit to many digits).
+        double nuUsed = 0;
+        var chat = SolveHat(0);
+        if (DeltaNorm(chat) > radius)
+        {
+            double hi = Math.Max(d0.abs().max().item<double>(), 1e-300);
+            while (DeltaNorm(SolveHat(hi)) > radius && hi < 1e300) hi *= 10;
+            double lo = hi * 1e-8;
+            if (DeltaNorm(SolveHat(lo)) <= radius) hi = lo;
+            else
+                while (hi / lo > 1.05)
+                {
+                    double mid = Math.Sqrt(lo * hi);
+                    if (DeltaNorm(SolveHat(mid)) > radius) lo = mid; else hi = mid;
+                }
+            nuUsed = hi;
+            chat = SolveHat(hi);
+        }
+        double linear = useGradient ? chat.mul(hG).sum().item<double>() - _gDotW : 0;
+        double bulk = chat.pow(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).mul(2)).mul(_gamma).sum().item<double>() + _bulkW;
+        double extra = 0, energy = 0;
+        for (int i = 0; i < ph.Length; i++)
+        {
+            double proj = chat.mul(ph[i]).sum().item<double>() - _vDotW[i];
+            extra += c[i] * proj * proj;
+            energy += _m.TopValues[i] * proj * proj;
+        }
+        coefficients = wantCoefficients ? t.t().matmul(chat).MoveToOuterDisposeScope() : null;
+        return new MemberSolution(linear, Math.Max(0, bulk) + extra, energy, DeltaNorm(chat), radius, bsNorm, nuUsed);
+    }
+
+    private static Tensor Cholesky(Tensor r)
+    {
+        double scale = Math.Max(r.diagonal().mean().item<double>(), 1e-300);
+        for (double jitter = 0; ; jitter = jitter == 0 ? 1e-12 * scale : jitter * 100)
+        {
+            try { return torch.linalg.cholesky(r.add(torch.eye(r.shape[0], dtype: ScalarType.Float64).mul(jitter))); }
+            catch (Exception) when (jitter < scale) { }
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in new[] { _btA, _btW, _btAw, _btGr }.Concat(_btV)) t.Dispose();
+    }
+}

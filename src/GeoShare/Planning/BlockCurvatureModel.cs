@@ -1,0 +1,104 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Planning;
+
+/// <summary>
+/// The second-order model of the loss in one weight matrix W [in, out] (a block):
+/// ΔL(δ) ≈ ⟨g, δ⟩ + ½ δᵀĤδ with
+///   Ĥ = A ⊗ diag(γ) + Σᵢ cᵢ vᵢvᵢᵀ,  i.e.  δᵀĤδ = Σⱼ γⱼ δⱼᵀAδⱼ + Σᵢ cᵢ ⟨Vᵢ, δ⟩²  (δⱼ: column j).
+/// A is the second moment of the block's inputs. The top-k eigenpairs (λᵢ, Vᵢ) of the block's curvature are
+/// represented exactly: cᵢ = λᵢ − Vᵢᵀ(A ⊗ diag γ)Vᵢ ≥ 0 makes Ĥ agree with the curvature on them.
+/// Exact curvature (Lanczos on Hessian-vector products, Hutchinson trace): γ = β·1, the bulk β(A ⊗ I) with β
+/// fitted so that tr Ĥ equals the Hessian's trace. K-FAC: γ = diag(G) (K-FAC's output factor, its correlations
+/// between output units dropped) and the top-k pairs are K-FAC's (products of A's and G's eigenpairs).
+/// What the model ignores: curvature between blocks (δ of two layers interacting), the rest of the spectrum's
+/// shape beyond the top-k, and the indefinite part of the Hessian beyond the top pairs.
+/// </summary>
+public sealed class BlockCurvatureModel : IDisposable
+{
+    public required string Site { get; init; }
+    /// <summary>∂L/∂W on the curvature batch, [in, out], float64.</summary>
+    public required Tensor Gradient { get; init; }
+    /// <summary>Top eigenvalues of the block's curvature, descending.</summary>
+    public required double[] TopValues { get; init; }
+    /// <summary>Their eigenvectors as [k, in, out], float64, orthonormal.</summary>
+    public required Tensor TopVectors { get; init; }
+    /// <summary>Input second moment E[xxᵀ], [in, in], float64.</summary>
+    public required Tensor A { get; init; }
+    /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
+    public required Tensor OutputWeights { get; init; }
+    /// <summary>cᵢ ≥ 0 for the top eigenvectors.</summary>
+    public required double[] Corrections { get; init; }
+    public required string Method { get; init; }
+    /// <summary>The block's curvature trace (exact: Hutchinson estimate; K-FAC: tr A · tr G).</summary>
+    public double Trace { get; init; }
+
+    public int InFeatures => (int)A.shape[0];
+    public int OutFeatures => (int)OutputWeights.shape[0];
+
+    public double Linear(Tensor delta) => Gradient.mul(delta).sum().item<double>();
+
+    public double Quadratic(Tensor delta)
+    {
+        using var scope = torch.NewDisposeScope();
+        double bulk = A.matmul(delta).mul(delta).mul(OutputWeights).sum().item<double>();
+        if (Corrections.Length == 0) return bulk;
+        var proj = TopVectors.mul(delta.unsqueeze(0)).sum([1L, 2L]);
+        return bulk + proj.pow(2).mul(torch.tensor(Corrections)).sum().item<double>();
+    }
+
+    /// <summary>Σᵢ λᵢ ⟨Vᵢ, δ⟩²: the perturbation's energy in the high-curvature directions.</summary>
+    public double HighCurvatureEnergy(Tensor delta)
+    {
+        using var scope = torch.NewDisposeScope();
+        var proj = TopVectors.mul(delta.unsqueeze(0)).sum([1L, 2L]);
+        return proj.pow(2).mul(torch.tensor(TopValues)).sum().item<double>();
+    }
+
+    /// <summary>Predicted loss change ⟨g, δ⟩ + ½ δᵀĤδ.</summary>
+    public double Predict(Tensor delta) => Linear(delta) + 0.5 * Quadratic(delta);
+
+    /// <summary>A model from top eigenpairs and a bulk A ⊗ diag(γ); takes ownership of the tensors.</summary>
+    public static BlockCurvatureModel Create(string site, string method, Tensor gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace)
+    {
+        double[] corrections;
+        using (var scope = torch.NewDisposeScope())
+        {
+            var along = a.unsqueeze(0).matmul(vectors).mul(vectors).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
+            corrections = values.Select((v, i) => Math.Max(0, v - along[i])).ToArray();
+        }
+        return new BlockCurvatureModel
+        {
+            Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors, A = a, OutputWeights = gamma,
+            Corrections = corrections, Trace = trace,
+        };
+    }
+
+    /// <summary>
+    /// The exact-curvature model: bulk β(A ⊗ I) with tr = trace − Σλᵢ spread like the inputs' second moment.
+    /// β is kept positive (an indefinite remainder is not modelled).
+    /// </summary>
+    public static BlockCurvatureModel FromEigenpairs(string site, Tensor gradient, double[] values, Tensor vectors, double trace, Tensor a)
+    {
+        int dout = (int)gradient.shape[1];
+        double beta;
+        using (var scope = torch.NewDisposeScope())
+        {
+            var ai = a.unsqueeze(0).matmul(vectors).mul(vectors).sum([1L, 2L]).data<double>().ToArray();
+            double trA = a.trace().item<double>();
+            beta = (trace - values.Sum()) / Math.Max(trA * dout - ai.Sum(), 1e-300);
+            double floor = 1e-3 * Math.Max(values.Where(v => v > 0).DefaultIfEmpty(0).Average(), 1e-12) / Math.Max(trA / a.shape[0], 1e-300);
+            beta = Math.Max(beta, floor);
+        }
+        return Create(site, "exact", gradient, values, vectors, a, torch.full(dout, beta, dtype: ScalarType.Float64), trace);
+    }
+
+    public void Dispose()
+    {
+        Gradient.Dispose();
+        TopVectors.Dispose();
+        A.Dispose();
+        OutputWeights.Dispose();
+    }
+}

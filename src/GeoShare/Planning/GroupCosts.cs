@@ -1,0 +1,115 @@
+using GeoShare.Models;
+using GeoShare.Sharing;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Planning;
+
+/// <summary>One rank a group may take: its stored parameters and the predicted loss increase of its members.</summary>
+public sealed record RankOption(int Rank, long Parameters, double Predicted, double Linear, double Quadratic, double HighCurvatureEnergy);
+
+/// <summary>A candidate group (layers of one matrix type that would share a basis) with its rank options.</summary>
+public sealed record GroupCandidate(string Type, int[] Layers, IReadOnlyList<RankOption> Options);
+
+/// <summary>
+/// Predicted cost of sharing: for a group of layers and a rank, the shared basis is Basis Sharing's whitened
+/// SVD of the group, each member's coefficients are curvature-aligned (<see cref="AlignedCoefficients"/>), and the
+/// cost is Σ over members of ⟨g, δ⟩ + ½ δᵀĤδ. Group costs are cached by (type, layers); the ranks of one group
+/// share one SVD (a smaller rank is a prefix of the basis).
+/// </summary>
+public sealed class GroupCostEvaluator : IDisposable
+{
+    private readonly PretrainedModel _model;
+    private readonly ActivationGrams _grams;
+    private readonly IReadOnlyDictionary<string, BlockCurvatureModel> _curvature;
+    private readonly Dictionary<string, Tensor> _weights = new();
+    private readonly Dictionary<(string, long), GroupCandidate> _cache = new();
+    public double Trust { get; }
+    public bool UseGradient { get; }
+    public int Evaluated => _cache.Count;
+
+    public GroupCostEvaluator(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
+    {
+        _model = model;
+        _grams = grams;
+        _curvature = curvature;
+        Trust = trust;
+        UseGradient = useGradient;
+    }
+
+    public BlockCurvatureModel Curvature(string site) => _curvature[site];
+
+    private Tensor Weight(ProjectionSite site)
+    {
+        if (!_weights.TryGetValue(site.Name, out var w))
+        {
+            using (torch.no_grad()) w = _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone().DetachFromDisposeScope(); // cached past the caller's scope
+            _weights[site.Name] = w;
+        }
+        return w;
+    }
+
+    private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
+
+    public GroupCandidate Evaluate(string type, int[] layers, IReadOnlyList<int> ranks)
+    {
+        var key = (type, Mask(layers));
+        if (_cache.TryGetValue(key, out var cached)) return cached;
+        using var scope = torch.NewDisposeScope();
+        var sites = layers.Select(l => _model.Site(type, l)).ToArray();
+        var weights = sites.Select(Weight).ToArray();
+        var gram = sites.Select(s => _grams[s.Name]).Aggregate((a, b) => a.add(b));
+        int maxRank = ranks.Max();
+        var g = SharedBasis.Compute(weights, gram, maxRank);
+        var totals = ranks.Select(_ => new double[4]).ToArray();
+        for (int i = 0; i < sites.Length; i++)
+        {
+            using var aligned = new AlignedCoefficients(g.Basis, weights[i], _curvature[sites[i].Name]);
+            for (int r = 0; r < ranks.Count; r++)
+            {
+                var s = aligned.Solve(ranks[r], Trust, UseGradient);
+                totals[r][0] += s.Predicted;
+                totals[r][1] += s.Linear;
+                totals[r][2] += s.Quadratic;
+                totals[r][3] += s.HighCurvatureEnergy;
+            }
+        }
+        var options = ranks.Select((k, r) => new RankOption(k, SharedBasis.BasisParameters(sites[0].InFeatures, sites[0].OutFeatures, layers.Length, k),
+            totals[r][0], totals[r][1], totals[r][2], totals[r][3])).ToList();
+        var candidate = new GroupCandidate(type, layers, options);
+        _cache[key] = candidate;
+        return candidate;
+    }
+
+    /// <summary>Rank options of a group: the given kept fractions of its parameters, as distinct ranks.</summary>
+    public IReadOnlyList<int> Ranks(string type, int groupSize, IReadOnlyList<double> keptFractions)
+    {
+        var site = _model.Site(type, 0);
+        return keptFractions.Select(x => SharedBasis.RankForKeptFraction(site.InFeatures, site.OutFeatures, groupSize, x)).Distinct().Order().ToList();
+    }
+
+    public void Dispose()
+    {
+        foreach (var w in _weights.Values) w.Dispose();
+    }
+}
+
+/// <summary>Coefficients for a fixed basis, as the compressor asks for them (initially and in the refit).</summary>
+public interface ICoefficientSolver
+{
+    /// <param name="basis">[in, k] float64</param>
+    /// <param name="weight">[in, out] float64, the original matrix</param>
+    /// <param name="gram">XᵀX of this layer's inputs over <paramref name="rows"/> rows</param>
+    Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows);
+}
+
+/// <summary>Geo-Sharing's coefficients: curvature-aligned within the trust region (see <see cref="AlignedCoefficients"/>).</summary>
+public sealed class CurvatureAlignedSolver(GroupCostEvaluator costs) : ICoefficientSolver
+{
+    public Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows)
+    {
+        using var a = gram.div(rows);
+        using var aligned = new AlignedCoefficients(basis, weight, costs.Curvature(site.Name), a);
+        return aligned.Coefficients((int)basis.shape[1], costs.Trust, costs.UseGradient);
+    }
+}
