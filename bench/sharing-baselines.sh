@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every sharing baseline at the same parameter budget, on the bundled models (issue: sharing runtime).
+# Every sharing baseline and Geo-Sharing (`geo`, K-FAC curvature, the defaults of `geoshare compress`) at the same
+# parameter budget, on the bundled models. METHODS="geo" (etc.) limits the methods run.
 # For each model, ratio and method: geoshare compress (calibration: 64 windows of valid.txt, stride 16, or
 # 64 Fashion-MNIST training images) then evaluation on the test split. Finished cells are kept (delete a JSON
 # to redo it). Writes bench/results/sharing/*.json and bench/sharing-baselines.md.
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=bench/results/sharing
 mkdir -p "$out"
 models=("${@:-gpt2 llama vit}")
-methods=(svd adjacent all sequence cycle cycle-rev sandwich similarity random)
+methods=(${METHODS:-svd adjacent all sequence cycle cycle-rev sandwich similarity random geo})
 
 run() { # name, args...
   local json="$out/$1.json"; shift
@@ -33,7 +34,8 @@ for model in ${models[*]}; do
       run "vit-none" eval --model "$dir" --fashion-mnist "$fm"
       for ratio in 0.2 0.4; do
         for m in "${methods[@]}"; do
-          run "vit-$m-$ratio" compress --model "$dir" --fashion-mnist "$fm" --ratio "$ratio" --method "$m" --eval t10k
+          extra=(); [ "$m" = geo ] && extra=(--curvature-windows 64 --curvature-stride 16)
+          run "vit-$m-$ratio" compress --model "$dir" --fashion-mnist "$fm" --ratio "$ratio" --method "$m" --eval t10k "${extra[@]}"
         done
       done ;;
   esac
@@ -41,7 +43,7 @@ done
 
 metric() { jq -r 'if .command == "eval" then (.perplexity // .accuracy) else (.evaluation.perplexity // .evaluation.accuracy) end' "$1"; }
 {
-  echo "# Sharing baselines at equal parameter budgets"
+  echo "# Geo-Sharing and the sharing baselines at equal parameter budgets"
   echo
   echo "Regenerate: \`bench/sharing-baselines.sh\` (results: \`bench/results/sharing/\`; a cell is recomputed when its JSON is deleted)."
   echo "Ratio = fraction of the shareable matrices' parameters removed; every group keeps 1 − ratio of its parameters"

@@ -10,13 +10,16 @@ using static TorchSharp.torch;
 //   hvp-ratio  JSON_OUT    time of one Hessian-vector product / one gradient, same batch and block, GPT-2
 //   verify-fd  JSON_OUT    dense Hessian of transformer.h.5.ln_2.weight (float64, 4 windows) by products vs by
 //                          central differences of gradients, and its spectrum
+//   fidelity   JSON_OUT    predicted (exact and K-FAC block models) vs measured increase of calibration loss over
+//                          many sharing plans of GPT-2, Spearman correlations, and the cross-layer part of δᵀHδ
+if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
 return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
     ? Run(args[0], args[1])
     : Usage();
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: GeoShare.Bench (hvp-ratio|verify-fd) JSON_OUT   (run from the repository root)");
+    Console.Error.WriteLine("usage: GeoShare.Bench (hvp-ratio|verify-fd|fidelity) JSON_OUT   (run from the repository root)");
     return 2;
 }
 

@@ -22,6 +22,11 @@ public sealed class ConsoleProgress : IProgress<ProgressTick>
     public void Report(ProgressTick t)
     {
         if (Quiet) return;
+        lock (_clock) ReportLocked(t); // the planner reports from several workers
+    }
+
+    private void ReportLocked(ProgressTick t)
+    {
         if (t.Stage != _stage)
         {
             EndLine();

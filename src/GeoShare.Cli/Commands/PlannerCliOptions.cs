@@ -19,6 +19,7 @@ public static class PlannerCliOptions
         new("--contiguous", null, "only groups of consecutive layers"),
         new("--private", "LAYERS", "layers that never share (comma-separated indices)"),
         new("--search", "exact|greedy", "CP-SAT over all groups (up to 12 layers per type), or greedy merging + local search", "exact"),
+        new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", "0.5"),
     ];
 
@@ -38,6 +39,7 @@ public static class PlannerCliOptions
             SharedTypes = ShareableTypes.Resolve(model, a.List("--share")),
             Search = a.Choice("--search", "exact", "greedy"),
             Trust = a.Double("--trust", min: 0),
+            UseGradient = a.Flag("--gradient"),
             Seed = a.Int("--seed", min: 0),
         };
     }

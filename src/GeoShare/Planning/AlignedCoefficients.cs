@@ -109,24 +109,46 @@ public sealed class AlignedCoefficients : IDisposable
         double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).add(eps)));
         double radius = (1 + trust) * bsNorm;
 
-        // ‖δ(ν)‖ falls as ν grows (ν → ∞ gives the unweighted least squares, ‖δ‖ ≤ ‖δ_BS‖ ≤ Δ): bisect in log ν
-        // to 5% in ν (the radius is a modelling choice, not a quantity to hit to many digits).
+        // ‖δ(ν)‖ falls as ν grows (ν → ∞ gives the unweighted least squares, ‖δ‖ ≤ ‖δ_BS‖ ≤ Δ). Find ‖δ(ν)‖ = Δ
+        // to 2% (the radius is a modelling choice, not a quantity to hit to many digits) by regula falsi in log ν,
+        // Illinois variant, inside a bracket that only shrinks.
         double nuUsed = 0;
         var chat = SolveHat(0);
-        if (DeltaNorm(chat) > radius)
+        double n0 = DeltaNorm(chat);
+        if (n0 > radius * 1.02)
         {
-            double hi = Math.Max(d0.abs().max().item<double>(), 1e-300);
-            while (DeltaNorm(SolveHat(hi)) > radius && hi < 1e300) hi *= 10;
-            double lo = hi * 1e-8;
-            if (DeltaNorm(SolveHat(lo)) <= radius) hi = lo;
-            else
-                while (hi / lo > 1.05)
+            double lo = Math.Max(d0.abs().max().item<double>(), 1e-300) * 1e-8, hi = lo * 1e8;
+            double flo = n0 - radius, fhi;
+            while (true)
+            {
+                chat = SolveHat(hi);
+                fhi = DeltaNorm(chat) - radius;
+                if (fhi <= 0 || hi > 1e300) break;
+                lo = hi; flo = fhi; hi *= 100;
+            }
+            double xlo = Math.Log(lo), xhi = Math.Log(hi);
+            int side = 0;
+            for (int it = 0; it < 40 && fhi < -0.02 * radius; it++)
+            {
+                double x = xhi - fhi * (xhi - xlo) / (fhi - flo);
+                if (!(x > xlo && x < xhi)) x = 0.5 * (xlo + xhi);
+                var cx = SolveHat(Math.Exp(x));
+                double fx = DeltaNorm(cx) - radius;
+                if (fx > 0)
                 {
-                    double mid = Math.Sqrt(lo * hi);
-                    if (DeltaNorm(SolveHat(mid)) > radius) lo = mid; else hi = mid;
+                    xlo = x; flo = fx;
+                    if (side == -1) fhi *= 0.5;
+                    side = -1;
                 }
-            nuUsed = hi;
-            chat = SolveHat(hi);
+                else
+                {
+                    xhi = x; fhi = fx; chat = cx;
+                    if (side == 1) flo *= 0.5;
+                    side = 1;
+                    if (fx >= -0.02 * radius) break;
+                }
+            }
+            nuUsed = Math.Exp(xhi);
         }
         double linear = useGradient ? chat.mul(hG).sum().item<double>() - _gDotW : 0;
         double bulk = chat.pow(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).mul(2)).mul(_gamma).sum().item<double>() + _bulkW;

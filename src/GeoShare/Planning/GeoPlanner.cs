@@ -25,7 +25,12 @@ public sealed record PlannerOptions
     public IReadOnlyList<string>? SharedTypes { get; init; }
     /// <summary>τ: ‖δ‖ ≤ (1 + τ)‖δ_BasisSharing‖ per layer.</summary>
     public double Trust { get; init; } = 0.5;
-    public bool UseGradient { get; init; } = true;
+    /// <summary>
+    /// Include the first-order term ⟨g, δ⟩. Off by default: at a trained minimum its expectation is about zero, and
+    /// the gradient of a few calibration windows is noise that a trust-region solve would exploit (predicting a loss
+    /// decrease that other data does not show).
+    /// </summary>
+    public bool UseGradient { get; init; }
     /// <summary>"exact" (CP-SAT, up to 12 layers per type) or "greedy".</summary>
     public string Search { get; init; } = "exact";
     public double TimeLimitSeconds { get; init; } = 120;
@@ -46,11 +51,12 @@ public sealed class PlannerResult : IDisposable
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required long Budget { get; init; }
+    public bool OwnsCurvature { get; init; } = true;
 
     public void Dispose()
     {
         Costs.Dispose();
-        foreach (var c in Curvature.Values) c.Dispose();
+        if (OwnsCurvature) foreach (var c in Curvature.Values) c.Dispose();
     }
 }
 
@@ -60,12 +66,14 @@ public sealed class PlannerResult : IDisposable
 /// </summary>
 public static class GeoPlanner
 {
+    /// <param name="curvature">Block models already collected (kept by the caller); null: collect them here.</param>
     public static PlannerResult Plan(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o,
-        IProgress<ProgressTick>? progress = null)
+        IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null)
     {
         if (!(o.Ratio > 0 && o.Ratio < 1)) throw new UsageException($"--ratio must be within (0, 1), got {o.Ratio}");
         var sw = Stopwatch.StartNew();
-        var curvature = CollectCurvature(model, curvatureBatch, grams, o, progress);
+        bool owns = curvature is null;
+        curvature ??= CollectCurvature(model, curvatureBatch, grams, o, progress);
         double curvatureSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
 
@@ -84,7 +92,8 @@ public static class GeoPlanner
         GroupCandidate Eval(string type, int[] layers)
         {
             var c = costs.Evaluate(type, layers, costs.Ranks(type, layers.Length, kept));
-            progress?.Report(new ProgressTick("group costs", ++done, Math.Max(total, done), "groups"));
+            int d = Interlocked.Increment(ref done);
+            progress?.Report(new ProgressTick("group costs", d, Math.Max(total, d), "groups"));
             return c;
         }
 
@@ -94,8 +103,10 @@ public static class GeoPlanner
         if (exact)
         {
             progress?.Report(new ProgressTick("group costs", 0, total, "groups"));
+            var jobs = model.ProjectionTypes.SelectMany(t => candidateLists[t].Select(g => (Type: t, Layers: g))).ToList();
+            var evaluated = ParallelEvaluate(jobs, j => Eval(j.Type, j.Layers));
             foreach (var t in model.ProjectionTypes)
-                types.Add(new TypeSearch(t, n, candidateLists[t].Select(g => Eval(t, g)).ToList()));
+                types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }
         double costSeconds = sw.Elapsed.TotalSeconds;
         GroupCandidate? Oracle(string type, int[] layers)
@@ -120,9 +131,34 @@ public static class GeoPlanner
         var pairwise = shared.Where(model.ProjectionTypes.Contains).ToDictionary(t => t, t => Pairwise(costs, model, t, kept, x0));
         return new PlannerResult
         {
-            Plan = plan, Costs = costs, Curvature = curvature, Search = result, GreedyComparison = greedy, PairwiseCost = pairwise,
+            Plan = plan, Costs = costs, Curvature = curvature, OwnsCurvature = owns, Search = result, GreedyComparison = greedy, PairwiseCost = pairwise,
             CandidateGroups = costs.Evaluated, CurvatureSeconds = curvatureSeconds, CostSeconds = costSeconds, Budget = budget,
         };
+    }
+
+    /// <summary>
+    /// Group costs on every core: each worker runs single-threaded tensor code (the matrices are small; two
+    /// workers beat one worker with two threads, and four threads on two cores thrash).
+    /// </summary>
+    private static T[] ParallelEvaluate<TJob, T>(IReadOnlyList<TJob> jobs, Func<TJob, T> work)
+    {
+        var results = new T[jobs.Count];
+        int workers = Math.Max(1, torch.get_num_threads());
+        if (workers == 1)
+        {
+            for (int i = 0; i < jobs.Count; i++) results[i] = work(jobs[i]);
+            return results;
+        }
+        torch.set_num_threads(1);
+        try
+        {
+            Parallel.For(0, jobs.Count, new ParallelOptions { MaxDegreeOfParallelism = workers }, i => results[i] = work(jobs[i]));
+        }
+        finally
+        {
+            torch.set_num_threads(workers);
+        }
+        return results;
     }
 
     /// <summary>The coloring (canonical) and ranks per type from chosen groups; predicted loss per color.</summary>

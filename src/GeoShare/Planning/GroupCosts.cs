@@ -26,7 +26,7 @@ public sealed class GroupCostEvaluator : IDisposable
     private readonly Dictionary<(string, long), GroupCandidate> _cache = new();
     public double Trust { get; }
     public bool UseGradient { get; }
-    public int Evaluated => _cache.Count;
+    public int Evaluated { get { lock (_cache) return _cache.Count; } }
 
     public GroupCostEvaluator(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
     {
@@ -41,12 +41,15 @@ public sealed class GroupCostEvaluator : IDisposable
 
     private Tensor Weight(ProjectionSite site)
     {
-        if (!_weights.TryGetValue(site.Name, out var w))
+        lock (_weights)
         {
-            using (torch.no_grad()) w = _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone().DetachFromDisposeScope(); // cached past the caller's scope
-            _weights[site.Name] = w;
+            if (!_weights.TryGetValue(site.Name, out var w))
+            {
+                using (torch.no_grad()) w = _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone().DetachFromDisposeScope(); // cached past the caller's scope
+                _weights[site.Name] = w;
+            }
+            return w;
         }
-        return w;
     }
 
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
@@ -54,7 +57,8 @@ public sealed class GroupCostEvaluator : IDisposable
     public GroupCandidate Evaluate(string type, int[] layers, IReadOnlyList<int> ranks)
     {
         var key = (type, Mask(layers));
-        if (_cache.TryGetValue(key, out var cached)) return cached;
+        lock (_cache)
+            if (_cache.TryGetValue(key, out var cached)) return cached;
         using var scope = torch.NewDisposeScope();
         var sites = layers.Select(l => _model.Site(type, l)).ToArray();
         var weights = sites.Select(Weight).ToArray();
@@ -77,7 +81,7 @@ public sealed class GroupCostEvaluator : IDisposable
         var options = ranks.Select((k, r) => new RankOption(k, SharedBasis.BasisParameters(sites[0].InFeatures, sites[0].OutFeatures, layers.Length, k),
             totals[r][0], totals[r][1], totals[r][2], totals[r][3])).ToList();
         var candidate = new GroupCandidate(type, layers, options);
-        _cache[key] = candidate;
+        lock (_cache) _cache[key] = candidate;
         return candidate;
     }
 

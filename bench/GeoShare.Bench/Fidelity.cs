@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using GeoShare;
+using GeoShare.Curvature;
+using GeoShare.Data;
+using GeoShare.Evaluation;
+using GeoShare.Models;
+using GeoShare.Planning;
+using GeoShare.Sharing;
+using TorchSharp;
+using static TorchSharp.torch;
+
+/// <summary>
+/// Does the second-order block model rank sharing plans the way the loss does? For many plans of GPT-2 (every
+/// heuristic at several ratios, and Geo-Sharing's own), the predicted increase Σ_blocks ⟨g, δ⟩ + ½δᵀĤδ under the
+/// exact and the K-FAC models against the measured increase of the calibration loss; Spearman's ρ for each. Then,
+/// for a few plans, how much of the true quadratic form δᵀHδ (all shared blocks together, by Hessian-vector
+/// products) lies off the block diagonal: the cross-layer terms the planner ignores.
+/// </summary>
+static class Fidelity
+{
+    const string ModelDir = "assets/models/gpt2-kjv-brown";
+
+    public static int Run(string jsonOut)
+    {
+        var total = Stopwatch.StartNew();
+        var tokenizer = ByteLevelBpeTokenizer.Load(ModelDir);
+        var windows = TokenWindows.FromFile("assets/data/corpus/valid.txt", tokenizer, 256);
+        var calibration = CalibrationSet.FromWindows(windows, windows.Select(64, 16));
+        var lossWindows = windows.Select(32, 16, 8); // measured on calibration-distribution windows not used for whitening
+        var dense = ModelLoader.Load(ModelDir);
+        using var grams = ActivationGrams.Collect(dense, calibration, dense.Sites);
+        using var batch = LanguageModelBatch.FromWindows(windows, windows.Select(4, 1));
+        double baseLoss = MeanLoss(dense, windows, lossWindows);
+        Log($"dense loss {baseLoss:F6}");
+
+        var models = new Dictionary<string, Dictionary<string, BlockCurvatureModel>>();
+        var curvatureSeconds = new Dictionary<string, double>();
+        foreach (var method in new[] { CurvatureMethod.Kfac, CurvatureMethod.Exact })
+        {
+            var sw = Stopwatch.StartNew();
+            var o = new PlannerOptions { Ratio = 0.3, Curvature = method };
+            models[Name(method)] = GeoPlanner.CollectCurvature(dense, batch, grams, o, null);
+            curvatureSeconds[Name(method)] = sw.Elapsed.TotalSeconds;
+            Log($"{Name(method)} curvature {sw.Elapsed.TotalSeconds:F0} s");
+        }
+        var originals = dense.Sites.ToDictionary(s => s.Name, s => dense.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone());
+
+        var plans = new List<(string Label, SharingPlan Plan, ICoefficientSolver? Solver)>();
+        foreach (double ratio in new[] { 0.1, 0.2, 0.3, 0.4 })
+            foreach (var m in new[] { "svd", "adjacent", "all", "sequence", "cycle", "cycle-rev", "sandwich", "similarity", "random" })
+                plans.Add(($"{m}-{ratio}", Baselines.Create(m, dense, ratio, new BaselineOptions { Seed = 1 }, grams), null));
+        var planners = new List<PlannerResult>();
+        foreach (var method in new[] { CurvatureMethod.Kfac, CurvatureMethod.Exact })
+            foreach (double ratio in new[] { 0.2, 0.4 })
+            {
+                var r = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio, Curvature = method }, null, models[Name(method)]);
+                planners.Add(r);
+                plans.Add(($"geo-{Name(method)}-{ratio}", r.Plan, new CurvatureAlignedSolver(r.Costs)));
+                Log($"geo {Name(method)} {ratio}: planned");
+            }
+
+        var rows = new List<Row>();
+        var deltas = new Dictionary<string, Dictionary<string, Tensor>>();
+        foreach (var (label, plan, solver) in plans)
+        {
+            var model = ModelLoader.Load(ModelDir);
+            PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver });
+            var delta = model.Sites.ToDictionary(s => s.Name, s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).sub(originals[s.Name]));
+            double measured = MeanLoss(model, windows, lossWindows) - baseLoss;
+            var predicted = models.ToDictionary(kv => kv.Key, kv => delta.Sum(d => kv.Value[d.Key].Predict(d.Value)));
+            var quadratic = models.ToDictionary(kv => kv.Key, kv => delta.Sum(d => 0.5 * kv.Value[d.Key].Quadratic(d.Value)));
+            rows.Add(new Row(label, plan.Ratio ?? 0, measured, predicted["exact"], predicted["kfac"], quadratic["exact"], quadratic["kfac"]));
+            Log($"{label}: measured {measured:F5}, predicted exact {predicted["exact"]:F5}, kfac {predicted["kfac"]:F5}");
+            if (label is "adjacent-0.3" or "all-0.3" or "geo-kfac-0.4") deltas[label] = delta;
+            else foreach (var t in delta.Values) t.Dispose();
+            model.Dispose();
+        }
+        foreach (var p in planners) p.Dispose();
+
+        var spearman = new
+        {
+            exact = Spearman(rows.Select(r => r.PredictedExact).ToArray(), rows.Select(r => r.Measured).ToArray()),
+            kfac = Spearman(rows.Select(r => r.PredictedKfac).ToArray(), rows.Select(r => r.Measured).ToArray()),
+            exact_quadratic_only = Spearman(rows.Select(r => r.QuadraticExact).ToArray(), rows.Select(r => r.Measured).ToArray()),
+            kfac_quadratic_only = Spearman(rows.Select(r => r.QuadraticKfac).ToArray(), rows.Select(r => r.Measured).ToArray()),
+        };
+        Log($"Spearman: exact {spearman.exact:F3}, kfac {spearman.kfac:F3}");
+
+        var cross = CrossLayer(dense, batch, deltas);
+        JsonOutput.Write(jsonOut, new
+        {
+            benchmark = "fidelity", model = ModelDir, curvature_batch = batch.Description, calibration = calibration.Description,
+            loss_windows = lossWindows, dense_loss = baseLoss, plans = rows.Count, spearman, curvature_seconds = curvatureSeconds,
+            rows, cross_layer = cross, threads = torch.get_num_threads(), wall_seconds = total.Elapsed.TotalSeconds,
+        });
+        return 0;
+    }
+
+    record Row(string Plan, double Ratio, double Measured, double PredictedExact, double PredictedKfac, double QuadraticExact, double QuadraticKfac);
+
+    static string Name(CurvatureMethod m) => m == CurvatureMethod.Exact ? "exact" : "kfac";
+
+    static void Log(string s) => Console.Error.WriteLine($"[fidelity] {s}");
+
+    static double MeanLoss(PretrainedModel model, TokenWindows windows, IReadOnlyList<int> which)
+    {
+        var s = Evaluator.Perplexity(model, windows, null, null, which.ToArray());
+        return s.MeanNll;
+    }
+
+    /// <summary>δᵀHδ with H the exact Hessian over all projection weights together, against its block-diagonal part.</summary>
+    static object CrossLayer(PretrainedModel model, LossBatch batch, Dictionary<string, Dictionary<string, Tensor>> deltas)
+    {
+        var sites = model.Sites.ToList();
+        var weights = sites.Select(s => ((DenseLinear)model.GetProjection(s)).Weight).ToList();
+        using var h = new BlockHessian(model, batch, weights.Cast<Tensor>().ToList());
+        var result = new List<object>();
+        foreach (var (label, delta) in deltas)
+        {
+            var sw = Stopwatch.StartNew();
+            // δ in the weights' storage layout, concatenated like the operator's flat vector.
+            var parts = sites.Select(s => ((DenseLinear)model.GetProjection(s)).Layout == WeightLayout.InOut ? delta[s.Name] : delta[s.Name].t()).ToList();
+            var flat = torch.cat(parts.Select(p => p.contiguous().reshape(-1)).ToList()).to_type(ScalarType.Float32);
+            double full = h.Operator.Apply(flat).to_type(ScalarType.Float64).mul(flat.to_type(ScalarType.Float64)).sum().item<double>();
+            double diagonal = 0;
+            long offset = 0;
+            foreach (var p in parts)
+            {
+                long n = p.numel();
+                var masked = torch.zeros_like(flat);
+                masked.narrow(0, offset, n).copy_(flat.narrow(0, offset, n));
+                diagonal += h.Operator.Apply(masked).narrow(0, offset, n).to_type(ScalarType.Float64).mul(flat.narrow(0, offset, n).to_type(ScalarType.Float64)).sum().item<double>();
+                offset += n;
+            }
+            Log($"{label}: δᵀHδ {full:G5}, block-diagonal {diagonal:G5}, cross-layer {full - diagonal:G5} ({sw.Elapsed.TotalSeconds:F0} s)");
+            result.Add(new { plan = label, full_quadratic = full, block_diagonal = diagonal, cross_layer = full - diagonal, cross_layer_share = (full - diagonal) / full });
+        }
+        return result;
+    }
+
+    static double Spearman(double[] x, double[] y)
+    {
+        double[] Ranks(double[] v)
+        {
+            var order = v.Select((value, i) => (value, i)).OrderBy(p => p.value).ToArray();
+            var r = new double[v.Length];
+            for (int i = 0; i < order.Length;)
+            {
+                int j = i;
+                while (j + 1 < order.Length && order[j + 1].value == order[i].value) j++;
+                for (int k = i; k <= j; k++) r[order[k].i] = (i + j) / 2.0 + 1;
+                i = j + 1;
+            }
+            return r;
+        }
+        var rx = Ranks(x);
+        var ry = Ranks(y);
+        double mx = rx.Average(), my = ry.Average();
+        double cov = rx.Zip(ry, (a, b) => (a - mx) * (b - my)).Sum();
+        return cov / Math.Sqrt(rx.Sum(a => (a - mx) * (a - mx)) * ry.Sum(b => (b - my) * (b - my)));
+    }
+}
