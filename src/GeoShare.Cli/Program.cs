@@ -11,6 +11,7 @@ namespace GeoShare.Cli
     {
         public static readonly ICommand[] Commands =
         [
+            new DemoCommand(),
             new EvalCommand(),
             new AnalyzeCommand(),
             new PlanCommand(),

@@ -38,7 +38,11 @@ public sealed class EvalCommand : ICommand
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
 
         ConsoleProgress.Status($"loading {modelDir}");
+        GC.Collect();
+        long residentBefore = ResidentMemory.CurrentBytes;
         var model = ModelLoader.Load(modelDir, dtype);
+        GC.Collect();
+        long residentLoaded = ResidentMemory.CurrentBytes;
         var progress = new ConsoleProgress();
         object json;
         TextTable table;
@@ -60,6 +64,7 @@ public sealed class EvalCommand : ICommand
                 windows = s.Windows, predicted_tokens = s.PredictedTokens, mean_nll = s.MeanNll, perplexity = s.Perplexity,
                 parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
                 wall_seconds = s.Seconds, tokens_per_second = s.TokensPerSecond, threads = torch.get_num_threads(),
+                memory = Memory(residentBefore, residentLoaded),
             };
         }
         else
@@ -79,6 +84,7 @@ public sealed class EvalCommand : ICommand
                 images = s.Images, correct = s.Correct, accuracy = s.Accuracy, mean_nll = s.MeanNll,
                 parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
                 wall_seconds = s.Seconds, images_per_second = s.ImagesPerSecond, threads = torch.get_num_threads(),
+                memory = Memory(residentBefore, residentLoaded),
             };
         }
         progress.EndLine();
@@ -90,4 +96,11 @@ public sealed class EvalCommand : ICommand
         }
         return 0;
     }
+
+    /// <summary>Resident memory: what loading the model added, and the peak over the whole evaluation.</summary>
+    private static object Memory(long before, long loaded) => new
+    {
+        resident_bytes_before_load = before, resident_bytes_after_load = loaded, model_resident_bytes = loaded - before,
+        peak_resident_bytes = ResidentMemory.PeakBytes, allocator = NativeAllocator.Name,
+    };
 }
