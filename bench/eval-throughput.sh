@@ -10,7 +10,7 @@ a=bench/results/eval-gpt2-test.json b=bench/results/eval-gpt2-test-batch8.json
 {
   echo "# Evaluation throughput: GPT-2 (bundled), test split"
   echo
-  echo "Regenerate: \`bench/eval-throughput.sh\` ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
+  echo "Regenerate: \`bench/eval-throughput.sh\` ($(date -u +%Y-%m-%d), $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))."
   echo
   echo "| run | windows/pass | perplexity | tokens | seconds | tokens/s |"
   echo "|---|---:|---:|---:|---:|---:|"

@@ -4,7 +4,7 @@
 # For each model, ratio and method: geoshare compress (calibration: 64 windows of valid.txt, stride 16, or
 # 64 Fashion-MNIST training images) then evaluation on the test split. Finished cells are kept (delete a JSON
 # to redo it). Writes bench/results/sharing/*.json and bench/sharing-baselines.md.
-#   bench/sharing-baselines.sh [gpt2|llama|vit ...]
+#   bench/sharing-baselines.sh [gpt2|llama|vit ...]      (REPORT_ONLY=1: only rewrite the table from the JSONs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/sharing
@@ -14,7 +14,7 @@ methods=(${METHODS:-svd adjacent all sequence cycle cycle-rev sandwich similarit
 
 run() { # name, args...
   local json="$out/$1.json"; shift
-  if [ -s "$json" ]; then return; fi
+  if [ -s "$json" ] || [ -n "${REPORT_ONLY:-}" ]; then return; fi
   echo "== $json" >&2
   ./geoshare "$@" --json "$json" >&2
 }
@@ -65,6 +65,18 @@ metric() { jq -r 'if .command == "eval" then (.perplexity // .accuracy) else (.e
       for r in $ratios; do f="$out/$model-$m-$r.json"; if [ -s "$f" ]; then printf " %.4f |" "$(metric "$f")"; else printf " – |"; fi; done
       echo
     done
+    printf "| **best baseline** |"
+    for r in $ratios; do
+      best=""
+      for m in "${methods[@]}"; do
+        [ "$m" = geo ] && continue
+        f="$out/$model-$m-$r.json"; [ -s "$f" ] || continue
+        v=$(metric "$f")
+        if [ -z "$best" ] || { [ "$model" = vit ] && awk "BEGIN{exit !($v > $best)}"; } || { [ "$model" != vit ] && awk "BEGIN{exit !($v < $best)}"; }; then best=$v; bm=$m; fi
+      done
+      if [ -n "$best" ]; then printf " %.4f (%s) |" "$best" "$bm"; else printf " – |"; fi
+    done
+    echo
     echo
     printf "Parameters kept (whole model) at each ratio, adjacent: "
     for r in $ratios; do f="$out/$model-adjacent-$r.json"; [ -s "$f" ] && printf "%s: %s  " "$r" "$(jq -r '.report.model_parameters_after' "$f")"; done

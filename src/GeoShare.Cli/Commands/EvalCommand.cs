@@ -38,6 +38,7 @@ public sealed class EvalCommand : ICommand
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
 
         ConsoleProgress.Status($"loading {modelDir}");
+        torch.zeros(1).Dispose(); // libtorch's own code and pools are resident before the model: not the model's
         GC.Collect();
         long residentBefore = ResidentMemory.CurrentBytes;
         var model = ModelLoader.Load(modelDir, dtype);
