@@ -56,12 +56,12 @@ public sealed class DemoCommand : ICommand
         var progress = new ConsoleProgress();
 
         var rows = new List<(string Name, PretrainedModel Model, SharingPlan? Plan)>();
-        using var grams = ActivationGrams.Collect(dense, CalibrationSet.FromWindows(windows, windows.Select(64, 16)), dense.Sites, progress);
+        var calibration = CalibrationSet.FromWindows(windows, windows.Select(64, 16));
+        using var grams = ActivationGrams.Collect(dense, calibration, dense.Sites, progress);
         progress.EndLine();
 
         var basePlan = Baselines.Create(baseline, dense, ratio, new BaselineOptions(), grams);
         var baseModel = ModelLoader.Load(modelDir);
-        var calibration = CalibrationSet.FromWindows(windows, windows.Select(64, 16));
         PlanCompressor.Apply(baseModel, basePlan, grams, new CompressionOptions { Refit = ratio >= 0.4 }, calibration, progress);
         progress.EndLine();
 
