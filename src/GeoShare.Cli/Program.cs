@@ -16,6 +16,7 @@ namespace GeoShare.Cli
             new AnalyzeCommand(),
             new PlanCommand(),
             new CompressCommand(),
+            new BenchCommand(),
         ];
 
         public static int Run(string[] args)

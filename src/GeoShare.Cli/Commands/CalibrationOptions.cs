@@ -11,12 +11,13 @@ public static class CalibrationOptions
     public static OptionSpec Data => new("--data", "FILE", "text file whose windows form the calibration batch (language models)");
     public static OptionSpec FashionMnist => new("--fashion-mnist", "DIR", "Fashion-MNIST folder; the batch is taken from its training images (ViT)");
 
-    public static LossBatch Load(PretrainedModel model, string modelDir, ParsedArgs a, string countOption, string strideOption, string? firstOption = null)
+    public static LossBatch Load(PretrainedModel model, string modelDir, ParsedArgs a, string countOption, string strideOption, string? firstOption = null,
+        int? defaultCount = null, int? defaultStride = null)
     {
         string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
-        int count = a.Int(countOption);
+        int count = defaultCount is int dc && !a.Has(countOption) ? dc : a.Int(countOption);
         if (count <= 0) throw new UsageException($"{countOption}: must be at least 1, got {count}");
-        int stride = a.Int(strideOption, min: 1);
+        int stride = defaultStride is int ds && !a.Has(strideOption) ? ds : a.Int(strideOption, min: 1);
         int first = firstOption is null ? 0 : a.Int(firstOption, min: 0);
         if (model.Task == ModelTask.CausalLanguageModel)
         {

@@ -12,8 +12,8 @@ public static class PlannerCliOptions
     public static IReadOnlyList<OptionSpec> Specs =>
     [
         new("--curvature", "exact|kfac", "block curvature: Lanczos eigenpairs + Hutchinson trace on Hessian-vector products, or K-FAC factors", "kfac"),
-        new("--curvature-windows", "N", "windows (images) of the curvature batch: the first N of the calibration data, stride --curvature-stride", "4"),
-        new("--curvature-stride", "S", "stride of the curvature batch", "1"),
+        new("--curvature-windows", "N", "windows (images) of the curvature batch, from the first of the calibration data, stride --curvature-stride", DefaultNote: "4 windows (language models), 64 images (ViT)"),
+        new("--curvature-stride", "S", "stride of the curvature batch", DefaultNote: "1 (language models), 16 (ViT)"),
         new("--top", "K", "top eigenpairs per block in the cost model", "4"),
         new("--max-group", "N", "largest group of layers that may share (every group up to this size is costed: 12 layers give 78 groups at 2, 298 at 3, 793 at 4)", "2"),
         new("--contiguous", null, "only groups of consecutive layers"),
@@ -44,8 +44,11 @@ public static class PlannerCliOptions
         };
     }
 
+    /// <summary>A few windows carry 1000 predictions each; a classifier needs more images for as many.</summary>
     public static LossBatch CurvatureBatch(PretrainedModel model, string modelDir, ParsedArgs a) =>
-        CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride");
+        model.Task == ModelTask.CausalLanguageModel
+            ? CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 4, defaultStride: 1)
+            : CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 64, defaultStride: 16);
 
     /// <summary>Calibration second moments (unless given), the curvature batch, and the planner.</summary>
     public static PlannerResult Run(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress,
@@ -81,12 +84,20 @@ public static class PlannerCliOptions
         Console.WriteLine($"Geo-Sharing plan at ratio {CommonOptions.Fmt(r.Plan.Ratio ?? 0, "0.00")}: budget {r.Budget:N0} parameters, {r.CandidateGroups} candidate groups costed; " +
             $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s; curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
         Console.WriteLine(table);
+        if (r.GreedyComparison is { } g)
+            Console.WriteLine($"greedy search on the same costs: predicted ΔL {CommonOptions.Fmt(g.Objective, "0.00000")} " +
+                $"({CommonOptions.Fmt(100 * (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300), "0.00")}% above the optimum)");
     }
 
     /// <summary>The planner's result as JSON: the search, every chosen group's predicted cost, timings.</summary>
     public static object Summary(PlannerResult r) => new
     {
         search = new { method = r.Search.Method, status = r.Search.Status, objective = r.Search.Objective, bound = r.Search.Bound, seconds = r.Search.Seconds },
+        greedy_on_the_same_costs = r.GreedyComparison is not { } g ? null : new
+        {
+            objective = g.Objective, parameters = g.Parameters, seconds = g.Seconds,
+            relative_gap = (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300),
+        },
         budget = r.Budget,
         stored_parameters = r.Search.Parameters,
         candidate_groups = r.CandidateGroups,

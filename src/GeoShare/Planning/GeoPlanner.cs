@@ -109,21 +109,22 @@ public static class GeoPlanner
                 types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }
         double costSeconds = sw.Elapsed.TotalSeconds;
-        GroupCandidate? Oracle(string type, int[] layers)
-        {
-            bool ok = layers.Length == 1 || (shared.Contains(type) && layers.Length <= o.MaxGroupSize && !layers.Any(o.PrivateLayers.Contains)
-                       && (!o.Contiguous || layers[^1] - layers[0] == layers.Length - 1));
-            return ok ? Eval(type, layers) : null;
-        }
+        bool Allowed(string type, int[] layers) =>
+            layers.Length == 1 || (shared.Contains(type) && layers.Length <= o.MaxGroupSize && !layers.Any(o.PrivateLayers.Contains)
+                                   && (!o.Contiguous || layers[^1] - layers[0] == layers.Length - 1));
+        GroupCandidate? Oracle(string type, int[] layers) => Allowed(type, layers) ? Eval(type, layers) : null;
+        var typeSizes = model.ProjectionTypes.Select(t => (t, n)).ToList();
         if (exact)
         {
             progress?.Report(new ProgressTick("search", 0, 1, "cp-sat"));
             result = ColoringSearch.Exact(types, budget, o.TimeLimitSeconds);
             progress?.Report(new ProgressTick("search", 1, 1, "cp-sat"));
+            // The heuristic on the same (cached) costs: its gap to the optimum is what it would lose on deeper models.
+            greedy = ColoringSearch.Greedy(typeSizes, (t, g) => Allowed(t, g) ? costs.Evaluate(t, g, costs.Ranks(t, g.Length, kept)) : null, budget);
         }
         else
         {
-            result = ColoringSearch.Greedy(model.ProjectionTypes.Select(t => (t, n)).ToList(), Oracle, budget);
+            result = ColoringSearch.Greedy(typeSizes, Oracle, budget);
             costSeconds = sw.Elapsed.TotalSeconds;
         }
 

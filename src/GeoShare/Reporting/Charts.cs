@@ -2,8 +2,8 @@ using ScottPlot;
 
 namespace GeoShare.Reporting;
 
-/// <summary>One line of a line chart.</summary>
-public sealed record Series(string Label, double[] X, double[] Y);
+/// <summary>One line of a line chart; a reference line (e.g. the dense model) is drawn black and dashed.</summary>
+public sealed record Series(string Label, double[] X, double[] Y, bool Reference = false);
 
 /// <summary>PNG charts a person reads: title, labelled axes, legend. Written atomically.</summary>
 public static class Charts
@@ -11,16 +11,20 @@ public static class Charts
     public const int Width = 900, Height = 560;
 
     public static void Line(string path, string title, string xLabel, string yLabel, IReadOnlyList<Series> series,
-        bool logY = false, IReadOnlyList<string>? xTicks = null, bool markers = true)
+        bool logY = false, IReadOnlyList<string>? xTicks = null, bool markers = true, Alignment legend = Alignment.UpperRight)
     {
         var plot = new Plot();
+        var palette = new ScottPlot.Palettes.Category20();
+        int colour = 0;
         foreach (var s in series)
         {
             var y = logY ? s.Y.Select(v => v > 0 ? Math.Log10(v) : double.NaN).ToArray() : s.Y;
             var line = plot.Add.Scatter(s.X, y);
             line.LegendText = s.Label;
-            line.MarkerSize = markers ? 6 : 0;
+            line.MarkerSize = markers && !s.Reference ? 6 : 0;
             line.LineWidth = 2;
+            line.Color = s.Reference ? Colors.Black : palette.GetColor(colour++);
+            if (s.Reference) line.LinePattern = LinePattern.Dashed;
         }
         if (logY)
         {
@@ -36,7 +40,7 @@ public static class Charts
             for (int i = 0; i < xTicks.Count; i++) manual.AddMajor(i, xTicks[i]);
             plot.Axes.Bottom.TickGenerator = manual;
         }
-        Finish(plot, path, title, xLabel, logY ? yLabel + " (log scale)" : yLabel, series.Count > 1);
+        Finish(plot, path, title, xLabel, logY ? yLabel + " (log scale)" : yLabel, series.Count > 1, legend);
     }
 
     /// <summary>A matrix as a colored grid with a color bar; rows top to bottom.</summary>
@@ -87,12 +91,12 @@ public static class Charts
         Finish(plot, path, title, xLabel, yLabel, legend: false);
     }
 
-    private static void Finish(Plot plot, string path, string title, string xLabel, string yLabel, bool legend)
+    private static void Finish(Plot plot, string path, string title, string xLabel, string yLabel, bool legend, Alignment where = Alignment.UpperRight)
     {
         plot.Title(title);
         plot.XLabel(xLabel);
         plot.YLabel(yLabel);
-        if (legend) plot.ShowLegend(Alignment.UpperRight);
+        if (legend) plot.ShowLegend(where);
         var bytes = plot.GetImageBytes(Width, Height, ImageFormat.Png);
         AtomicFile.WriteBytes(path, bytes);
     }

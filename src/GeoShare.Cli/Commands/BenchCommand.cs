@@ -1,0 +1,220 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using GeoShare.Reporting;
+using GeoShare.Sharing;
+
+namespace GeoShare.Cli.Commands;
+
+/// <summary>
+/// `geoshare bench`: the sweep models × ratios × methods as cells (one `geoshare` process each, its JSON kept, so a
+/// finished cell is never recomputed), then the report: tables, results.json and pictures.
+/// </summary>
+public sealed class BenchCommand : ICommand
+{
+    private static readonly Dictionary<string, string> ModelDirs = new()
+    {
+        ["gpt2"] = "assets/models/gpt2-kjv-brown", ["llama"] = "assets/models/llama-kjv-brown", ["vit"] = "assets/models/vit-fashion-mnist",
+    };
+    private const string FashionMnist = "/usr/share/datasets/fashion-mnist";
+
+    public CommandSpec Spec { get; } = new("bench", "run the comparison sweep (resumable) and write the report with tables and pictures",
+    [
+        new("--models", "LIST", "bundled models: gpt2, llama, vit", "gpt2,llama,vit"),
+        new("--ratios", "LIST", "compression ratios", DefaultNote: "0.2,0.3,0.4,0.5 (language models), 0.2,0.4 (ViT)"),
+        new("--methods", "LIST", "methods (heuristics and geo)", string.Join(",", Baselines.Methods.Where(m => m != "none").Append("geo"))),
+        new("--results", "DIR", "one JSON per cell (delete one to recompute it)", "bench/results/sharing"),
+        new("--out", "DIR", "report.md, results.json and plots/ go here", "bench"),
+        new("--report-only", null, "do not run missing cells; report what exists"),
+        CommonOptions.Json,
+    ],
+    [
+        "geoshare bench",
+        "geoshare bench --models gpt2 --ratios 0.3 --methods adjacent,geo --results /tmp/cells --out /tmp/report",
+        "geoshare bench --report-only",
+    ]);
+
+    private sealed record Cell(string Model, string Method, double? Ratio, string Path);
+
+    public int Execute(ParsedArgs a)
+    {
+        var total = Stopwatch.StartNew();
+        var models = a.List("--models").ToList();
+        foreach (var m in models)
+            if (!ModelDirs.ContainsKey(m)) throw new UsageException($"--models: unknown model '{m}' (bundled: {string.Join(", ", ModelDirs.Keys)})");
+        var methods = a.List("--methods").ToList();
+        foreach (var m in methods)
+            if (m != "geo" && (!Baselines.Methods.Contains(m) || m == "none"))
+                throw new UsageException($"--methods: unknown method '{m}' (methods: {string.Join(", ", Baselines.Methods.Where(x => x != "none"))}, geo)");
+        IReadOnlyList<double>? ratios = a.Has("--ratios") ? a.DoubleList("--ratios") : null;
+        if (ratios is not null && ratios.Any(r => !(r > 0 && r < 1))) throw new UsageException("--ratios: every ratio must be within (0, 1)");
+        string results = a.Required("--results"), outDir = a.Required("--out");
+        Directory.CreateDirectory(results);
+
+        var cells = new List<Cell>();
+        foreach (var model in models)
+        {
+            cells.Add(new Cell(model, "none", null, Path.Combine(results, $"{model}-none.json")));
+            cells.Add(new Cell(model, "curvature", null, Path.Combine(results, $"{model}-curvature.json")));
+            foreach (var r in ratios ?? (model == "vit" ? [0.2, 0.4] : [0.2, 0.3, 0.4, 0.5]))
+                foreach (var m in methods)
+                    cells.Add(new Cell(model, m, r, Path.Combine(results, $"{model}-{m}-{Fmt(r)}.json")));
+        }
+        var missing = cells.Where(c => !File.Exists(c.Path)).ToList();
+        if (!a.Flag("--report-only"))
+            for (int i = 0; i < missing.Count; i++)
+            {
+                Console.Error.WriteLine($"[bench] cell {i + 1}/{missing.Count}: {System.IO.Path.GetFileName(missing[i].Path)}");
+                RunCell(missing[i]);
+            }
+
+        var report = Report(cells.Where(c => File.Exists(c.Path)).ToList(), models, outDir);
+        Console.WriteLine($"{report.Cells} cells ({cells.Count - report.Cells} missing); wrote {report.Markdown}, {report.Results} and {report.Pictures.Count} pictures in {CommonOptions.Fmt(total.Elapsed.TotalSeconds, "0")} s");
+        if (a.String("--json") is { } jsonPath)
+            JsonOutput.Write(jsonPath, new { command = "bench", cells = report.Cells, missing = cells.Count - report.Cells, report = report.Markdown, results = report.Results, pictures = report.Pictures, wall_seconds = total.Elapsed.TotalSeconds });
+        return 0;
+    }
+
+    private static string Fmt(double r) => r.ToString("0.0##", CultureInfo.InvariantCulture);
+
+    /// <summary>One cell in its own `geoshare` process (memory and threads as a user would see them).</summary>
+    private static void RunCell(Cell c)
+    {
+        string dir = ModelDirs[c.Model];
+        bool vit = c.Model == "vit";
+        var args = new List<string>();
+        if (c.Method == "curvature")
+        {
+            // Per-layer K-FAC curvature of every projection (top eigenvalues, traces) and its pictures, kept with the cell.
+            args.AddRange(["analyze", "--model", dir, "--method", "kfac", "--top", "4", "--plots", CurvaturePlotDir(c)]);
+            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--windows", "64", "--stride", "16"] : ["--data", "assets/data/corpus/valid.txt", "--windows", "4", "--stride", "1"]);
+        }
+        else if (c.Method == "none")
+            args.AddRange(vit ? ["eval", "--model", dir, "--fashion-mnist", FashionMnist] : ["eval", "--model", dir, "--data", "assets/data/corpus/test.txt"]);
+        else
+        {
+            args.AddRange(["compress", "--model", dir, "--ratio", Fmt(c.Ratio!.Value), "--method", c.Method]);
+            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--eval", "t10k"] : ["--data", "assets/data/corpus/valid.txt", "--eval", "assets/data/corpus/test.txt"]);
+        }
+        args.AddRange(["--json", c.Path]);
+        var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
+        if (System.IO.Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") psi.ArgumentList.Add(typeof(BenchCommand).Assembly.Location);
+        foreach (var x in args) psi.ArgumentList.Add(x);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start geoshare");
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new NumericalException($"cell {System.IO.Path.GetFileName(c.Path)} failed (geoshare {string.Join(' ', args)} exited with {p.ExitCode})");
+    }
+
+    private static string CurvaturePlotDir(Cell c) => System.IO.Path.ChangeExtension(c.Path, null) + "-plots";
+
+    private sealed record Row(string Model, string Method, double? Ratio, double Metric, long Parameters, long ParameterBytes, double Throughput, double? AchievedRatio, double Seconds);
+
+    private static Row Read(Cell c)
+    {
+        JsonNode j;
+        try { j = JsonNode.Parse(File.ReadAllText(c.Path))!; }
+        catch (JsonException e) { throw BadInputException.For(c.Path, $"not a cell result ({e.Message.Split('.')[0]})"); }
+        var e2 = c.Method == "none" ? j : j["evaluation"] ?? throw BadInputException.For(c.Path, "has no evaluation");
+        double metric = (e2["perplexity"] ?? e2["accuracy"] ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy")).GetValue<double>();
+        double throughput = (e2["tokens_per_second"] ?? e2["images_per_second"])?.GetValue<double>() ?? double.NaN;
+        long parameters = c.Method == "none" ? j["parameters"]!.GetValue<long>() : j["report"]!["model_parameters_after"]!.GetValue<long>();
+        return new Row(c.Model, c.Method, c.Ratio, metric, parameters, j["parameter_bytes"]!.GetValue<long>(), throughput,
+            j["achieved_ratio"]?.GetValue<double>(), j["wall_seconds"]!.GetValue<double>());
+    }
+
+    private sealed record ReportFiles(int Cells, string Markdown, string Results, List<string> Pictures);
+
+    private static ReportFiles Report(List<Cell> cells, List<string> models, string outDir)
+    {
+        var rows = cells.Where(c => c.Method != "curvature").Select(Read).ToList();
+        string plots = System.IO.Path.Combine(outDir, "plots");
+        Directory.CreateDirectory(plots);
+        var pictures = new List<string>();
+        var md = new StringBuilder();
+        md.AppendLine("# GeoShare benchmark report").AppendLine();
+        md.AppendLine("Regenerate: `./geoshare bench` (cells in `bench/results/sharing/`, one JSON each; delete one to recompute it;");
+        md.AppendLine("`./geoshare bench --report-only` rewrites this report from them). Every compressed model keeps the same number of");
+        md.AppendLine("parameters for every method at a ratio (Basis Sharing's rank formula, within one rank step per group); calibration");
+        md.AppendLine("64 windows of valid.txt (stride 16) or 64 Fashion-MNIST training images; coefficients refitted from ratio 0.4;");
+        md.AppendLine("`geo` = Geo-Sharing with K-FAC curvature and the defaults of `geoshare compress --method geo`.").AppendLine();
+        foreach (var model in models)
+        {
+            var mine = rows.Where(r => r.Model == model).ToList();
+            if (mine.Count == 0) continue;
+            bool accuracy = model == "vit";
+            var dense = mine.FirstOrDefault(r => r.Method == "none");
+            var ratios = mine.Where(r => r.Ratio is not null).Select(r => r.Ratio!.Value).Distinct().Order().ToList();
+            var methods = mine.Where(r => r.Ratio is not null).Select(r => r.Method).Distinct().ToList();
+            md.AppendLine($"## {model}: test {(accuracy ? "accuracy (higher is better)" : "perplexity (lower is better)")}").AppendLine();
+            md.AppendLine("| method | " + string.Join(" | ", ratios.Select(Fmt)) + " |");
+            md.AppendLine("|---|" + string.Concat(ratios.Select(_ => "---:|")));
+            if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => dense.Metric.ToString("0.0000", CultureInfo.InvariantCulture))) + " |");
+            Row? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
+            foreach (var m in methods)
+                md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.Metric.ToString("0.0000", CultureInfo.InvariantCulture) : "–")) + " |");
+            md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r =>
+            {
+                var b = mine.Where(x => x.Ratio == r && x.Method != "geo").ToList();
+                if (b.Count == 0) return "–";
+                var best = accuracy ? b.MaxBy(x => x.Metric)! : b.MinBy(x => x.Metric)!;
+                return $"{best.Metric.ToString("0.0000", CultureInfo.InvariantCulture)} ({best.Method})";
+            })) + " |").AppendLine();
+            md.AppendLine($"Parameters, bytes and {(accuracy ? "images" : "tokens")}/s of the evaluation, each in its own process as the cell ran (cells that ran");
+            md.AppendLine("beside other work on the machine are slower; a controlled side-by-side comparison is `bench/memory.md`):").AppendLine();
+            md.AppendLine("| method | ratio | achieved ratio | parameters | parameter bytes | " + (accuracy ? "images" : "tokens") + "/s | cell seconds |");
+            md.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+            foreach (var r in mine.OrderBy(x => x.Ratio ?? 0).ThenBy(x => x.Method))
+                md.AppendLine($"| {r.Method} | {(r.Ratio is double q ? Fmt(q) : "–")} | {(r.AchievedRatio is double ar ? ar.ToString("0.0000", CultureInfo.InvariantCulture) : "–")} | {r.Parameters:N0} | {r.ParameterBytes:N0} | {r.Throughput:0} | {r.Seconds:0} |");
+            md.AppendLine();
+
+            var series = methods.Select(m => new Series(m, ratios.Where(r => At(m, r) is not null).ToArray(),
+                ratios.Where(r => At(m, r) is not null).Select(r => At(m, r)!.Metric).ToArray())).Where(s => s.X.Length > 0).ToList();
+            if (dense is not null && ratios.Count > 0) series.Add(new Series("dense", [ratios[0], ratios[^1]], [dense.Metric, dense.Metric], Reference: true));
+            string q1 = System.IO.Path.Combine(plots, $"quality-{model}.png");
+            Charts.Line(q1, $"{model}: test {(accuracy ? "accuracy" : "perplexity")} at equal parameter budgets", "compression ratio (fraction of shareable parameters removed)",
+                accuracy ? "accuracy" : "perplexity", series, legend: accuracy ? ScottPlot.Alignment.LowerLeft : ScottPlot.Alignment.UpperLeft);
+            pictures.Add(q1);
+            md.AppendLine($"![quality against ratio]({System.IO.Path.GetRelativePath(outDir, q1)})").AppendLine();
+
+            foreach (var geo in cells.Where(c => c.Model == model && c.Method == "geo"))
+            {
+                var j = JsonNode.Parse(File.ReadAllText(geo.Path))!;
+                if (j["plan"] is not JsonNode planNode) continue;
+                var plan = planNode.Deserialize<SharingPlan>(JsonOutput.Options)!;
+                string dir = System.IO.Path.Combine(plots, $"{model}-geo-{Fmt(geo.Ratio!.Value)}");
+                Directory.CreateDirectory(dir);
+                pictures.Add(PlanPlots.Coloring(System.IO.Path.Combine(dir, "coloring.png"), plan, $"{model}: geo plan at ratio {Fmt(geo.Ratio!.Value)}"));
+                if (j["planner"]?["pairwise_cost"] is JsonObject pairs)
+                    foreach (var (type, value) in pairs)
+                    {
+                        var m = value!.AsArray().Select(row => row!.AsArray().Select(v => v!.GetValue<double>()).ToArray()).ToArray();
+                        var grid = new double[m.Length, m.Length];
+                        for (int r = 0; r < m.Length; r++) for (int c = 0; c < m.Length; c++) grid[r, c] = m[r][c];
+                        var labels = Enumerable.Range(0, m.Length).Select(i => i.ToString()).ToArray();
+                        string path = System.IO.Path.Combine(dir, $"pairwise-cost-{CurvaturePlots.Sanitize(type)}.png");
+                        Charts.Heatmap(path, $"{model}: predicted extra loss of sharing two layers ({type})", "layer", "layer", grid, labels, labels, "ΔL(pair) − ΔL(i) − ΔL(j)");
+                        pictures.Add(path);
+                    }
+                md.AppendLine($"![{model} geo plan at {Fmt(geo.Ratio!.Value)}]({System.IO.Path.GetRelativePath(outDir, System.IO.Path.Combine(dir, "coloring.png"))})");
+            }
+            md.AppendLine();
+            if (cells.FirstOrDefault(c => c.Model == model && c.Method == "curvature") is { } cc && Directory.Exists(CurvaturePlotDir(cc)))
+            {
+                md.AppendLine($"Per-layer curvature (K-FAC, `geoshare analyze`, cell `{System.IO.Path.GetFileName(cc.Path)}`):").AppendLine();
+                foreach (var png in Directory.GetFiles(CurvaturePlotDir(cc), "*.png").Order())
+                {
+                    md.AppendLine($"![{System.IO.Path.GetFileNameWithoutExtension(png)}]({System.IO.Path.GetRelativePath(outDir, png)})");
+                    pictures.Add(png);
+                }
+                md.AppendLine();
+            }
+        }
+        md.AppendLine("Memory and throughput of a compressed model against the dense one, side by side: `bench/memory.md`.");
+        string mdPath = System.IO.Path.Combine(outDir, "report.md"), jsonPath = System.IO.Path.Combine(outDir, "results.json");
+        AtomicFile.WriteText(mdPath, md.ToString());
+        JsonOutput.Write(jsonPath, new { cells = rows, pictures = pictures.Select(p => System.IO.Path.GetRelativePath(outDir, p)) });
+        return new ReportFiles(rows.Count, mdPath, jsonPath, pictures);
+    }
+}
