@@ -40,7 +40,7 @@ size() { du -cb "$1"/*.safetensors | tail -1 | cut -f1; }
   echo "Reading the numbers: the parameters of the compressed model take 0.59× the bytes of the dense ones (each shared"
   echo "basis is stored once). The resident increase on loading is larger than the parameter bytes for both models: the"
   echo "bundled dense checkpoint is F16 (half the file size) and is converted to float32 on load, and the launcher's jemalloc"
-  echo "settings keep freed pages (dirty_decay_ms:-1), so load-time buffers stay resident. The peak is dominated by the .NET"
+  echo "settings keep freed pages for a few seconds, so load-time buffers are still resident when measured. The peak is dominated by the .NET"
   echo "runtime, libtorch and activations, which sharing does not change. The compressed checkpoint is written in float32,"
   echo "so it is larger than the F16 dense file. Throughput: the compressed layers do two smaller matrix products"
   echo "(x·B then ·C) instead of one; at ratio 0.5 that is fewer multiply-adds, hence the speed-up on CPU."
