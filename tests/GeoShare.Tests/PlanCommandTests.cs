@@ -26,6 +26,14 @@ public class PlanCommandTests
     }
 
     [Fact]
+    public void GeoRefusesTiedMatrices()
+    {
+        var r = GeoshareProcess.Run("compress", "--model", Repo.Gpt2, "--data", "assets/data/corpus/valid.txt", "--ratio", "0.3", "--method", "geo", "--mode", "tie");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--mode tie", r.Stderr);
+    }
+
+    [Fact]
     public void ColoringPictureIsARealPng()
     {
         var model = ModelLoader.Load(Repo.Gpt2);

@@ -65,6 +65,8 @@ public sealed class CompressCommand : ICommand
         var (calibration, evaluate) = Data(model, modelDir, a);
 
         string method = planPath is null ? a.Required("--method") : "plan";
+        if (method == "geo" && a.Choice("--mode", "basis", "tie") == "tie")
+            throw new UsageException("--mode tie: geo shares low-rank bases (its coefficients are what it aligns); use --mode basis");
         using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
         SharingPlan plan;
         PlannerResult? planner = null;
