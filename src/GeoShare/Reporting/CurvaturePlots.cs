@@ -33,12 +33,14 @@ public static class CurvaturePlots
             return new Series(t, pts.Select(x => (double)x.Where!.Value.Layer).ToArray(), pts.Select(x => value(x.Block)!.Value).ToArray());
         }).Where(s => s.X.Length > 0).ToList();
 
+        // K-FAC approximates the Gauss-Newton matrix, not the Hessian: say which curvature a picture shows.
+        string curvature = located.Count > 0 && located.All(x => x.Block.Method == "kfac") ? "K-FAC curvature" : "Hessian";
         var top = ByLayer(b => b.TopEigenvalues.Length > 0 ? b.TopEigenvalues[0] : null);
         if (top.Count > 0)
         {
             string p = Path.Combine(dir, "top-eigenvalue-by-layer.png");
             bool log = top.All(s => s.Y.All(v => v > 0));
-            Charts.Line(p, $"{modelLabel}: largest Hessian eigenvalue per block", "layer", "λ_max", top, logY: log);
+            Charts.Line(p, $"{modelLabel}: largest {curvature} eigenvalue per block", "layer", "λ_max", top, logY: log);
             written.Add(p);
         }
         var trace = ByLayer(b => b.Trace);
@@ -46,7 +48,7 @@ public static class CurvaturePlots
         {
             string p = Path.Combine(dir, "trace-by-layer.png");
             bool log = trace.All(s => s.Y.All(v => v > 0));
-            Charts.Line(p, $"{modelLabel}: Hessian trace per block", "layer", "trace", trace, logY: log);
+            Charts.Line(p, $"{modelLabel}: {curvature} trace per block", "layer", "trace", trace, logY: log);
             written.Add(p);
         }
         var densities = blocks.Where(b => b.Density is not null).Take(8)
