@@ -109,7 +109,7 @@ public sealed class BenchCommand : ICommand
 
     private static string CurvaturePlotDir(Cell c) => System.IO.Path.ChangeExtension(c.Path, null) + "-plots";
 
-    private sealed record Row(string Model, string Method, double? Ratio, double Metric, long Parameters, long ParameterBytes, double Throughput, double? AchievedRatio, double Seconds);
+    private sealed record Row(string Model, string Method, double? Ratio, double Metric, double MeanNll, long Parameters, long ParameterBytes, double Throughput, double? AchievedRatio, double Seconds);
 
     private static Row Read(Cell c)
     {
@@ -120,7 +120,8 @@ public sealed class BenchCommand : ICommand
         double metric = (e2["perplexity"] ?? e2["accuracy"] ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy")).GetValue<double>();
         double throughput = (e2["tokens_per_second"] ?? e2["images_per_second"])?.GetValue<double>() ?? double.NaN;
         long parameters = c.Method == "none" ? j["parameters"]!.GetValue<long>() : j["report"]!["model_parameters_after"]!.GetValue<long>();
-        return new Row(c.Model, c.Method, c.Ratio, metric, parameters, j["parameter_bytes"]!.GetValue<long>(), throughput,
+        double meanNll = e2["mean_nll"]?.GetValue<double>() ?? double.NaN;
+        return new Row(c.Model, c.Method, c.Ratio, metric, meanNll, parameters, j["parameter_bytes"]!.GetValue<long>(), throughput,
             j["achieved_ratio"]?.GetValue<double>(), j["wall_seconds"]!.GetValue<double>());
     }
 
@@ -161,6 +162,17 @@ public sealed class BenchCommand : ICommand
                 var best = accuracy ? b.MaxBy(x => x.Metric)! : b.MinBy(x => x.Metric)!;
                 return $"{best.Metric.ToString("0.0000", CultureInfo.InvariantCulture)} ({best.Method})";
             })) + " |").AppendLine();
+            if (accuracy)
+            {
+                // Accuracy moves in steps of 1/10,000 here; the mean NLL separates methods that accuracy cannot.
+                md.AppendLine("Mean NLL on the test images (lower is better; a finer measure than accuracy):").AppendLine();
+                md.AppendLine("| method | " + string.Join(" | ", ratios.Select(Fmt)) + " |");
+                md.AppendLine("|---|" + string.Concat(ratios.Select(_ => "---:|")));
+                if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => dense.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture))) + " |");
+                foreach (var m in methods)
+                    md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture) : "–")) + " |");
+                md.AppendLine();
+            }
             md.AppendLine($"Parameters, bytes and {(accuracy ? "images" : "tokens")}/s of the evaluation, each in its own process as the cell ran (cells that ran");
             md.AppendLine("beside other work on the machine are slower; a controlled side-by-side comparison is `bench/memory.md`):").AppendLine();
             md.AppendLine("| method | ratio | achieved ratio | parameters | parameter bytes | " + (accuracy ? "images" : "tokens") + "/s | cell seconds |");
