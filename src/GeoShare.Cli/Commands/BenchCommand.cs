@@ -70,10 +70,11 @@ public sealed class BenchCommand : ICommand
                 RunCell(missing[i]);
             }
 
-        var report = Report(cells.Where(c => File.Exists(c.Path)).ToList(), models, outDir);
-        Console.WriteLine($"{report.Cells} cells ({cells.Count - report.Cells} missing); wrote {report.Markdown}, {report.Results} and {report.Pictures.Count} pictures in {CommonOptions.Fmt(total.Elapsed.TotalSeconds, "0")} s");
+        var done = cells.Where(c => File.Exists(c.Path)).ToList();
+        var report = Report(done, models, outDir);
+        Console.WriteLine($"{done.Count} cells ({cells.Count - done.Count} missing); wrote {report.Markdown}, {report.Results} and {report.Pictures.Count} pictures in {CommonOptions.Fmt(total.Elapsed.TotalSeconds, "0")} s");
         if (a.String("--json") is { } jsonPath)
-            JsonOutput.Write(jsonPath, new { command = "bench", cells = report.Cells, missing = cells.Count - report.Cells, report = report.Markdown, results = report.Results, pictures = report.Pictures, wall_seconds = total.Elapsed.TotalSeconds });
+            JsonOutput.Write(jsonPath, new { command = "bench", cells = done.Count, missing = cells.Count - done.Count, report = report.Markdown, results = report.Results, pictures = report.Pictures, wall_seconds = total.Elapsed.TotalSeconds });
         return 0;
     }
 
