@@ -113,25 +113,17 @@ static class Fidelity
     {
         var sites = model.Sites.ToList();
         var weights = sites.Select(s => ((DenseLinear)model.GetProjection(s)).Weight).ToList();
-        using var h = new BlockHessian(model, batch, weights.Cast<Tensor>().ToList());
+        using var h = new HessianOperator(() => batch.Loss(model), weights.Cast<Tensor>().ToList());
         var result = new List<object>();
         foreach (var (label, delta) in deltas)
         {
             var sw = Stopwatch.StartNew();
             // δ in the weights' storage layout, concatenated like the operator's flat vector.
-            var parts = sites.Select(s => ((DenseLinear)model.GetProjection(s)).Layout == WeightLayout.InOut ? delta[s.Name] : delta[s.Name].t()).ToList();
-            var flat = torch.cat(parts.Select(p => p.contiguous().reshape(-1)).ToList()).to_type(ScalarType.Float32);
-            double full = h.Operator.Apply(flat).to_type(ScalarType.Float64).mul(flat.to_type(ScalarType.Float64)).sum().item<double>();
-            double diagonal = 0;
-            long offset = 0;
-            foreach (var p in parts)
-            {
-                long n = p.numel();
-                var masked = torch.zeros_like(flat);
-                masked.narrow(0, offset, n).copy_(flat.narrow(0, offset, n));
-                diagonal += h.Operator.Apply(masked).narrow(0, offset, n).to_type(ScalarType.Float64).mul(flat.narrow(0, offset, n).to_type(ScalarType.Float64)).sum().item<double>();
-                offset += n;
-            }
+            var parts = sites.Select(s => ((DenseLinear)model.GetProjection(s)).Layout == WeightLayout.InOut ? delta[s.Name] : delta[s.Name].t())
+                .Select(p => p.contiguous().reshape(-1).to_type(ScalarType.Float32)).ToList();
+            var flat = torch.cat(parts);
+            double full = h.Apply(flat).to_type(ScalarType.Float64).mul(flat.to_type(ScalarType.Float64)).sum().item<double>();
+            double diagonal = parts.Select((p, b) => h.ApplyBlock(b, p).to_type(ScalarType.Float64).mul(p.to_type(ScalarType.Float64)).sum().item<double>()).Sum();
             Log($"{label}: δᵀHδ {full:G5}, block-diagonal {diagonal:G5}, cross-layer {full - diagonal:G5} ({sw.Elapsed.TotalSeconds:F0} s)");
             result.Add(new { plan = label, full_quadratic = full, block_diagonal = diagonal, cross_layer = full - diagonal, cross_layer_share = (full - diagonal) / full });
         }

@@ -113,6 +113,38 @@ public class CurvatureTests
     }
 
     [Fact]
+    public void BlockProductsAndJointTraceSamplesAgreeWithTheExactHessiansDiagonalBlocks()
+    {
+        var model = TinyModels.Gpt2();
+        using var batch = TinyModels.TokenBatch(model);
+        var all = model.ParametersByName();
+        var ps = new[] { "transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.ln_1.weight" }.Select(n => (Tensor)all[n]).ToList();
+        using var h = new HessianOperator(() => batch.Loss(model), ps);
+        using var exact = h.Dense();
+        var sizes = h.BlockSizes;
+        long offset = 0;
+        var gen = new Generator(5);
+        var exactTraces = new double[ps.Count];
+        for (int b = 0; b < ps.Count; b++)
+        {
+            using var block = exact.narrow(0, offset, sizes[b]).narrow(1, offset, sizes[b]);
+            exactTraces[b] = block.trace().item<double>();
+            using var v = torch.randn(sizes[b], dtype: h.DType, generator: gen);
+            using var hv = h.ApplyBlock(b, v);
+            double rel = TensorAssert.RelativeError(hv, block.mv(v));
+            Assert.True(rel < 1e-10, $"block {b}: H_bb v from the joint graph vs the exact block: {rel:E2}");
+            offset += sizes[b];
+        }
+        var joint = TraceEstimators.BlockHutchinson(h.Apply, sizes, h.DType, probes: 400, seed: 2);
+        for (int b = 0; b < ps.Count; b++)
+        {
+            Assert.True(joint[b].StandardError > 0);
+            Assert.True(Math.Abs(joint[b].Value - exactTraces[b]) <= 4 * joint[b].StandardError,
+                $"block {b}: joint Hutchinson {joint[b].Value} ± {joint[b].StandardError} vs exact {exactTraces[b]}");
+        }
+    }
+
+    [Fact]
     public void LanczosIsDeterministicForASeed()
     {
         var model = TinyModels.Llama();

@@ -84,6 +84,27 @@ public sealed class HessianOperator : IDisposable
         return flat.detach().MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// H_bb v for the diagonal block of parameter <paramref name="index"/> (v: that parameter's elements, flat). It
+    /// reuses the joint gradient graph, so one operator over many blocks serves every block's eigensolver without
+    /// rebuilding the graph per block; the cost is one double backward from that parameter's gradient.
+    /// </summary>
+    public Tensor ApplyBlock(int index, Tensor v)
+    {
+        var p = _params[index];
+        if (v.numel() != p.numel()) throw new ArgumentException($"vector has {v.numel()} elements, block {index} has {p.numel()}");
+        Products++;
+        using var scope = torch.NewDisposeScope();
+        if (!_differentiable.Contains(index)) return torch.zeros(p.numel(), dtype: DType).MoveToOuterDisposeScope();
+        p.requires_grad = true;
+        var hv = torch.autograd.grad([_grads[index]], [p], [v.to_type(DType).view(p.shape)], retain_graph: true, create_graph: false, allow_unused: true);
+        var r = hv[0] is null || hv[0].IsInvalid ? torch.zeros_like(p) : hv[0];
+        return r.reshape(-1).detach().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Element count of each parameter, in order.</summary>
+    public IReadOnlyList<long> BlockSizes => _params.Select(p => p.numel()).ToList();
+
     /// <summary>Splits a flat vector into views shaped like the parameters.</summary>
     public List<Tensor> Split(Tensor flat)
     {

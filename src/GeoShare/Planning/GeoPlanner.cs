@@ -219,16 +219,27 @@ public static class GeoPlanner
             }
             return result;
         }
+        // One gradient graph over every block: the traces come from joint products (each gives a sample of every
+        // block's trace), the eigenpairs from products restricted to one block on the same graph.
+        var weights = sites.Select(s => model.GetProjection(s) is DenseLinear d ? (Tensor)d.Weight : throw new UsageException("curvature needs the dense model")).ToList();
+        using var h = new HessianOperator(() => batch.Loss(model), weights);
+        progress?.Report(new ProgressTick("curvature traces", 0, o.TraceProducts, "products"));
+        int probe = 0;
+        var traces = TraceEstimators.BlockHutchinson(v =>
+        {
+            var r = h.Apply(v);
+            progress?.Report(new ProgressTick("curvature traces", ++probe, o.TraceProducts, "products"));
+            return r;
+        }, h.BlockSizes, h.DType, o.TraceProducts, o.Seed + 1000);
+        var blockGradients = h.Split(h.Gradient);
         progress?.Report(new ProgressTick("curvature", 0, sites.Count, "blocks"));
         for (int i = 0; i < sites.Count; i++)
         {
-            var weight = model.GetProjection(sites[i]) is DenseLinear d ? d.Weight : throw new UsageException("curvature needs the dense model");
-            using var h = new BlockHessian(model, batch, [weight]);
-            var top = h.Eigenvalues(o.TopK, SpectrumEnd.Largest, new LanczosOptions { Tolerance = o.Tolerance, Seed = o.Seed + i });
-            var trace = h.Trace(o.TraceProducts, seed: o.Seed + 1000 + i);
-            using var gradient = h.Operator.Gradient.reshape(weight.shape);
-            result[sites[i].Name] = BlockCurvatureModel.FromEigenpairs(sites[i].Name, ToInOut(model, sites[i], gradient.unsqueeze(0))[0],
-                top.Values, ToInOut(model, sites[i], top.Vectors), trace.Value, A(sites[i]));
+            int block = i;
+            var top = Lanczos.Extreme(v => h.ApplyBlock(block, v), h.BlockSizes[i], o.TopK, SpectrumEnd.Largest, h.DType,
+                new LanczosOptions { Tolerance = o.Tolerance, Seed = o.Seed + i });
+            result[sites[i].Name] = BlockCurvatureModel.FromEigenpairs(sites[i].Name, ToInOut(model, sites[i], blockGradients[i].unsqueeze(0))[0],
+                top.Values, ToInOut(model, sites[i], top.Vectors), traces[i].Value, A(sites[i]));
             top.Vectors.Dispose();
             progress?.Report(new ProgressTick("curvature", i + 1, sites.Count, "blocks"));
         }
