@@ -110,6 +110,11 @@ public static class PlannerCliOptions
             high_curvature_energy = g.Option.HighCurvatureEnergy,
         }),
         pairwise_cost = r.PairwiseCost.ToDictionary(kv => kv.Key, kv => ToRows(kv.Value)),
+        blocks = r.Curvature.Values.Select(c => new
+        {
+            site = c.Site, method = c.Method, top_eigenvalues = c.TopValues, corrections = c.Corrections, trace = c.Trace,
+            trace_standard_error = c.TraceStandardError,
+        }),
     };
 
     private static double[][] ToRows(double[,] m) =>

@@ -33,6 +33,8 @@ public sealed class BlockCurvatureModel : IDisposable
     public required string Method { get; init; }
     /// <summary>The block's curvature trace (exact: Hutchinson estimate; K-FAC: tr A · tr G).</summary>
     public double Trace { get; init; }
+    /// <summary>The trace estimate's standard error (exact curvature); null where the trace is exact (K-FAC).</summary>
+    public double? TraceStandardError { get; init; }
 
     public int InFeatures => (int)A.shape[0];
     public int OutFeatures => (int)OutputWeights.shape[0];
@@ -60,7 +62,8 @@ public sealed class BlockCurvatureModel : IDisposable
     public double Predict(Tensor delta) => Linear(delta) + 0.5 * Quadratic(delta);
 
     /// <summary>A model from top eigenpairs and a bulk A ⊗ diag(γ); takes ownership of the tensors.</summary>
-    public static BlockCurvatureModel Create(string site, string method, Tensor gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace)
+    public static BlockCurvatureModel Create(string site, string method, Tensor gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace,
+        double? traceStandardError = null)
     {
         double[] corrections;
         using (var scope = torch.NewDisposeScope())
@@ -71,7 +74,7 @@ public sealed class BlockCurvatureModel : IDisposable
         return new BlockCurvatureModel
         {
             Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors, A = a, OutputWeights = gamma,
-            Corrections = corrections, Trace = trace,
+            Corrections = corrections, Trace = trace, TraceStandardError = traceStandardError,
         };
     }
 
@@ -79,7 +82,8 @@ public sealed class BlockCurvatureModel : IDisposable
     /// The exact-curvature model: bulk β(A ⊗ I) with tr = trace − Σλᵢ spread like the inputs' second moment.
     /// β is kept positive (an indefinite remainder is not modelled).
     /// </summary>
-    public static BlockCurvatureModel FromEigenpairs(string site, Tensor gradient, double[] values, Tensor vectors, double trace, Tensor a)
+    public static BlockCurvatureModel FromEigenpairs(string site, Tensor gradient, double[] values, Tensor vectors, double trace, Tensor a,
+        double? traceStandardError = null)
     {
         int dout = (int)gradient.shape[1];
         double beta;
@@ -91,7 +95,7 @@ public sealed class BlockCurvatureModel : IDisposable
             double floor = 1e-3 * Math.Max(values.Where(v => v > 0).DefaultIfEmpty(0).Average(), 1e-12) / Math.Max(trA / a.shape[0], 1e-300);
             beta = Math.Max(beta, floor);
         }
-        return Create(site, "exact", gradient, values, vectors, a, torch.full(dout, beta, dtype: ScalarType.Float64), trace);
+        return Create(site, "exact", gradient, values, vectors, a, torch.full(dout, beta, dtype: ScalarType.Float64), trace, traceStandardError);
     }
 
     public void Dispose()

@@ -239,7 +239,7 @@ public static class GeoPlanner
             var top = Lanczos.Extreme(v => h.ApplyBlock(block, v), h.BlockSizes[i], o.TopK, SpectrumEnd.Largest, h.DType,
                 new LanczosOptions { Tolerance = o.Tolerance, Seed = o.Seed + i });
             result[sites[i].Name] = BlockCurvatureModel.FromEigenpairs(sites[i].Name, ToInOut(model, sites[i], blockGradients[i].unsqueeze(0))[0],
-                top.Values, ToInOut(model, sites[i], top.Vectors), traces[i].Value, A(sites[i]));
+                top.Values, ToInOut(model, sites[i], top.Vectors), traces[i].Value, A(sites[i]), traces[i].StandardError);
             top.Vectors.Dispose();
             progress?.Report(new ProgressTick("curvature", i + 1, sites.Count, "blocks"));
         }
