@@ -27,6 +27,7 @@ public class BenchCommandTests
             Assert.Contains(method == "none" ? $"| none (dense) | {metric} |" : $"| {method} | {metric} |", md);
         }
         Assert.Contains("| **best heuristic** | 74.9305 (adjacent) |", md);
+        Assert.Contains("| **geo vs best heuristic** | better by 0.3285 |", md);
         foreach (var p in results["pictures"]!.AsArray())
         {
             var bytes = File.ReadAllBytes(Path.Combine(tmp.File("out"), p!.GetValue<string>()));

@@ -80,6 +80,16 @@ public sealed class BenchCommand : ICommand
 
     private static string Fmt(double r) => r.ToString("0.0##", CultureInfo.InvariantCulture);
 
+    /// <summary>The table row that says, per ratio, whether geo beats the best heuristic (and by how much).</summary>
+    private static string Verdict(IReadOnlyList<double> ratios, Func<double, double?> geo, Func<double, double?> best, bool higherIsBetter, string format) =>
+        "| **geo vs best heuristic** | " + string.Join(" | ", ratios.Select(r =>
+        {
+            if (geo(r) is not double g || best(r) is not double b) return "–";
+            double gain = higherIsBetter ? g - b : b - g;
+            string by = Math.Abs(gain).ToString(format, CultureInfo.InvariantCulture);
+            return gain > 0 ? $"better by {by}" : gain < 0 ? $"**not better**: worse by {by}" : "**not better**: equal";
+        })) + " |";
+
     /// <summary>One cell in its own `geoshare` process (memory and threads as a user would see them).</summary>
     private static void RunCell(Cell c)
     {
@@ -156,13 +166,14 @@ public sealed class BenchCommand : ICommand
             Row? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
             foreach (var m in methods)
                 md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.Metric.ToString("0.0000", CultureInfo.InvariantCulture) : "–")) + " |");
-            md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r =>
+            Row? BestHeuristic(double r, Func<Row, double> metric, bool higherIsBetter)
             {
                 var b = mine.Where(x => x.Ratio == r && x.Method != "geo").ToList();
-                if (b.Count == 0) return "–";
-                var best = accuracy ? b.MaxBy(x => x.Metric)! : b.MinBy(x => x.Metric)!;
-                return $"{best.Metric.ToString("0.0000", CultureInfo.InvariantCulture)} ({best.Method})";
-            })) + " |").AppendLine();
+                return b.Count == 0 ? null : higherIsBetter ? b.MaxBy(metric) : b.MinBy(metric);
+            }
+            md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r, x => x.Metric, accuracy) is { } best
+                ? $"{best.Metric.ToString("0.0000", CultureInfo.InvariantCulture)} ({best.Method})" : "–")) + " |");
+            md.AppendLine(Verdict(ratios, r => At("geo", r)?.Metric, r => BestHeuristic(r, x => x.Metric, accuracy)?.Metric, accuracy, "0.0000")).AppendLine();
             if (accuracy)
             {
                 // Accuracy moves in steps of 1/10,000 here; the mean NLL separates methods that accuracy cannot.
@@ -172,7 +183,10 @@ public sealed class BenchCommand : ICommand
                 if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => dense.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture))) + " |");
                 foreach (var m in methods)
                     md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture) : "–")) + " |");
-                md.AppendLine();
+                md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r, x => x.MeanNll, false) is { } best
+                    ? $"{best.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture)} ({best.Method})" : "–")) + " |");
+                md.AppendLine(Verdict(ratios, r => At("geo", r)?.MeanNll, r => BestHeuristic(r, x => x.MeanNll, false)?.MeanNll, false, "0.00000")).AppendLine();
+                md.AppendLine("Whether the test split can tell these models apart at all (image by image, McNemar's test): `bench/vit-paired.md`.").AppendLine();
             }
             md.AppendLine($"Parameters, bytes and {(accuracy ? "images" : "tokens")}/s of the evaluation, each in its own process as the cell ran (cells that ran");
             md.AppendLine("beside other work on the machine are slower; a controlled side-by-side comparison is `bench/memory.md`):").AppendLine();
