@@ -42,7 +42,8 @@ for ratio in sorted({r["ratio"] for r in rows}):
     print(f"| {ratio} | {len(rs)} | {spearman([r['quadratic_exact'] for r in rs], m):.3f} | {spearman([r['quadratic_kfac'] for r in rs], m):.3f} |")
 PY
   echo
-  echo "Curvature: exact $(jq -r '.curvature_seconds.exact|round' $json) s, K-FAC $(jq -r '.curvature_seconds.kfac|round' $json) s in this run."
+  echo "Curvature: exact $(jq -r '.curvature_seconds.exact|round' $json) s, K-FAC $(jq -r '.curvature_seconds.kfac|round' $json) s in this run (times depend on what else"
+  echo "the machine ran; the README gives the exact plan's time alone)."
   echo
   echo "## Cross-layer terms"
   echo
