@@ -23,7 +23,7 @@ public sealed class BenchCommand : ICommand
     public CommandSpec Spec { get; } = new("bench", "run the comparison sweep (resumable) and write the report with tables and pictures",
     [
         new("--models", "LIST", "bundled models: gpt2, llama, vit", "gpt2,llama,vit"),
-        new("--ratios", "LIST", "compression ratios", DefaultNote: "0.2,0.3,0.4,0.5 (language models), 0.2,0.4 (ViT)"),
+        new("--ratios", "LIST", "compression ratios", DefaultNote: "0.2,0.3,0.4,0.5 (language models), 0.2,0.4,0.6,0.8 (ViT)"),
         new("--methods", "LIST", "methods (heuristics and geo)", string.Join(",", Baselines.Methods.Where(m => m != "none").Append("geo"))),
         new("--results", "DIR", "one JSON per cell (delete one to recompute it)", "bench/results/sharing"),
         new("--out", "DIR", "report.md, results.json and plots/ go here", "bench"),
@@ -58,7 +58,7 @@ public sealed class BenchCommand : ICommand
         {
             cells.Add(new Cell(model, "none", null, Path.Combine(results, $"{model}-none.json")));
             cells.Add(new Cell(model, "curvature", null, Path.Combine(results, $"{model}-curvature.json")));
-            foreach (var r in ratios ?? (model == "vit" ? [0.2, 0.4] : [0.2, 0.3, 0.4, 0.5]))
+            foreach (var r in ratios ?? (model == "vit" ? [0.2, 0.4, 0.6, 0.8] : [0.2, 0.3, 0.4, 0.5]))
                 foreach (var m in methods)
                     cells.Add(new Cell(model, m, r, Path.Combine(results, $"{model}-{m}-{Fmt(r)}.json")));
         }
