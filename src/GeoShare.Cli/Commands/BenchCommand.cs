@@ -186,7 +186,8 @@ public sealed class BenchCommand : ICommand
                 md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r, x => x.MeanNll, false) is { } best
                     ? $"{best.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture)} ({best.Method})" : "–")) + " |");
                 md.AppendLine(Verdict(ratios, r => At("geo", r)?.MeanNll, r => BestHeuristic(r, x => x.MeanNll, false)?.MeanNll, false, "0.00000")).AppendLine();
-                md.AppendLine("Whether the test split can tell these models apart at all (image by image, McNemar's test): `bench/vit-paired.md`.").AppendLine();
+                md.AppendLine("Whether the test split can tell these models apart at all (image by image, McNemar's test): `bench/vit-paired.md`;");
+                md.AppendLine("what was tried where geo is not better: `bench/vit-attempts.md`.").AppendLine();
             }
             md.AppendLine($"Parameters, bytes and {(accuracy ? "images" : "tokens")}/s of the evaluation, each in its own process as the cell ran (cells that ran");
             md.AppendLine("beside other work on the machine are slower; a controlled side-by-side comparison is `bench/memory.md`):").AppendLine();
