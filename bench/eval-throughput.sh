@@ -19,7 +19,8 @@ a=bench/results/eval-gpt2-test.json b=bench/results/eval-gpt2-test-batch8.json
   done
   echo
   echo "Ratio (auto / 8 windows per pass): $(jq -n --slurpfile x $a --slurpfile y $b '($x[0].tokens_per_second/$y[0].tokens_per_second)*100|round/100')×."
-  echo "Tokens/s counts every input token (windows × 256). Larger passes put each logits tensor above glibc's mmap"
-  echo "threshold, so it is page-faulted in afresh every pass; that, not arithmetic, is the difference."
+  echo "Tokens/s counts every input token (windows × 256). Both runs go through the \`geoshare\` launcher, which preloads"
+  echo "jemalloc. Under glibc the gap came from each pass's logits tensor (8 MB a window) being returned to the kernel and"
+  echo "faulted in again. With jemalloc the gap remains, and its cause has not been profiled further."
 } > bench/eval-throughput.md
 cat bench/eval-throughput.md
