@@ -2,11 +2,13 @@
 # Fidelity of Geo-Sharing's cost model: predicted vs measured increase of calibration loss over 40 sharing plans of
 # GPT-2 (9 heuristics × ratios 0.1–0.4, and geo with each curvature at 0.2 and 0.4), for the exact and K-FAC block
 # models; and the cross-layer part of δᵀHδ that the block-diagonal model ignores. Writes bench/results/fidelity.json
-# and bench/fidelity.md.
+# and bench/fidelity.md; the same ranking check for the ViT (K-FAC) into bench/results/fidelity-vit.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=bench/results/fidelity.json
+vit=bench/results/fidelity-vit.json
 [ -s "$json" ] || dotnet run -c Release --project bench/GeoShare.Bench -- fidelity "$json"
+[ -s "$vit" ] || dotnet run -c Release --project bench/GeoShare.Bench -- fidelity-images "$vit" "${FASHION_MNIST:-/usr/share/datasets/fashion-mnist}"
 {
   echo "# Fidelity of the second-order cost model (GPT-2)"
   echo
@@ -59,5 +61,20 @@ PY
   echo "| plan | measured ΔL | ½δᵀĤδ, exact | ½δᵀĤδ, K-FAC | with ⟨g, δ⟩, exact | with ⟨g, δ⟩, K-FAC |"
   echo "|---|---:|---:|---:|---:|---:|"
   jq -r '.rows[] | "| \(.plan) | \(.measured*1e5|round/1e5) | \(.quadratic_exact*1e5|round/1e5) | \(.quadratic_kfac*1e5|round/1e5) | \(.predicted_exact*1e5|round/1e5) | \(.predicted_kfac*1e5|round/1e5) |"' $json
+  echo
+  echo "## ViT (K-FAC only)"
+  echo
+  echo "The same check on the ViT at the ratios where its methods separate (\`fidelity-images\`; one exact product over its"
+  echo "72 blocks takes about 20 s here, so K-FAC only). Curvature batch: $(jq -r .curvature_batch $vit); whitening/A:"
+  echo "$(jq -r .calibration $vit). Measured: mean loss on $(jq -r .loss_images $vit) (dense $(jq -r '.dense_loss*1e6|round/1e6' $vit)),"
+  echo "outside both sets, after compressing with each plan without refit. Geo with groups of up to 2 and up to 3 layers."
+  echo
+  echo "| ratio | plans | Spearman ρ of ½δᵀĤδ (K-FAC) vs measured ΔL |"
+  echo "|---:|---:|---:|"
+  jq -r '.by_ratio[] | "| \(.ratio) | \(.plans) | \(.spearman_kfac_quadratic*1000|round/1000) |"' $vit
+  echo
+  echo "| plan | measured ΔL | ½δᵀĤδ, K-FAC |"
+  echo "|---|---:|---:|"
+  jq -r '.rows[] | "| \(.plan) | \(.measured*1e6|round/1e6) | \(.quadratic_kfac*1e6|round/1e6) |"' $vit
 } > bench/fidelity.md
 cat bench/fidelity.md | head -20

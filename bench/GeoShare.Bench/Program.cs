@@ -12,9 +12,12 @@ using static TorchSharp.torch;
 //                          central differences of gradients, and its spectrum
 //   fidelity   JSON_OUT    predicted (exact and K-FAC block models) vs measured increase of calibration loss over
 //                          many sharing plans of GPT-2, Spearman correlations, and the cross-layer part of δᵀHδ
+//   fidelity-images JSON_OUT FASHION_MNIST_DIR
+//                          the same ranking check (K-FAC) for the ViT at ratios 0.6 and 0.8
 //   paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR...
 //                          per-image correctness and loss of image classifiers on the test split, McNemar per pair
 if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
+if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
 if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
 return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
     ? Run(args[0], args[1])
