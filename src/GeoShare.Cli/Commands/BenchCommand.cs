@@ -160,32 +160,30 @@ public sealed class BenchCommand : ICommand
             var ratios = mine.Where(r => r.Ratio is not null).Select(r => r.Ratio!.Value).Distinct().Order().ToList();
             var methods = mine.Where(r => r.Ratio is not null).Select(r => r.Method).Distinct().ToList();
             md.AppendLine($"## {model}: test {(accuracy ? "accuracy (higher is better)" : "perplexity (lower is better)")}").AppendLine();
-            md.AppendLine("| method | " + string.Join(" | ", ratios.Select(Fmt)) + " |");
-            md.AppendLine("|---|" + string.Concat(ratios.Select(_ => "---:|")));
-            if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => dense.Metric.ToString("0.0000", CultureInfo.InvariantCulture))) + " |");
             Row? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
-            foreach (var m in methods)
-                md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.Metric.ToString("0.0000", CultureInfo.InvariantCulture) : "–")) + " |");
-            Row? BestHeuristic(double r, Func<Row, double> metric, bool higherIsBetter)
+            // One table of a quality measure: every method at every ratio, the best heuristic, and whether geo beats it.
+            void QualityTable(Func<Row, double> value, bool higherIsBetter, string format)
             {
-                var b = mine.Where(x => x.Ratio == r && x.Method != "geo").ToList();
-                return b.Count == 0 ? null : higherIsBetter ? b.MaxBy(metric) : b.MinBy(metric);
+                string F(double v) => v.ToString(format, CultureInfo.InvariantCulture);
+                Row? BestHeuristic(double r)
+                {
+                    var b = mine.Where(x => x.Ratio == r && x.Method != "geo").ToList();
+                    return b.Count == 0 ? null : higherIsBetter ? b.MaxBy(value) : b.MinBy(value);
+                }
+                md.AppendLine("| method | " + string.Join(" | ", ratios.Select(Fmt)) + " |");
+                md.AppendLine("|---|" + string.Concat(ratios.Select(_ => "---:|")));
+                if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => F(value(dense)))) + " |");
+                foreach (var m in methods)
+                    md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? F(value(x)) : "–")) + " |");
+                md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r) is { } best ? $"{F(value(best))} ({best.Method})" : "–")) + " |");
+                md.AppendLine(Verdict(ratios, r => At("geo", r) is { } g ? value(g) : null, r => BestHeuristic(r) is { } b ? value(b) : null, higherIsBetter, format)).AppendLine();
             }
-            md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r, x => x.Metric, accuracy) is { } best
-                ? $"{best.Metric.ToString("0.0000", CultureInfo.InvariantCulture)} ({best.Method})" : "–")) + " |");
-            md.AppendLine(Verdict(ratios, r => At("geo", r)?.Metric, r => BestHeuristic(r, x => x.Metric, accuracy)?.Metric, accuracy, "0.0000")).AppendLine();
+            QualityTable(x => x.Metric, accuracy, "0.0000");
             if (accuracy)
             {
                 // Accuracy moves in steps of 1/10,000 here; the mean NLL separates methods that accuracy cannot.
                 md.AppendLine("Mean NLL on the test images (lower is better; a finer measure than accuracy):").AppendLine();
-                md.AppendLine("| method | " + string.Join(" | ", ratios.Select(Fmt)) + " |");
-                md.AppendLine("|---|" + string.Concat(ratios.Select(_ => "---:|")));
-                if (dense is not null) md.AppendLine("| none (dense) | " + string.Join(" | ", ratios.Select(_ => dense.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture))) + " |");
-                foreach (var m in methods)
-                    md.AppendLine($"| {m} | " + string.Join(" | ", ratios.Select(r => At(m, r) is { } x ? x.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture) : "–")) + " |");
-                md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r, x => x.MeanNll, false) is { } best
-                    ? $"{best.MeanNll.ToString("0.00000", CultureInfo.InvariantCulture)} ({best.Method})" : "–")) + " |");
-                md.AppendLine(Verdict(ratios, r => At("geo", r)?.MeanNll, r => BestHeuristic(r, x => x.MeanNll, false)?.MeanNll, false, "0.00000")).AppendLine();
+                QualityTable(x => x.MeanNll, false, "0.00000");
                 md.AppendLine("Whether the test split can tell these models apart at all (image by image, McNemar's test): `bench/vit-paired.md`;");
                 md.AppendLine("what was tried where geo is not better: `bench/vit-attempts.md`.").AppendLine();
             }

@@ -16,6 +16,8 @@ public sealed class HessianOperator : IDisposable
     private readonly bool[] _hadGrad;
 
     public long Dimension { get; }
+    /// <summary>Element count of each parameter, in order.</summary>
+    public IReadOnlyList<long> BlockSizes { get; }
     public ScalarType DType { get; }
     public double Loss { get; }
     public double GradientNorm { get; }
@@ -29,7 +31,8 @@ public sealed class HessianOperator : IDisposable
         if (parameters.Count == 0) throw new ArgumentException("no parameters to differentiate");
         _params = parameters.ToList();
         DType = parameters[0].dtype;
-        Dimension = parameters.Sum(p => p.numel());
+        BlockSizes = parameters.Select(p => p.numel()).ToArray();
+        Dimension = BlockSizes.Sum();
         _hadGrad = parameters.Select(p => p.requires_grad).ToArray();
         foreach (var p in parameters) p.requires_grad = true;
 
@@ -102,8 +105,6 @@ public sealed class HessianOperator : IDisposable
         return r.reshape(-1).detach().MoveToOuterDisposeScope();
     }
 
-    /// <summary>Element count of each parameter, in order.</summary>
-    public IReadOnlyList<long> BlockSizes => _params.Select(p => p.numel()).ToList();
 
     /// <summary>Splits a flat vector into views shaped like the parameters.</summary>
     public List<Tensor> Split(Tensor flat)

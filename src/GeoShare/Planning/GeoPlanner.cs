@@ -89,9 +89,10 @@ public static class GeoPlanner
         bool exact = o.Search == "exact" && n <= 12;
         long budget = (long)Math.Floor(x0 * model.ProjectionTypes.Sum(t => (double)n * model.Site(t, 0).InFeatures * model.Site(t, 0).OutFeatures));
 
+        GroupCandidate Cost(string type, int[] layers) => costs.Evaluate(type, layers, costs.Ranks(type, layers.Length, kept));
         GroupCandidate Eval(string type, int[] layers)
         {
-            var c = costs.Evaluate(type, layers, costs.Ranks(type, layers.Length, kept));
+            var c = Cost(type, layers);
             int d = Interlocked.Increment(ref done);
             progress?.Report(new ProgressTick("group costs", d, Math.Max(total, d), "groups"));
             return c;
@@ -120,7 +121,7 @@ public static class GeoPlanner
             result = ColoringSearch.Exact(types, budget, o.TimeLimitSeconds);
             progress?.Report(new ProgressTick("search", 1, 1, "cp-sat"));
             // The heuristic on the same (cached) costs: its gap to the optimum is what it would lose on deeper models.
-            greedy = ColoringSearch.Greedy(typeSizes, (t, g) => Allowed(t, g) ? costs.Evaluate(t, g, costs.Ranks(t, g.Length, kept)) : null, budget);
+            greedy = ColoringSearch.Greedy(typeSizes, (t, g) => Allowed(t, g) ? Cost(t, g) : null, budget);
         }
         else
         {
