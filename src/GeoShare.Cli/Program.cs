@@ -41,7 +41,7 @@ namespace GeoShare.Cli
             try
             {
                 var parsed = command.Spec.Parse(rest);
-                return command.Execute(parsed);
+                return TensorLifetime.InScope(() => command.Execute(parsed));
             }
             catch (GeoShareException e)
             {

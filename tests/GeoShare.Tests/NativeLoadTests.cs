@@ -46,4 +46,15 @@ public class NativeLoadTests
         }
         return (false, false);
     }
+
+    [Fact]
+    public void EveryTestRunsInADisposeScope()
+    {
+        // The assembly's TensorScopePerTest attribute: without it, temporaries here could be finalized mid-call.
+        var stats = DisposeScopeManager.Statistics.TensorStatistics;
+        long outside = stats.CreatedOutsideScopeCount, inside = stats.CreatedInScopeCount;
+        var t = torch.zeros(3).add(1);
+        Assert.Equal(outside, stats.CreatedOutsideScopeCount);
+        Assert.Equal(inside + 2, stats.CreatedInScopeCount);
+    }
 }

@@ -4,6 +4,7 @@ using GeoShare.Evaluation;
 using GeoShare.Models;
 using GeoShare.Planning;
 using GeoShare.Sharing;
+using TorchSharp;
 
 namespace GeoShare.Tests;
 
@@ -13,6 +14,7 @@ public class ReadmeExampleTests
     private static double Example(string dir, string corpus, string outDir)
     {
         // README-EXAMPLE-BEGIN
+        using var scope = torch.NewDisposeScope(); // every tensor below lives until the scope ends
         // load
         var model = ModelLoader.Load(dir);
         var tokenizer = ByteLevelBpeTokenizer.Load(dir);

@@ -1,12 +1,31 @@
 using System.Diagnostics;
+using System.Reflection;
+using Xunit.Sdk;
 using GeoShare.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
 // libtorch runs on both cores already; parallel test classes would only contend (and time out together).
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
+// Each test in a dispose scope, so that no temporary tensor is finalized while libtorch reads it (GeoShare.TensorLifetime).
+[assembly: GeoShare.Tests.TensorScopePerTest]
 
 namespace GeoShare.Tests;
+
+/// <summary>Opens a TorchSharp dispose scope before each test and frees its tensors after (see <see cref="TensorLifetime"/>).</summary>
+[AttributeUsage(AttributeTargets.Assembly | AttributeTargets.Class | AttributeTargets.Method)]
+public sealed class TensorScopePerTestAttribute : BeforeAfterTestAttribute
+{
+    private static DisposeScope? _scope; // tests run one at a time (CollectionBehavior above)
+
+    public override void Before(MethodInfo methodUnderTest) => _scope = torch.NewDisposeScope();
+
+    public override void After(MethodInfo methodUnderTest)
+    {
+        _scope?.Dispose();
+        _scope = null;
+    }
+}
 
 public static class Repo
 {

@@ -125,7 +125,9 @@ public sealed class CheckpointTensorSource(Checkpoint checkpoint, ScalarType dty
             throw BadInputException.For(checkpoint.FileOf(name),
                 $"tensor '{name}' has shape {SafetensorsFile.FormatShape(entry.Shape)}, config.json implies {SafetensorsFile.FormatShape(shape)}");
         var t = checkpoint.Read(name, DType);
-        if (!torch.isfinite(t).all().item<bool>())
+        bool finite;
+        using (var f = torch.isfinite(t)) using (var all = f.all()) finite = all.item<bool>(); // named: see TensorLifetime
+        if (!finite)
             throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' contains NaN or infinite values");
         _used.Add(name);
         return t;

@@ -171,7 +171,8 @@ public sealed class SafetensorsFile
             default: throw BadInputException.For(Path, $"tensor '{e.Name}' of dtype {e.DType} cannot be read as float");
         }
         var t = torch.tensor(f, e.Shape);
-        return target == ScalarType.Float32 ? t : t.to_type(target);
+        if (target == ScalarType.Float32) return t;
+        using (t) return t.to_type(target);
     }
 
     /// <summary>

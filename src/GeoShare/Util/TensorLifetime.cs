@@ -1,0 +1,23 @@
+using TorchSharp;
+
+namespace GeoShare;
+
+/// <summary>
+/// Why GeoShare's tensor code runs inside dispose scopes. TorchSharp passes a tensor's raw native handle to libtorch
+/// and does not keep the managed tensor alive for the length of the call. A temporary (in <c>a.sub(b).norm()</c>, the
+/// difference) is unreachable as soon as its handle is loaded, so a garbage collection started by another thread can
+/// finalize it and free memory that libtorch is still reading: a segfault in libtorch_cpu.so that no catch can stop
+/// (seen in the test host, loading GPT-2 while the test platform's threads allocated). A
+/// <see cref="torch.NewDisposeScope"/> references every tensor made inside it until it ends, which closes the race.
+/// So every entry point (the CLI, the bench runner, each test) runs in one outer scope, and library code that may run
+/// without one names its temporaries with <c>using</c> where it matters (checkpoint loading).
+/// </summary>
+public static class TensorLifetime
+{
+    /// <summary>Runs <paramref name="work"/> in a dispose scope: its tensors live until it returns, then are freed.</summary>
+    public static T InScope<T>(Func<T> work)
+    {
+        using var scope = torch.NewDisposeScope();
+        return work();
+    }
+}
