@@ -9,8 +9,8 @@ namespace GeoShare;
 /// finalize it and free memory that libtorch is still reading: a segfault in libtorch_cpu.so that no catch can stop
 /// (seen in the test host, loading GPT-2 while the test platform's threads allocated). A
 /// <see cref="torch.NewDisposeScope"/> references every tensor made inside it until it ends, which closes the race.
-/// So every entry point (the CLI, the bench runner, each test) runs in one outer scope, and library code that may run
-/// without one names its temporaries with <c>using</c> where it matters (checkpoint loading).
+/// So the CLI's commands and each test run in one outer scope, and library code that may run without one names its
+/// temporaries with <c>using</c> where it matters (checkpoint loading).
 /// </summary>
 public static class TensorLifetime
 {
