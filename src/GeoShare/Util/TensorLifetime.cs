@@ -11,6 +11,9 @@ namespace GeoShare;
 /// <see cref="torch.NewDisposeScope"/> references every tensor made inside it until it ends, which closes the race.
 /// So the CLI's commands and each test run in one outer scope, and library code that may run without one names its
 /// temporaries with <c>using</c> where it matters (checkpoint loading).
+/// Not covered: the <see cref="Scalar"/> that TorchSharp 0.107 makes for a number argument (<c>t.mul(0.5)</c>) is
+/// in no scope and has the same race. Its window is the start of one call, and a test run with a second thread
+/// allocating without pause hit it ("Unknown scalar type"); ordinary runs have not.
 /// </summary>
 public static class TensorLifetime
 {
