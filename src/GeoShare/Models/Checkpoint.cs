@@ -126,7 +126,7 @@ public sealed class CheckpointTensorSource(Checkpoint checkpoint, ScalarType dty
                 $"tensor '{name}' has shape {SafetensorsFile.FormatShape(entry.Shape)}, config.json implies {SafetensorsFile.FormatShape(shape)}");
         var t = checkpoint.Read(name, DType);
         bool finite;
-        using (var f = torch.isfinite(t)) using (var all = f.all()) finite = all.item<bool>(); // named: see TensorLifetime
+        using (var f = torch.isfinite(t)) using (var all = f.all()) finite = all.item<bool>(); // named, so neither is finalized mid-call (TensorLifetime)
         if (!finite)
             throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' contains NaN or infinite values");
         _used.Add(name);
