@@ -1,6 +1,7 @@
 using GeoShare;
 using GeoShare.Data;
 using GeoShare.Models;
+using GeoShare.Sharing;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -20,7 +21,7 @@ static class PairedImages
         var results = new List<(string Label, string Dir, bool[] Correct, double[] Nll)>();
         foreach (var (label, dir) in models)
         {
-            var model = ModelLoader.Load(dir);
+            var model = ModelFolder.Load(dir);
             var (correct, nll) = PerImage(model, test, pre);
             model.Dispose();
             Console.Error.WriteLine($"[paired] {label}: accuracy {correct.Count(c => c) / (double)correct.Length:F4}, mean NLL {nll.Average():F5}");

@@ -16,7 +16,7 @@ public class ReadmeExampleTests
         // README-EXAMPLE-BEGIN
         using var scope = torch.NewDisposeScope(); // every tensor below lives until the scope ends
         // load
-        var model = ModelLoader.Load(dir);
+        var model = ModelFolder.Load(dir);
         var tokenizer = ByteLevelBpeTokenizer.Load(dir);
         var valid = TokenWindows.FromFile($"{corpus}/valid.txt", tokenizer, windowLength: 256);
         var test = TokenWindows.FromFile($"{corpus}/test.txt", tokenizer, windowLength: 256);
@@ -34,7 +34,7 @@ public class ReadmeExampleTests
         // compress (in place, curvature-aligned coefficients), save, evaluate
         PlanCompressor.Apply(model, planner.Plan, grams, new CompressionOptions { Coefficients = new CurvatureAlignedSolver(planner.Costs) });
         CompressedCheckpoint.Save(model, planner.Plan, dir, outDir);
-        var score = Evaluator.Perplexity(ModelLoader.Load(outDir), test, windows: Enumerable.Range(0, 16).ToArray());
+        var score = Evaluator.Perplexity(ModelFolder.Load(outDir), test, windows: Enumerable.Range(0, 16).ToArray());
         Console.WriteLine($"perplexity {score.Perplexity:F4} with {model.ParameterCount():N0} parameters");
         // README-EXAMPLE-END
         return score.Perplexity;

@@ -157,7 +157,7 @@ public class SharingTests
         var before = Logits(model, ids);
         string dir = tmp.File("out");
         CompressedCheckpoint.Save(model, plan, Repo.Gpt2, dir, report);
-        var loaded = ModelLoader.Load(dir);
+        var loaded = ModelFolder.Load(dir);
         Assert.Equal(0.0, TensorAssert.RelativeError(Logits(loaded, ids), before));
         Assert.Equal(model.ParameterCount(), loaded.ParameterCount());
         Assert.Equal(plan.ToJson(), SharingPlan.Load(Path.Combine(dir, CompressedCheckpoint.PlanFile)).ToJson());

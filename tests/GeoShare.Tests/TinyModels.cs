@@ -28,7 +28,7 @@ public static class TinyModels
 
     public static LanguageModelBatch TokenBatch(PretrainedModel model, int windows = 3, int length = 8, long seed = 5)
     {
-        int vocab = model.Config switch { Gpt2Config g => g.VocabSize, LlamaConfig l => l.VocabSize, _ => throw new ArgumentException() };
+        int vocab = model.Config is ICausalLanguageModelConfig lm ? lm.VocabSize : throw new ArgumentException($"{model.Config.ModelType} is not a language model");
         var ids = torch.randint(0, vocab, [windows, length], dtype: ScalarType.Int64, generator: new Generator((ulong)seed));
         return new LanguageModelBatch(ids, "random tokens");
     }

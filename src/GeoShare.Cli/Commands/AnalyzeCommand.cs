@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using GeoShare.Curvature;
 using GeoShare.Models;
+using GeoShare.Sharing;
 using GeoShare.Reporting;
 using TorchSharp;
 
@@ -71,7 +72,7 @@ public sealed class AnalyzeCommand : ICommand
 
         var total = Stopwatch.StartNew();
         ConsoleProgress.Status($"loading {modelDir} ({dtype.ToString().ToLowerInvariant()})");
-        var model = ModelLoader.Load(modelDir, dtype);
+        var model = ModelFolder.Load(modelDir, dtype);
         using var batch = CalibrationOptions.Load(model, modelDir, a, "--windows", "--stride", "--first");
         var blocks = CurvatureAnalysis.ResolveBlocks(model, a.List("--params"));
         ConsoleProgress.Status($"{blocks.Count} block(s), {batch.Description}, method {method.ToString().ToLowerInvariant()}");

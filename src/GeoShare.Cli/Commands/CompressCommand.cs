@@ -58,7 +58,7 @@ public sealed class CompressCommand : ICommand
         var dtype = CalibrationOptions.DType(a);
 
         ConsoleProgress.Status($"loading {modelDir}");
-        var model = ModelLoader.Load(modelDir, dtype);
+        var model = ModelFolder.Load(modelDir, dtype);
         if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
             throw new UsageException($"{modelDir} is already compressed; compress the original model");
         var progress = new ConsoleProgress();

@@ -45,7 +45,7 @@ public sealed class DemoCommand : ICommand
         int? limit = a.OptionalInt("--eval-limit", min: 1);
 
         ConsoleProgress.Status($"loading {modelDir}");
-        var dense = ModelLoader.Load(modelDir);
+        var dense = ModelFolder.Load(modelDir);
         if (dense.Task != ModelTask.CausalLanguageModel) throw new UsageException($"{modelDir}: the demo runs on a language model (compress the ViT with `geoshare compress`)");
         var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
         var windows = TokenWindows.FromFile(data, tokenizer, 256);
@@ -61,14 +61,14 @@ public sealed class DemoCommand : ICommand
         progress.EndLine();
 
         var basePlan = Baselines.Create(baseline, dense, ratio, new BaselineOptions(), grams);
-        var baseModel = ModelLoader.Load(modelDir);
+        var baseModel = ModelFolder.Load(modelDir);
         PlanCompressor.Apply(baseModel, basePlan, grams, new CompressionOptions { Refit = ratio >= 0.4 }, calibration, progress);
         progress.EndLine();
 
         using var batch = LanguageModelBatch.FromWindows(windows, windows.Select(4, 1));
         using var planner = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio, Curvature = curvature }, progress);
         progress.EndLine();
-        var geoModel = ModelLoader.Load(modelDir);
+        var geoModel = ModelFolder.Load(modelDir);
         PlanCompressor.Apply(geoModel, planner.Plan, grams, new CompressionOptions { Refit = ratio >= 0.4, Coefficients = new CurvatureAlignedSolver(planner.Costs) }, calibration, progress);
         progress.EndLine();
         rows.Add(("dense", dense, null));

@@ -1,6 +1,7 @@
 using GeoShare.Data;
 using GeoShare.Evaluation;
 using GeoShare.Models;
+using GeoShare.Sharing;
 using TorchSharp;
 
 namespace GeoShare.Cli.Commands;
@@ -41,7 +42,7 @@ public sealed class EvalCommand : ICommand
         torch.zeros(1).Dispose(); // libtorch's own code and pools are resident before the model: not the model's
         GC.Collect();
         long residentBefore = ResidentMemory.CurrentBytes;
-        var model = ModelLoader.Load(modelDir, dtype);
+        var model = ModelFolder.Load(modelDir, dtype);
         GC.Collect();
         long residentLoaded = ResidentMemory.CurrentBytes;
         var progress = new ConsoleProgress();

@@ -45,7 +45,7 @@ public sealed class PlanCommand : ICommand
         if (Directory.Exists(planPath)) throw new UsageException($"--out {planPath} is a folder; give a file name");
 
         ConsoleProgress.Status($"loading {modelDir}");
-        var model = ModelLoader.Load(modelDir);
+        var model = ModelFolder.Load(modelDir);
         if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
             throw new UsageException($"{modelDir} is already compressed; plan on the original model");
         var options = PlannerCliOptions.Parse(a, model, ratio);

@@ -123,7 +123,7 @@ public sealed class KfacBlock : IDisposable
             var blocks = new List<KfacBlock>();
             for (int i = 0; i < layers.Count; i++)
             {
-                var layout = layers[i].Layer is DenseLinear d ? d.Layout : WeightLayout.InOut;
+                var layout = layers[i].Layer.Layout;
                 blocks.Add(new KfacBlock(layers[i].Name, a[i].MoveToOuterDisposeScope(), g[i].div(batch.Predictions).MoveToOuterDisposeScope(), layout));
             }
             return blocks;

@@ -17,17 +17,6 @@ public sealed record ClassificationScore(
 /// <summary>The evaluation protocol of the reference numbers (see assets/README.md).</summary>
 public static class Evaluator
 {
-    /// <summary>
-    /// Windows per forward pass: as many as keep the logits under 16 MB. Larger tensors exceed glibc's
-    /// mmap threshold and are page-faulted in afresh on every pass (measured on GPT-2: 1.6× slower at 8 windows than at 2).
-    /// </summary>
-    public static int DefaultBatchSize(PretrainedModel model, int windowLength)
-    {
-        long vocab = model.Config switch { Gpt2Config g => g.VocabSize, LlamaConfig l => l.VocabSize, _ => 1 };
-        long bytes = windowLength * vocab * model.DType.ElementSize();
-        return (int)Math.Clamp((16L << 20) / Math.Max(1, bytes), 1, 64);
-    }
-
     public static LanguageModelScore Perplexity(PretrainedModel model, TokenWindows data, int? batchSize = null,
         IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? windows = null)
     {
@@ -35,7 +24,7 @@ public static class Evaluator
             throw new UsageException($"--data evaluates language models; this model is a {model.Config.ModelType} image classifier (use --fashion-mnist)");
         CheckFits(model, data);
         windows ??= Enumerable.Range(0, data.Count).ToArray();
-        int perPass = batchSize ?? DefaultBatchSize(model, data.WindowLength);
+        int perPass = batchSize ?? model.DefaultBatchSize(data.WindowLength);
         var sw = Stopwatch.StartNew();
         double nllSum = 0;
         long predicted = 0;
@@ -72,13 +61,8 @@ public static class Evaluator
     /// <summary>Checks the windows against the model before any native call sees them.</summary>
     public static void CheckFits(PretrainedModel model, TokenWindows data)
     {
-        int vocab, maxPositions;
-        switch (model.Config)
-        {
-            case Gpt2Config g: vocab = g.VocabSize; maxPositions = g.NPositions; break;
-            case LlamaConfig l: vocab = l.VocabSize; maxPositions = int.MaxValue; break;
-            default: throw new UsageException($"{model.Config.ModelType} is not a language model");
-        }
+        if (model.Config is not ICausalLanguageModelConfig lm) throw new UsageException($"{model.Config.ModelType} is not a language model");
+        int vocab = lm.VocabSize, maxPositions = lm.MaxPositions;
         if (data.WindowLength > maxPositions)
             throw new UsageException($"window length {data.WindowLength} exceeds the model's {maxPositions} positions");
         for (int w = 0; w < data.Count; w++)
@@ -90,9 +74,8 @@ public static class Evaluator
     public static ClassificationScore Accuracy(PretrainedModel model, ImageDataset data, ImagePreprocessor pre, int batchSize = 500,
         IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? indices = null)
     {
-        if (model is not VitForImageClassification vit)
+        if (model.Config is not IImageClassifierConfig cfg)
             throw new UsageException($"--fashion-mnist evaluates image classifiers; this model is a {model.Config.ModelType} language model (use --data)");
-        var cfg = vit.Vit;
         if (data.Height != cfg.ImageSize || data.Width != cfg.ImageSize || cfg.NumChannels != 1)
             throw BadInputException.For(data.Source, $"images are {data.Height}×{data.Width}×1, the model expects {cfg.ImageSize}×{cfg.ImageSize}×{cfg.NumChannels}");
         indices ??= Enumerable.Range(0, data.Count).ToArray();

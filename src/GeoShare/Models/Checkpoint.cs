@@ -13,6 +13,14 @@ public sealed class Checkpoint
     public const string SingleFile = "model.safetensors";
     public const string IndexFile = "model.safetensors.index.json";
 
+    /// <summary>
+    /// The file that marks a GeoShare-compressed folder (its sharing plan; GeoShare.Sharing writes and reads such
+    /// folders). Declared here so that dense loading can refuse one without depending on Sharing.
+    /// </summary>
+    public const string GeoSharePlanFile = "geoshare_plan.json";
+
+    public static bool IsGeoShareCompressed(string dir) => File.Exists(Path.Combine(dir, GeoSharePlanFile));
+
     public string Dir { get; }
     public ModelConfig Config { get; }
     private readonly Dictionary<string, SafetensorsFile> _fileOf;

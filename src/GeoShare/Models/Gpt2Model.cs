@@ -7,6 +7,56 @@ namespace GeoShare.Models;
 
 #pragma warning disable IDE1006 // field names are the checkpoint's module names
 
+/// <summary>GPT-2: checkpoint layout, layer sites, default sharing and tying, declared once.</summary>
+public sealed class Gpt2Architecture : Architecture<Gpt2Config>
+{
+    public static Gpt2Architecture Instance { get; } = new();
+    private Gpt2Architecture() { }
+
+    public const string EmbeddingPrefix = "transformer.wte";
+    public const string HeadPrefix = "lm_head";
+
+    public override string ModelType => "gpt2";
+    public override ModelTask Task => ModelTask.CausalLanguageModel;
+    public override string LayerPrefix(int layer) => $"transformer.h.{layer}";
+    public override IReadOnlyList<string> ProjectionTypes { get; } = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+    /// <summary>Basis Sharing's GPT-2 configuration: c_attn, attn.c_proj and c_fc share; mlp.c_proj stays per layer.</summary>
+    public override IReadOnlyList<string> DefaultSharedTypes { get; } = ["attn.c_attn", "attn.c_proj", "mlp.c_fc"];
+
+    public override IReadOnlyDictionary<string, string> TiedKeys(ModelConfig config) =>
+        ((Gpt2Config)config).TieWordEmbeddings ? new Dictionary<string, string> { [HeadPrefix + ".weight"] = EmbeddingPrefix + ".weight" } : NoTiedKeys;
+
+    /// <summary>The causal-mask buffers of older checkpoints; the attention computes the mask.</summary>
+    public override IReadOnlyList<string> IgnoredSuffixes { get; } = [".attn.bias", ".attn.masked_bias"];
+
+    internal override Gpt2Config Parse(ConfigReader r) => Gpt2Config.From(r);
+    protected override PretrainedModel Build(Gpt2Config config, TensorSource src) => new Gpt2LMHeadModel(config, src);
+}
+
+/// <summary>GPT-2 (GPT2LMHeadModel): learned positions, pre-LayerNorm blocks, Conv1D projections.</summary>
+public sealed record Gpt2Config(
+    int VocabSize, int NPositions, int NEmbd, int NLayer, int NHead, int NInner,
+    double LayerNormEpsilon, string Activation, bool TieWordEmbeddings) : ModelConfig, ICausalLanguageModelConfig
+{
+    public override Architecture Architecture => Gpt2Architecture.Instance;
+    public int MaxPositions => NPositions;
+    public override int NumLayers => NLayer;
+    public override int HiddenSize => NEmbd;
+
+    internal static Gpt2Config From(ConfigReader r)
+    {
+        int nEmbd = r.Int("n_embd");
+        var c = new Gpt2Config(
+            r.Int("vocab_size"), r.Int("n_positions"), nEmbd, r.Int("n_layer"), r.Int("n_head"),
+            r.OptionalInt("n_inner") ?? 4 * nEmbd, r.OptionalDouble("layer_norm_epsilon") ?? 1e-5,
+            r.OptionalString("activation_function") ?? "gelu_new", r.OptionalBool("tie_word_embeddings") ?? true);
+        r.Require(c.NEmbd % c.NHead == 0, "n_embd must be divisible by n_head");
+        r.Require(c.Activation is "gelu_new" or "gelu" or "relu", $"unsupported activation_function '{c.Activation}' (supported: gelu_new, gelu, relu)");
+        return c;
+    }
+}
+
 /// <summary>GPT2LMHeadModel: transformer.{wte, wpe, h.N, ln_f} and an lm_head tied to wte (or its own).</summary>
 public sealed class Gpt2LMHeadModel : PretrainedModel
 {
@@ -18,14 +68,11 @@ public sealed class Gpt2LMHeadModel : PretrainedModel
         transformer = new Gpt2Model(config, src);
         lm_head = config.TieWordEmbeddings
             ? new DenseLinear(transformer.wte.Weight, null, WeightLayout.OutIn)
-            : DenseLinear.FromSource(src, "lm_head", config.NEmbd, config.VocabSize, WeightLayout.OutIn, hasBias: false);
+            : DenseLinear.FromSource(src, Gpt2Architecture.HeadPrefix, config.NEmbd, config.VocabSize, WeightLayout.OutIn, hasBias: false);
         RegisterComponents();
     }
 
     public Gpt2Config Gpt2 => (Gpt2Config)Config;
-    public override ModelTask Task => ModelTask.CausalLanguageModel;
-    public override string LayerPrefix(int layer) => $"transformer.h.{layer}";
-    public override IReadOnlyList<string> ProjectionTypes { get; } = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
 
     /// <param name="ids">[B, T] token ids, T ≤ n_positions.</param>
     /// <returns>[B, T, vocab] logits.</returns>
@@ -41,9 +88,9 @@ public sealed class Gpt2Model : Module<Tensor, Tensor>
 
     public Gpt2Model(Gpt2Config c, TensorSource src) : base(nameof(Gpt2Model))
     {
-        wte = new TokenEmbedding(src, "transformer.wte", c.VocabSize, c.NEmbd);
+        wte = new TokenEmbedding(src, Gpt2Architecture.EmbeddingPrefix, c.VocabSize, c.NEmbd);
         wpe = new TokenEmbedding(src, "transformer.wpe", c.NPositions, c.NEmbd);
-        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, c.NLayer).Select(i => new Gpt2Block(c, src, $"transformer.h.{i}")).ToArray());
+        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, c.NLayer).Select(i => new Gpt2Block(c, src, c.Architecture.LayerPrefix(i))).ToArray());
         ln_f = new LayerNorm(src, "transformer.ln_f", c.NEmbd, c.LayerNormEpsilon);
         RegisterComponents();
     }

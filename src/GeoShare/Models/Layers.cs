@@ -33,6 +33,9 @@ public abstract class LinearMap : Module<Tensor, Tensor>
     /// <summary>The bias, or null.</summary>
     public abstract Parameter? Bias { get; }
 
+    /// <summary>How this projection's matrix is stored: a dense one in its checkpoint's layout, factored forms as [in, out].</summary>
+    public virtual WeightLayout Layout => WeightLayout.InOut;
+
     /// <summary>The matrix this projection applies, as [in, out] (y = x W); a new tensor for factored forms.</summary>
     public abstract Tensor WeightInOut();
 
@@ -53,7 +56,7 @@ public sealed class DenseLinear : LinearMap
     private readonly Parameter weight;
     private readonly Parameter? bias;
 #pragma warning restore IDE1006
-    public WeightLayout Layout { get; }
+    public override WeightLayout Layout { get; }
 
     public DenseLinear(Tensor weight, Tensor? bias, WeightLayout layout)
         : base(nameof(DenseLinear),

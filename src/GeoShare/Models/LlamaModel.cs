@@ -1,3 +1,4 @@
+using System.Text.Json;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -6,6 +7,78 @@ using static TorchSharp.torch.nn;
 namespace GeoShare.Models;
 
 #pragma warning disable IDE1006 // field names are the checkpoint's module names
+
+/// <summary>LLaMA: checkpoint layout, layer sites, default sharing and tying, declared once.</summary>
+public sealed class LlamaArchitecture : Architecture<LlamaConfig>
+{
+    public static LlamaArchitecture Instance { get; } = new();
+    private LlamaArchitecture() { }
+
+    public const string EmbeddingPrefix = "model.embed_tokens";
+    public const string HeadPrefix = "lm_head";
+
+    public override string ModelType => "llama";
+    public override ModelTask Task => ModelTask.CausalLanguageModel;
+    public override string LayerPrefix(int layer) => $"model.layers.{layer}";
+    public override IReadOnlyList<string> ProjectionTypes { get; } =
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
+    /// <summary>Basis Sharing's finding on LLaMA: Q, K, V, Gate and Up gain from sharing while O and Down lose.</summary>
+    public override IReadOnlyList<string> DefaultSharedTypes { get; } =
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"];
+
+    public override IReadOnlyDictionary<string, string> TiedKeys(ModelConfig config) =>
+        ((LlamaConfig)config).TieWordEmbeddings ? new Dictionary<string, string> { [HeadPrefix + ".weight"] = EmbeddingPrefix + ".weight" } : NoTiedKeys;
+
+    /// <summary>Older checkpoints store the rotary frequencies; the model computes them.</summary>
+    public override IReadOnlyList<string> IgnoredSuffixes { get; } = [".rotary_emb.inv_freq"];
+
+    internal override LlamaConfig Parse(ConfigReader r) => LlamaConfig.From(r);
+    protected override PretrainedModel Build(LlamaConfig config, TensorSource src) => new LlamaForCausalLM(config, src);
+}
+
+/// <summary>LLaMA (LlamaForCausalLM): RMSNorm, rotary positions, grouped-query attention, SwiGLU.</summary>
+public sealed record LlamaConfig(
+    int VocabSize, int Hidden, int IntermediateSize, int Layers, int NumAttentionHeads, int NumKeyValueHeads,
+    int HeadDim, double RmsNormEps, double RopeTheta, bool TieWordEmbeddings, bool AttentionBias, bool MlpBias,
+    int MaxPositionEmbeddings) : ModelConfig, ICausalLanguageModelConfig
+{
+    public override Architecture Architecture => LlamaArchitecture.Instance;
+
+    /// <summary>Rotary positions have no table to run past: evaluation does not limit the window (max_position_embeddings is advisory).</summary>
+    public int MaxPositions => int.MaxValue;
+    public override int NumLayers => Layers;
+    public override int HiddenSize => Hidden;
+
+    internal static LlamaConfig From(ConfigReader r)
+    {
+        int hidden = r.Int("hidden_size");
+        int heads = r.Int("num_attention_heads");
+        // rope_theta sits at the top level in older configs and inside rope_parameters in newer ones.
+        double? theta = r.OptionalDouble("rope_theta");
+        string ropeType = "default";
+        if (r.Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object)
+        {
+            if (rp.TryGetProperty("rope_theta", out var t) && t.TryGetDouble(out double tv)) theta ??= tv;
+            if (rp.TryGetProperty("rope_type", out var rt) && rt.ValueKind == JsonValueKind.String) ropeType = rt.GetString()!;
+        }
+        if (r.Root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object
+            && rs.TryGetProperty("rope_type", out var rst) && rst.ValueKind == JsonValueKind.String)
+            ropeType = rst.GetString()!;
+        r.Require(ropeType == "default", $"unsupported rope_type '{ropeType}' (supported: default)");
+        string act = r.OptionalString("hidden_act") ?? "silu";
+        r.Require(act == "silu", $"unsupported hidden_act '{act}' (supported: silu)");
+        var c = new LlamaConfig(
+            r.Int("vocab_size"), hidden, r.Int("intermediate_size"), r.Int("num_hidden_layers"), heads,
+            r.OptionalInt("num_key_value_heads") ?? heads, r.OptionalInt("head_dim") ?? hidden / heads,
+            r.OptionalDouble("rms_norm_eps") ?? 1e-6, theta ?? 10000.0, r.OptionalBool("tie_word_embeddings") ?? false,
+            r.OptionalBool("attention_bias") ?? false, r.OptionalBool("mlp_bias") ?? false,
+            r.OptionalInt("max_position_embeddings") ?? 2048);
+        r.Require(c.NumAttentionHeads % c.NumKeyValueHeads == 0, "num_attention_heads must be a multiple of num_key_value_heads");
+        r.Require(c.HeadDim % 2 == 0, "head_dim must be even for rotary embeddings");
+        return c;
+    }
+}
 
 /// <summary>LlamaForCausalLM: model.{embed_tokens, layers.N, norm} and lm_head (tied to embed_tokens or its own).</summary>
 public sealed class LlamaForCausalLM : PretrainedModel
@@ -18,14 +91,9 @@ public sealed class LlamaForCausalLM : PretrainedModel
         model = new LlamaModel(config, src);
         lm_head = config.TieWordEmbeddings
             ? new DenseLinear(model.embed_tokens.Weight, null, WeightLayout.OutIn)
-            : DenseLinear.FromSource(src, "lm_head", config.Hidden, config.VocabSize, WeightLayout.OutIn, hasBias: false);
+            : DenseLinear.FromSource(src, LlamaArchitecture.HeadPrefix, config.Hidden, config.VocabSize, WeightLayout.OutIn, hasBias: false);
         RegisterComponents();
     }
-
-    public override ModelTask Task => ModelTask.CausalLanguageModel;
-    public override string LayerPrefix(int layer) => $"model.layers.{layer}";
-    public override IReadOnlyList<string> ProjectionTypes { get; } =
-        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
     public override Tensor forward(Tensor ids) => lm_head.call(model.call(ids));
 }
@@ -39,8 +107,8 @@ public sealed class LlamaModel : Module<Tensor, Tensor>
 
     public LlamaModel(LlamaConfig c, TensorSource src) : base(nameof(LlamaModel))
     {
-        embed_tokens = new TokenEmbedding(src, "model.embed_tokens", c.VocabSize, c.Hidden);
-        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.Layers).Select(i => new LlamaDecoderLayer(c, src, $"model.layers.{i}")).ToArray());
+        embed_tokens = new TokenEmbedding(src, LlamaArchitecture.EmbeddingPrefix, c.VocabSize, c.Hidden);
+        layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, c.Layers).Select(i => new LlamaDecoderLayer(c, src, c.Architecture.LayerPrefix(i))).ToArray());
         norm = new RmsNorm(src, "model.norm", c.Hidden, c.RmsNormEps);
         _rotary = new RotaryEmbedding(c.HeadDim, c.RopeTheta);
         RegisterComponents();

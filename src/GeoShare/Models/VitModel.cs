@@ -1,3 +1,4 @@
+using System.Text.Json;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -6,6 +7,66 @@ using static TorchSharp.torch.nn;
 namespace GeoShare.Models;
 
 #pragma warning disable IDE1006 // field names are the checkpoint's module names
+
+/// <summary>ViT: checkpoint layout, layer sites and default sharing, declared once (no tied keys).</summary>
+public sealed class VitArchitecture : Architecture<VitConfig>
+{
+    public static VitArchitecture Instance { get; } = new();
+    private VitArchitecture() { }
+
+    public override string ModelType => "vit";
+    public override ModelTask Task => ModelTask.ImageClassification;
+    public override string LayerPrefix(int layer) => $"vit.encoder.layer.{layer}";
+    public override IReadOnlyList<string> ProjectionTypes { get; } =
+        ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense", "intermediate.dense", "output.dense"];
+
+    /// <summary>
+    /// The analogue of Basis Sharing's LLaMA finding (Q, K, V, Gate and Up gain from sharing, O and Down lose):
+    /// query, key, value and the MLP input share; the two output projections stay per layer.
+    /// </summary>
+    public override IReadOnlyList<string> DefaultSharedTypes { get; } =
+        ["attention.attention.query", "attention.attention.key", "attention.attention.value", "intermediate.dense"];
+
+    internal override VitConfig Parse(ConfigReader r) => VitConfig.From(r);
+    protected override PretrainedModel Build(VitConfig config, TensorSource src) => new VitForImageClassification(config, src);
+}
+
+/// <summary>ViT (ViTForImageClassification): patch embedding, CLS token, pre-LayerNorm encoder, linear head.</summary>
+public sealed record VitConfig(
+    int ImageSize, int PatchSize, int NumChannels, int Hidden, int Layers, int NumAttentionHeads,
+    int IntermediateSize, double LayerNormEps, bool QkvBias, string HiddenAct, string[] Labels) : ModelConfig, IImageClassifierConfig
+{
+    public override Architecture Architecture => VitArchitecture.Instance;
+    public override int NumLayers => Layers;
+    public override int HiddenSize => Hidden;
+    public int NumLabels => Labels.Length;
+    public int NumPatches => (ImageSize / PatchSize) * (ImageSize / PatchSize);
+
+    internal static VitConfig From(ConfigReader r)
+    {
+        string[] labels;
+        if (r.Root.TryGetProperty("id2label", out var map) && map.ValueKind == JsonValueKind.Object)
+        {
+            var pairs = map.EnumerateObject().Select(p => (Id: int.TryParse(p.Name, out int i) ? i : -1, Label: p.Value.GetString() ?? p.Name)).ToList();
+            r.Require(pairs.All(p => p.Id >= 0 && p.Id < pairs.Count) && pairs.Select(p => p.Id).Distinct().Count() == pairs.Count, "id2label keys must be 0..n-1");
+            labels = pairs.OrderBy(p => p.Id).Select(p => p.Label).ToArray();
+        }
+        else
+        {
+            int n = r.OptionalInt("num_labels") ?? 2;
+            labels = Enumerable.Range(0, n).Select(i => $"LABEL_{i}").ToArray();
+        }
+        var c = new VitConfig(
+            r.Int("image_size"), r.Int("patch_size"), r.OptionalInt("num_channels") ?? 3, r.Int("hidden_size"),
+            r.Int("num_hidden_layers"), r.Int("num_attention_heads"), r.Int("intermediate_size"),
+            r.OptionalDouble("layer_norm_eps") ?? 1e-12, r.OptionalBool("qkv_bias") ?? true,
+            r.OptionalString("hidden_act") ?? "gelu", labels);
+        r.Require(c.ImageSize % c.PatchSize == 0, "image_size must be a multiple of patch_size");
+        r.Require(c.Hidden % c.NumAttentionHeads == 0, "hidden_size must be divisible by num_attention_heads");
+        r.Require(c.HiddenAct is "gelu" or "gelu_new" or "relu", $"unsupported hidden_act '{c.HiddenAct}' (supported: gelu, gelu_new, relu)");
+        return c;
+    }
+}
 
 /// <summary>ViTForImageClassification: vit.{embeddings, encoder.layer.N, layernorm} and classifier on the CLS token.</summary>
 public sealed class VitForImageClassification : PretrainedModel
@@ -21,10 +82,6 @@ public sealed class VitForImageClassification : PretrainedModel
     }
 
     public VitConfig Vit => (VitConfig)Config;
-    public override ModelTask Task => ModelTask.ImageClassification;
-    public override string LayerPrefix(int layer) => $"vit.encoder.layer.{layer}";
-    public override IReadOnlyList<string> ProjectionTypes { get; } =
-        ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense", "intermediate.dense", "output.dense"];
 
     /// <param name="pixels">[B, C, H, W] normalised pixel values.</param>
     /// <returns>[B, labels] logits.</returns>
@@ -124,7 +181,7 @@ public sealed class VitEncoder : Module<Tensor, Tensor>
 
     public VitEncoder(VitConfig c, TensorSource src) : base(nameof(VitEncoder))
     {
-        layer = new ModuleList<VitLayer>(Enumerable.Range(0, c.Layers).Select(i => new VitLayer(c, src, $"vit.encoder.layer.{i}")).ToArray());
+        layer = new ModuleList<VitLayer>(Enumerable.Range(0, c.Layers).Select(i => new VitLayer(c, src, c.Architecture.LayerPrefix(i))).ToArray());
         RegisterComponents();
     }
 

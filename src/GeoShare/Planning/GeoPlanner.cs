@@ -283,7 +283,7 @@ public static class GeoPlanner
     /// <summary>Flat vectors (or weight-shaped ones) in a site's storage layout → [k, in, out] float64.</summary>
     private static Tensor ToInOut(PretrainedModel model, ProjectionSite site, Tensor vectors)
     {
-        var layout = model.GetProjection(site) is DenseLinear d ? d.Layout : WeightLayout.InOut;
+        var layout = model.GetProjection(site).Layout;
         long k = vectors.shape[0];
         var v = vectors.to_type(ScalarType.Float64);
         return layout == WeightLayout.InOut

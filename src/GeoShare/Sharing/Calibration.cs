@@ -1,5 +1,4 @@
 using GeoShare.Data;
-using GeoShare.Evaluation;
 using GeoShare.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -25,7 +24,7 @@ public sealed class CalibrationSet
 
     public static CalibrationSet FromWindows(TokenWindows data, IReadOnlyList<int> windows) =>
         new(windows.Count, $"{windows.Count} windows of {Path.GetFileName(data.Source)} (from {windows[0]}, step {(windows.Count > 1 ? windows[1] - windows[0] : 1)})",
-            model => windows.Chunk(Evaluator.DefaultBatchSize(model, data.WindowLength)).Select(c => data.Batch(c)));
+            model => windows.Chunk(model.DefaultBatchSize(data.WindowLength)).Select(c => data.Batch(c)));
 
     public static CalibrationSet FromImages(ImageDataset data, ImagePreprocessor pre, IReadOnlyList<int> indices) =>
         new(indices.Count, $"{indices.Count} images of {Path.GetFileName(data.Source)} (from {indices[0]}, step {(indices.Count > 1 ? indices[1] - indices[0] : 1)})",

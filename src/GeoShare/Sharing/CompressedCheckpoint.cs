@@ -14,13 +14,13 @@ namespace GeoShare.Sharing;
 /// </summary>
 public static class CompressedCheckpoint
 {
-    public const string PlanFile = "geoshare_plan.json";
+    public const string PlanFile = Checkpoint.GeoSharePlanFile;
     public const string ReportFile = "geoshare_compression.json";
     public const string FormatTag = "geoshare-compressed/1";
     private static readonly string[] CopiedFiles =
         ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "preprocessor_config.json"];
 
-    public static bool IsCompressed(string dir) => File.Exists(Path.Combine(dir, PlanFile));
+    public static bool IsCompressed(string dir) => Checkpoint.IsGeoShareCompressed(dir);
 
     public static string SharedName(string type, int color, string what) => $"geoshare.shared.{type}.{color}.{what}";
 
@@ -111,7 +111,7 @@ public static class CompressedCheckpoint
         var compressedSites = new Dictionary<string, (string Type, int Layer)>();
         foreach (var (type, tp) in plan.Types.Where(t => t.Value.Mode != SharingMode.Dense))
             for (int l = 0; l < tp.Coloring.Length; l++)
-                compressedSites[ProbeSiteName(checkpoint.Config, type, l)] = (type, l);
+                compressedSites[$"{checkpoint.Config.Architecture.LayerPrefix(l)}.{type}"] = (type, l);
 
         var src = new CompressedTensorSource(checkpoint, dtype, compressedSites.Keys.ToHashSet());
         var model = ModelLoader.Build(checkpoint.Config, src);
@@ -138,7 +138,7 @@ public static class CompressedCheckpoint
                     }
                     else
                     {
-                        var layout = model.GetProjection(site0) is DenseLinear d ? d.Layout : WeightLayout.InOut;
+                        var layout = model.GetProjection(site0).Layout;
                         var shape = layout == WeightLayout.InOut ? new long[] { din, dout } : [dout, din];
                         var weight = new Parameter(src.Take(SharedName(type, c, "weight"), shape), requires_grad: false);
                         foreach (int l in groups[c])
@@ -154,14 +154,6 @@ public static class CompressedCheckpoint
         if (unused.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {unused.Count} tensor(s) the plan does not use, e.g. '{unused[0]}'");
         return model;
     }
-
-    private static string ProbeSiteName(ModelConfig config, string type, int layer) => config.ModelType switch
-    {
-        "gpt2" => $"transformer.h.{layer}.{type}",
-        "llama" => $"model.layers.{layer}.{type}",
-        "vit" => $"vit.encoder.layer.{layer}.{type}",
-        _ => throw new ArgumentException(config.ModelType),
-    };
 
     /// <summary>Reads a compressed folder: the dense weights and biases of compressed projections are placeholders, replaced after construction.</summary>
     private sealed class CompressedTensorSource(Checkpoint checkpoint, ScalarType dtype, HashSet<string> compressedSites) : TensorSource(dtype)

@@ -82,7 +82,7 @@ public static class PlanCompressor
                     else
                     {
                         var tied = SharedBasis.Tie(weights, options.WeightedTie ? members.Select(s => grams[s.Name]).ToArray() : null);
-                        var layout = maps[0] is DenseLinear d ? d.Layout : WeightLayout.InOut;
+                        var layout = maps[0].Layout;
                         var stored = (layout == WeightLayout.InOut ? tied : tied.t()).contiguous().to_type(dtype);
                         var weight = new Parameter(stored.MoveToOuterDisposeScope(), requires_grad: false);
                         for (int i = 0; i < members.Length; i++)
