@@ -30,7 +30,7 @@ public sealed class DemoCommand : ICommand
         "geoshare demo",
         "geoshare demo --ratio 0.5 --baseline svd --json demo.json",
         "geoshare demo --model assets/models/llama-kjv-brown --ratio 0.3",
-    ]);
+    ]) { ParameterOptions = new Dictionary<string, string> { ["method"] = "--baseline" } };
 
     public int Execute(ParsedArgs a)
     {
