@@ -27,22 +27,8 @@ vit=bench/results/fidelity-vit.json
   echo
   echo "| ratio | plans | exact | K-FAC |"
   echo "|---:|---:|---:|---:|"
-  python3 - "$json" <<'PY'
-import json, sys
-rows = json.load(open(sys.argv[1]))["rows"]
-def ranks(v):
-    order = sorted(range(len(v)), key=lambda i: v[i]); r = [0.0] * len(v)
-    for k, i in enumerate(order): r[i] = k
-    return r
-def spearman(x, y):
-    rx, ry = ranks(x), ranks(y); n = len(x); mx, my = sum(rx) / n, sum(ry) / n
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-for ratio in sorted({r["ratio"] for r in rows}):
-    rs = [r for r in rows if r["ratio"] == ratio]
-    m = [r["measured"] for r in rs]
-    print(f"| {ratio} | {len(rs)} | {spearman([r['quadratic_exact'] for r in rs], m):.3f} | {spearman([r['quadratic_kfac'] for r in rs], m):.3f} |")
-PY
+  # The same Spearman (average ranks for ties) as the overall figures: Fidelity.Spearman in the bench project.
+  dotnet run -c Release --project bench/GeoShare.Bench -v q -- fidelity-by-ratio "$json"
   echo
   echo "Curvature: exact $(jq -r '.curvature_seconds.exact|round' $json) s, K-FAC $(jq -r '.curvature_seconds.kfac|round' $json) s in this run (times depend on what else"
   echo "the machine ran; the README gives the exact plan's time alone)."

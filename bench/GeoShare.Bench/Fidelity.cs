@@ -165,6 +165,27 @@ static class Fidelity
 
     record Row(string Plan, double Ratio, double Measured, double PredictedExact, double PredictedKfac, double QuadraticExact, double QuadraticKfac);
 
+    /// <summary>The part of fidelity.json that the per-ratio table reads: the rows that <see cref="Run"/> wrote.</summary>
+    record RowsOfRun(IReadOnlyList<Row> Rows);
+
+    /// <summary>
+    /// fidelity.md's per-ratio table from fidelity.json: Spearman ρ of ½δᵀĤδ (exact, K-FAC) against the measured ΔL
+    /// within each ratio, by the same <see cref="Spearman"/> (ties get their average rank) as the overall figures.
+    /// </summary>
+    public static int ByRatio(string json)
+    {
+        var rows = JsonOutput.Read<RowsOfRun>(json).Rows;
+        foreach (var ratio in rows.Select(r => r.Ratio).Distinct().Order())
+        {
+            var rs = rows.Where(r => r.Ratio == ratio).ToList();
+            var measured = rs.Select(r => r.Measured).ToArray();
+            string F(double v) => v.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture);
+            Console.WriteLine($"| {ratio.ToString(System.Globalization.CultureInfo.InvariantCulture)} | {rs.Count} | " +
+                $"{F(Spearman(rs.Select(r => r.QuadraticExact).ToArray(), measured))} | {F(Spearman(rs.Select(r => r.QuadraticKfac).ToArray(), measured))} |");
+        }
+        return 0;
+    }
+
     static string Name(CurvatureMethod m) => m == CurvatureMethod.Exact ? "exact" : "kfac";
 
     static void Log(string s) => Console.Error.WriteLine($"[fidelity] {s}");
@@ -197,7 +218,8 @@ static class Fidelity
         return result;
     }
 
-    static double Spearman(double[] x, double[] y)
+    /// <summary>Spearman's ρ: Pearson correlation of the ranks, tied values sharing their average rank.</summary>
+    public static double Spearman(double[] x, double[] y)
     {
         double[] Ranks(double[] v)
         {

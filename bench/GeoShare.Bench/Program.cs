@@ -16,7 +16,9 @@ using static TorchSharp.torch;
 //                          the same ranking check (K-FAC) for the ViT at ratios 0.6 and 0.8
 //   paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR...
 //                          per-image correctness and loss of image classifiers on the test split, McNemar per pair
+//   fidelity-by-ratio JSON the per-ratio Spearman table of fidelity.md from fidelity's JSON (markdown rows)
 if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
+if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
 if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
 if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
 return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
@@ -25,7 +27,7 @@ return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => 
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: GeoShare.Bench (hvp-ratio|verify-fd|fidelity) JSON_OUT | paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR... (from the repository root)");
+    Console.Error.WriteLine("usage: GeoShare.Bench (hvp-ratio|verify-fd|fidelity) JSON_OUT | fidelity-by-ratio JSON | paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR... (from the repository root)");
     return 2;
 }
 

@@ -17,6 +17,27 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
     public IReadOnlyList<OptionSpec> Options { get; } = options;
     public IReadOnlyList<string> Examples { get; } = examples;
 
+    /// <summary>Library parameters that this command takes from an option of another name (e.g. demo: method → --baseline).</summary>
+    public IReadOnlyDictionary<string, string> ParameterOptions { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Library parameters whose option has another name in every command that has the option.</summary>
+    private static readonly Dictionary<string, string> RenamedParameters = new()
+    {
+        ["blocks"] = "--params",
+        ["shared_types"] = "--share",
+    };
+
+    /// <summary>
+    /// The option a library parameter (<see cref="UsageException.Parameter"/>) came from: this command's mapping, else
+    /// the renamed or same-named option (snake_case to kebab-case) when the command has it, else the parameter itself.
+    /// </summary>
+    public string OptionFor(string parameter)
+    {
+        if (ParameterOptions.TryGetValue(parameter, out var mapped)) return mapped;
+        string option = RenamedParameters.TryGetValue(parameter, out var renamed) ? renamed : "--" + parameter.Replace('_', '-');
+        return Options.Any(o => o.Name == option) ? option : parameter;
+    }
+
     public string HelpText()
     {
         var w = new StringWriter();

@@ -45,7 +45,9 @@ namespace GeoShare.Cli
             }
             catch (GeoShareException e)
             {
-                Console.Error.WriteLine($"geoshare {args[0]}: error: {e.Message}");
+                // The library names its parameters; the user knows them as this command's options.
+                string message = e is UsageException u ? u.MessageFor(command.Spec.OptionFor) : e.Message;
+                Console.Error.WriteLine($"geoshare {args[0]}: error: {message}");
                 return (int)e.Code;
             }
             catch (Exception e) when (Environment.GetEnvironmentVariable("GEOSHARE_DEBUG") != "1")

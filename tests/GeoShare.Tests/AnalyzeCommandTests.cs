@@ -1,4 +1,4 @@
-using System.Text.Json;
+using GeoShare.Curvature;
 using GeoShare.Models;
 using static TorchSharp.torch;
 
@@ -17,27 +17,27 @@ public class AnalyzeCommandTests
             "--top", "3", "--trace", "--trace-products", "20", "--density", "--density-steps", "20", "--json", json, "--plots", plots]);
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("transformer.h.11.mlp.c_proj.weight", r.Stdout);
-        using var doc = JsonDocument.Parse(File.ReadAllText(json));
-        var blocks = doc.RootElement.GetProperty("blocks");
-        Assert.Equal(2, blocks.GetArrayLength());
+        var output = JsonOutput.Read<AnalyzeOutput>(json);
+        var blocks = output.Blocks;
+        Assert.Equal(2, blocks.Count);
 
         var ln = blocks[0];
-        Assert.Equal("dense", ln.GetProperty("method").GetString());
-        var spectrum = ln.GetProperty("spectrum").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        Assert.Equal("dense", ln.Method);
+        var spectrum = ln.Spectrum!;
         Assert.Equal(256, spectrum.Length);
-        Assert.Equal(spectrum.Sum(), ln.GetProperty("trace").GetDouble(), 1e-9);
-        Assert.Equal(spectrum.Max(), ln.GetProperty("top_eigenvalues")[0].GetDouble(), 1e-12);
+        Assert.Equal(spectrum.Sum(), ln.Trace!.Value, 1e-9);
+        Assert.Equal(spectrum.Max(), ln.TopEigenvalues[0], 1e-12);
 
         var proj = blocks[1];
-        Assert.Equal("lanczos", proj.GetProperty("method").GetString());
-        Assert.Equal(new long[] { 1024, 256 }, proj.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()));
-        var top = proj.GetProperty("top_eigenvalues").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        Assert.Equal("lanczos", proj.Method);
+        Assert.Equal(new long[] { 1024, 256 }, proj.Shape);
+        var top = proj.TopEigenvalues;
         Assert.Equal(3, top.Length);
         Assert.True(top[0] >= top[1] && top[1] >= top[2] && top[2] > 0);
-        Assert.True(proj.GetProperty("trace_standard_error").GetDouble() > 0);
-        Assert.True(proj.GetProperty("hessian_vector_products").GetInt32() > 20);
-        Assert.True(proj.GetProperty("gradient_norm").GetDouble() > 0);
-        Assert.True(doc.RootElement.GetProperty("timing").GetProperty("total_seconds").GetDouble() > 0);
+        Assert.True(proj.TraceStandardError!.Value > 0);
+        Assert.True(proj.HessianVectorProducts > 20);
+        Assert.True(proj.GradientNorm!.Value > 0);
+        Assert.True(output.Timing.TotalSeconds > 0);
 
         foreach (var png in new[] { "top-eigenvalue-by-layer.png", "trace-by-layer.png", "spectral-density.png", "spectrum-transformer.h.11.ln_2.weight.png" })
         {
@@ -53,11 +53,10 @@ public class AnalyzeCommandTests
         using var tmp = new TempDir();
         var r = GeoshareProcess.Run([.. Base, "--windows", "1", "--method", "kfac", "--top", "2", "--json", tmp.File("k.json"), "--plots", tmp.File("p")]);
         Assert.True(r.ExitCode == 0, r.Stderr);
-        using var doc = JsonDocument.Parse(File.ReadAllText(tmp.File("k.json")));
-        var blocks = doc.RootElement.GetProperty("blocks").EnumerateArray().ToList();
+        var blocks = JsonOutput.Read<AnalyzeOutput>(tmp.File("k.json")).Blocks;
         Assert.Equal(48, blocks.Count);
-        Assert.All(blocks, b => Assert.True(b.GetProperty("top_eigenvalues")[0].GetDouble() >= b.GetProperty("top_eigenvalues")[1].GetDouble()));
-        Assert.All(blocks, b => Assert.True(b.GetProperty("trace").GetDouble() > 0));
+        Assert.All(blocks, b => Assert.True(b.TopEigenvalues[0] >= b.TopEigenvalues[1]));
+        Assert.All(blocks, b => Assert.True(b.Trace!.Value > 0));
     }
 
     [Fact]

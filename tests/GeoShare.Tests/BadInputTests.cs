@@ -160,6 +160,37 @@ public class BadInputTests
         Assert.Equal(before, new FileInfo(data).Length);
     }
 
+    [Fact]
+    public void LibraryErrorsNameTheLibrarysParameter()
+    {
+        var model = ModelLoader.Load(Repo.Gpt2);
+        var e = Assert.Throws<UsageException>(() => GeoShare.Sharing.Baselines.Create("adjacent", model, 0, new GeoShare.Sharing.BaselineOptions()));
+        Assert.Equal("ratio", e.Parameter);
+        Assert.Equal("ratio: must be within (0, 1), got 0", e.Message);
+        e = Assert.Throws<UsageException>(() => GeoShare.Sharing.ShareableTypes.Resolve(model, ["c_fcc"]));
+        Assert.StartsWith("shared_types: unknown matrix type 'c_fcc'", e.Message);
+        Assert.StartsWith("--share: unknown matrix type 'c_fcc'", e.MessageFor(p => p == "shared_types" ? "--share" : p));
+    }
+
+    [Theory]
+    [InlineData("analyze", "--params", "transformer.h.5.mlp.c_fcc", "--params: no parameter named 'transformer.h.5.mlp.c_fcc'")]
+    [InlineData("analyze", "--top", "300", "--top: 300 eigenvalues, but block transformer.h.11.ln_2.weight has only 256 parameters")]
+    [InlineData("plan", "--share", "c_fcc", "--share: unknown matrix type 'c_fcc'")]
+    public void TheCliNamesTheOptionOfALibraryParameter(string command, string option, string value, string message)
+    {
+        string[] args = command == "analyze"
+            ? ["analyze", "--model", Repo.Gpt2, "--data", Repo.Corpus("valid"), "--windows", "1", "--params", "transformer.h.11.ln_2.weight", "--top", "1"]
+            : ["plan", "--model", Repo.Gpt2, "--data", Repo.Corpus("valid"), "--ratio", "0.3"];
+        // The tested option replaces the base value, or is added.
+        int at = Array.IndexOf(args, option);
+        if (at >= 0) args[at + 1] = value; else args = [.. args, option, value];
+        var r = GeoshareProcess.Run(args);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Single(r.Stderr.Split('\n'), l => l.Contains("error"));
+        Assert.Contains($"geoshare {command}: error: {message}", r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr);
+    }
+
     private static void EditConfig(string modelDir, Action<JsonObject> edit)
     {
         string path = Path.Combine(modelDir, "config.json");

@@ -1,5 +1,5 @@
 using System.Globalization;
-using System.Text.Json.Nodes;
+using GeoShare.Reporting;
 
 namespace GeoShare.Tests;
 
@@ -17,20 +17,18 @@ public class BenchCommandTests
             "--results", cells, "--out", tmp.File("out"));
         Assert.True(r.ExitCode == 0, r.Stderr);
         string md = File.ReadAllText(tmp.File("out/report.md"));
-        var results = JsonNode.Parse(File.ReadAllText(tmp.File("out/results.json")))!;
-        var rows = results["cells"]!.AsArray();
-        Assert.Equal(4, rows.Count);
-        foreach (var row in rows)
+        var results = JsonOutput.Read<BenchResults>(tmp.File("out/results.json"));
+        Assert.Equal(4, results.Cells.Count);
+        foreach (var row in results.Cells)
         {
-            string method = row!["method"]!.GetValue<string>();
-            string metric = row["metric"]!.GetValue<double>().ToString("0.0000", CultureInfo.InvariantCulture);
-            Assert.Contains(method == "none" ? $"| none (dense) | {metric} |" : $"| {method} | {metric} |", md);
+            string metric = row.Metric.ToString("0.0000", CultureInfo.InvariantCulture);
+            Assert.Contains(row.Method == "none" ? $"| none (dense) | {metric} |" : $"| {row.Method} | {metric} |", md);
         }
         Assert.Contains("| **best heuristic** | 74.9305 (adjacent) |", md);
         Assert.Contains("| **geo vs best heuristic** | better by 0.3285 |", md);
-        foreach (var p in results["pictures"]!.AsArray())
+        foreach (var p in results.Pictures)
         {
-            var bytes = File.ReadAllBytes(Path.Combine(tmp.File("out"), p!.GetValue<string>()));
+            var bytes = File.ReadAllBytes(Path.Combine(tmp.File("out"), p));
             Assert.Equal((byte)'P', bytes[1]);
         }
         Assert.True(File.Exists(tmp.File("out/plots/quality-gpt2.png")));

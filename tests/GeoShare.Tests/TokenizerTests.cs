@@ -1,4 +1,3 @@
-using System.Text.Json;
 using GeoShare.Data;
 
 namespace GeoShare.Tests;
@@ -9,9 +8,8 @@ public class TokenizerTests
 
     public static IEnumerable<object[]> ReferenceStrings()
     {
-        using var doc = JsonDocument.Parse(File.ReadAllText(Repo.Reference("references.json")));
-        foreach (var e in doc.RootElement.GetProperty("tokenizer").EnumerateArray())
-            yield return [e.GetProperty("text").GetString()!, e.GetProperty("ids").EnumerateArray().Select(i => i.GetInt32()).ToArray()];
+        foreach (var e in ReferenceNumbers.Load().Tokenizer)
+            yield return [e.Text, e.Ids];
     }
 
     [Theory]

@@ -93,24 +93,22 @@ public sealed class AnalyzeCommand : ICommand
         foreach (var p in pictures) ConsoleProgress.Status($"wrote {p}");
 
         double gradSeconds = results.Sum(r => r.GradientSeconds), blockSeconds = results.Sum(r => r.Seconds);
-        var timing = new
-        {
-            total_seconds = total.Elapsed.TotalSeconds,
-            blocks_seconds = blockSeconds,
-            gradient_graph_seconds = gradSeconds,
-            hessian_vector_products = results.Sum(r => r.HessianVectorProducts),
-            products_and_eigensolver_seconds = blockSeconds - gradSeconds,
-            loading_and_setup_seconds = total.Elapsed.TotalSeconds - blockSeconds,
-        };
+        var timing = new AnalyzeTiming(
+            TotalSeconds: total.Elapsed.TotalSeconds,
+            BlocksSeconds: blockSeconds,
+            GradientGraphSeconds: gradSeconds,
+            HessianVectorProducts: results.Sum(r => r.HessianVectorProducts),
+            ProductsAndEigensolverSeconds: blockSeconds - gradSeconds,
+            LoadingAndSetupSeconds: total.Elapsed.TotalSeconds - blockSeconds);
         Console.WriteLine($"{results.Count} blocks in {ConsoleProgress.Format(total.Elapsed)}: gradient graphs {gradSeconds:F1} s, " +
-                          $"{timing.hessian_vector_products} Hessian-vector products and eigensolver {timing.products_and_eigensolver_seconds:F1} s, loading {timing.loading_and_setup_seconds:F1} s");
+                          $"{timing.HessianVectorProducts} Hessian-vector products and eigensolver {timing.ProductsAndEigensolverSeconds:F1} s, loading {timing.LoadingAndSetupSeconds:F1} s");
         if (a.String("--json") is { } jsonPath)
         {
-            JsonOutput.Write(jsonPath, new
+            JsonOutput.Write(jsonPath, new AnalyzeOutput
             {
-                command = "analyze", model = modelDir, model_type = model.Config.ModelType, dtype = dtype.ToString().ToLowerInvariant(),
-                batch = batch.Description, predictions = batch.Predictions, method = method.ToString().ToLowerInvariant(), options,
-                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, timing, pictures, blocks = results,
+                Model = modelDir, ModelType = model.Config.ModelType, Dtype = dtype.ToString().ToLowerInvariant(),
+                Batch = batch.Description, Predictions = batch.Predictions, Method = method.ToString().ToLowerInvariant(), Options = options,
+                Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, Timing = timing, Pictures = pictures, Blocks = results,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }

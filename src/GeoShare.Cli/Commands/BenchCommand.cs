@@ -1,8 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using System.Text.Json;
-using System.Text.Json.Nodes;
+using GeoShare.Evaluation;
 using GeoShare.Reporting;
 using GeoShare.Sharing;
 
@@ -74,7 +73,11 @@ public sealed class BenchCommand : ICommand
         var report = Report(done, models, outDir);
         Console.WriteLine($"{done.Count} cells ({cells.Count - done.Count} missing); wrote {report.Markdown}, {report.Results} and {report.Pictures.Count} pictures in {CommonOptions.Fmt(total.Elapsed.TotalSeconds, "0")} s");
         if (a.String("--json") is { } jsonPath)
-            JsonOutput.Write(jsonPath, new { command = "bench", cells = done.Count, missing = cells.Count - done.Count, report = report.Markdown, results = report.Results, pictures = report.Pictures, wall_seconds = total.Elapsed.TotalSeconds });
+            JsonOutput.Write(jsonPath, new BenchOutput
+            {
+                Cells = done.Count, Missing = cells.Count - done.Count, Report = report.Markdown, Results = report.Results, Pictures = report.Pictures,
+                WallSeconds = total.Elapsed.TotalSeconds,
+            });
         return 0;
     }
 
@@ -120,20 +123,21 @@ public sealed class BenchCommand : ICommand
 
     private static string CurvaturePlotDir(Cell c) => System.IO.Path.ChangeExtension(c.Path, null) + "-plots";
 
-    private sealed record Row(string Model, string Method, double? Ratio, double Metric, double MeanNll, long Parameters, long ParameterBytes, double Throughput, double? AchievedRatio, double Seconds);
-
-    private static Row Read(Cell c)
+    /// <summary>A cell's row: the dense model's `eval` output, or a method's `compress` output with its evaluation.</summary>
+    private static BenchCellResult Read(Cell c)
     {
-        JsonNode j;
-        try { j = JsonNode.Parse(File.ReadAllText(c.Path))!; }
-        catch (JsonException e) { throw BadInputException.For(c.Path, $"not a cell result ({e.Message.Split('.')[0]})"); }
-        var e2 = c.Method == "none" ? j : j["evaluation"] ?? throw BadInputException.For(c.Path, "has no evaluation");
-        double metric = (e2["perplexity"] ?? e2["accuracy"] ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy")).GetValue<double>();
-        double throughput = (e2["tokens_per_second"] ?? e2["images_per_second"])?.GetValue<double>() ?? double.NaN;
-        long parameters = c.Method == "none" ? j["parameters"]!.GetValue<long>() : j["report"]!["model_parameters_after"]!.GetValue<long>();
-        double meanNll = e2["mean_nll"]?.GetValue<double>() ?? double.NaN;
-        return new Row(c.Model, c.Method, c.Ratio, metric, meanNll, parameters, j["parameter_bytes"]!.GetValue<long>(), throughput,
-            j["achieved_ratio"]?.GetValue<double>(), j["wall_seconds"]!.GetValue<double>());
+        if (c.Method == "none")
+        {
+            var e = JsonOutput.Read<EvalOutput>(c.Path);
+            double metric = e.Perplexity ?? e.Accuracy ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy");
+            return new BenchCellResult(c.Model, c.Method, c.Ratio, metric, e.MeanNll, e.Parameters, e.ParameterBytes,
+                e.TokensPerSecond ?? e.ImagesPerSecond ?? double.NaN, null, e.WallSeconds);
+        }
+        var j = JsonOutput.Read<CompressOutput>(c.Path);
+        var ev = j.Evaluation ?? throw BadInputException.For(c.Path, "has no evaluation");
+        double m = ev.Perplexity ?? ev.Accuracy ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy");
+        return new BenchCellResult(c.Model, c.Method, c.Ratio, m, ev.MeanNll, j.Report.ModelParametersAfter, j.ParameterBytes,
+            ev.TokensPerSecond ?? ev.ImagesPerSecond ?? double.NaN, j.AchievedRatio, j.WallSeconds);
     }
 
     private sealed record ReportFiles(int Cells, string Markdown, string Results, List<string> Pictures);
@@ -160,12 +164,12 @@ public sealed class BenchCommand : ICommand
             var ratios = mine.Where(r => r.Ratio is not null).Select(r => r.Ratio!.Value).Distinct().Order().ToList();
             var methods = mine.Where(r => r.Ratio is not null).Select(r => r.Method).Distinct().ToList();
             md.AppendLine($"## {model}: test {(accuracy ? "accuracy (higher is better)" : "perplexity (lower is better)")}").AppendLine();
-            Row? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
+            BenchCellResult? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
             // One table of a quality measure: every method at every ratio, the best heuristic, and whether geo beats it.
-            void QualityTable(Func<Row, double> value, bool higherIsBetter, string format)
+            void QualityTable(Func<BenchCellResult, double> value, bool higherIsBetter, string format)
             {
                 string F(double v) => v.ToString(format, CultureInfo.InvariantCulture);
-                Row? BestHeuristic(double r)
+                BenchCellResult? BestHeuristic(double r)
                 {
                     var b = mine.Where(x => x.Ratio == r && x.Method != "geo").ToList();
                     return b.Count == 0 ? null : higherIsBetter ? b.MaxBy(value) : b.MinBy(value);
@@ -206,23 +210,11 @@ public sealed class BenchCommand : ICommand
 
             foreach (var geo in cells.Where(c => c.Model == model && c.Method == "geo"))
             {
-                var j = JsonNode.Parse(File.ReadAllText(geo.Path))!;
-                if (j["plan"] is not JsonNode planNode) continue;
-                var plan = planNode.Deserialize<SharingPlan>(JsonOutput.Options)!;
+                var j = JsonOutput.Read<CompressOutput>(geo.Path);
                 string dir = System.IO.Path.Combine(plots, $"{model}-geo-{Fmt(geo.Ratio!.Value)}");
                 Directory.CreateDirectory(dir);
-                pictures.Add(PlanPlots.Coloring(System.IO.Path.Combine(dir, "coloring.png"), plan, $"{model}: geo plan at ratio {Fmt(geo.Ratio!.Value)}"));
-                if (j["planner"]?["pairwise_cost"] is JsonObject pairs)
-                    foreach (var (type, value) in pairs)
-                    {
-                        var m = value!.AsArray().Select(row => row!.AsArray().Select(v => v!.GetValue<double>()).ToArray()).ToArray();
-                        var grid = new double[m.Length, m.Length];
-                        for (int r = 0; r < m.Length; r++) for (int c = 0; c < m.Length; c++) grid[r, c] = m[r][c];
-                        var labels = Enumerable.Range(0, m.Length).Select(i => i.ToString()).ToArray();
-                        string path = System.IO.Path.Combine(dir, $"pairwise-cost-{CurvaturePlots.Sanitize(type)}.png");
-                        Charts.Heatmap(path, $"{model}: predicted extra loss of sharing two layers ({type})", "layer", "layer", grid, labels, labels, "ΔL(pair) − ΔL(i) − ΔL(j)");
-                        pictures.Add(path);
-                    }
+                pictures.Add(PlanPlots.Coloring(System.IO.Path.Combine(dir, "coloring.png"), j.Plan, $"{model}: geo plan at ratio {Fmt(geo.Ratio!.Value)}"));
+                pictures.AddRange(PlanPlots.PairwiseCosts(dir, j.Planner?.PairwiseCostMatrices(), model));
                 md.AppendLine($"![{model} geo plan at {Fmt(geo.Ratio!.Value)}]({System.IO.Path.GetRelativePath(outDir, System.IO.Path.Combine(dir, "coloring.png"))})");
             }
             md.AppendLine();
@@ -240,7 +232,7 @@ public sealed class BenchCommand : ICommand
         md.AppendLine("Memory and throughput of a compressed model against the dense one, side by side: `bench/memory.md`.");
         string mdPath = System.IO.Path.Combine(outDir, "report.md"), jsonPath = System.IO.Path.Combine(outDir, "results.json");
         AtomicFile.WriteText(mdPath, md.ToString());
-        JsonOutput.Write(jsonPath, new { cells = rows, pictures = pictures.Select(p => System.IO.Path.GetRelativePath(outDir, p)) });
+        JsonOutput.Write(jsonPath, new BenchResults(rows, pictures.Select(p => System.IO.Path.GetRelativePath(outDir, p)).ToList()));
         return new ReportFiles(rows.Count, mdPath, jsonPath, pictures);
     }
 }

@@ -113,7 +113,7 @@ public sealed class CompressCommand : ICommand
         Console.WriteLine($"{plan.Method} at ratio {CommonOptions.Fmt(plan.Ratio ?? 0, "0.00")}: removed {CommonOptions.Fmt(report.Ratio * 100, "0.0")}% of the shareable matrices' parameters{(report.Refitted ? " (coefficients refitted)" : "")}");
         Console.WriteLine(table);
 
-        object? evalResult = evaluate is null ? null : evaluate(model, progress);
+        CompressedModelEvaluation? evalResult = evaluate is null ? null : evaluate(model, progress);
         progress.EndLine();
         if (outDir is not null)
         {
@@ -124,13 +124,13 @@ public sealed class CompressCommand : ICommand
         }
         if (a.String("--json") is { } jsonPath)
         {
-            JsonOutput.Write(jsonPath, new
+            JsonOutput.Write(jsonPath, new CompressOutput
             {
-                command = "compress", model = modelDir, model_type = model.Config.ModelType, method = plan.Method, ratio = plan.Ratio,
-                calibration = calibration.Description, refit = report.Refitted, report, achieved_ratio = report.Ratio,
-                parameter_bytes = model.ParameterBytes(), evaluation = evalResult, out_dir = outDir, plan,
-                planner = planner is null ? null : PlannerCliOptions.Summary(planner),
-                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
+                Model = modelDir, ModelType = model.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
+                Calibration = calibration.Description, Refit = report.Refitted, Report = report, AchievedRatio = report.Ratio,
+                ParameterBytes = model.ParameterBytes(), Evaluation = evalResult, OutDir = outDir, Plan = plan,
+                Planner = planner is null ? null : PlannerCliOptions.Summary(planner),
+                Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
@@ -142,7 +142,7 @@ public sealed class CompressCommand : ICommand
         ranks.Distinct().Count() == 1 ? $"{ranks[0]} × {ranks.Length}" : string.Join(",", ranks);
 
     /// <summary>The calibration set, and (with --eval) how to evaluate the compressed model and print its line.</summary>
-    private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, object>?) Data(PretrainedModel model, string modelDir, ParsedArgs a)
+    private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, CompressedModelEvaluation>?) Data(PretrainedModel model, string modelDir, ParsedArgs a)
     {
         int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
         string? evalData = a.String("--eval");
@@ -155,7 +155,7 @@ public sealed class CompressCommand : ICommand
             {
                 var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
                 Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s)");
-                return new { data = evalData, perplexity = s.Perplexity, mean_nll = s.MeanNll, predicted_tokens = s.PredictedTokens, tokens_per_second = s.TokensPerSecond, wall_seconds = s.Seconds };
+                return new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
             });
         }
         var calib = CalibrationOptions.CalibrationSet(model, modelDir, a);
@@ -168,7 +168,7 @@ public sealed class CompressCommand : ICommand
         {
             var s = Evaluator.Accuracy(m, testImages, pre, 50, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, testImages.Count)).ToArray() : null);
             Console.WriteLine($"t10k: accuracy {CommonOptions.Fmt(s.Accuracy)} ({s.Correct}/{s.Images}, {CommonOptions.Fmt(s.ImagesPerSecond, "0")} images/s)");
-            return new { data = "t10k", accuracy = s.Accuracy, images = s.Images, mean_nll = s.MeanNll, images_per_second = s.ImagesPerSecond, wall_seconds = s.Seconds };
+            return new CompressedModelEvaluation { Data = "t10k", Accuracy = s.Accuracy, Images = s.Images, MeanNll = s.MeanNll, ImagesPerSecond = s.ImagesPerSecond, WallSeconds = s.Seconds };
         });
     }
 }

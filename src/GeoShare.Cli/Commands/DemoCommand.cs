@@ -30,7 +30,7 @@ public sealed class DemoCommand : ICommand
         "geoshare demo",
         "geoshare demo --ratio 0.5 --baseline svd --json demo.json",
         "geoshare demo --model assets/models/llama-kjv-brown --ratio 0.3",
-    ]);
+    ]) { ParameterOptions = new Dictionary<string, string> { ["method"] = "--baseline" } };
 
     public int Execute(ParsedArgs a)
     {
@@ -75,15 +75,14 @@ public sealed class DemoCommand : ICommand
         rows.Add((baseline, baseModel, basePlan));
         rows.Add(("geo", geoModel, planner.Plan));
 
-        var results = new List<object>();
+        var results = new List<DemoModelResult>();
         var table = new TextTable("model", "parameters", "parameter bytes", "test perplexity", "tokens/s");
         foreach (var (name, model, _) in rows)
         {
             var s = Evaluator.Perplexity(model, test, null, progress, selection);
             progress.EndLine();
             table.Add(name, model.ParameterCount(), model.ParameterBytes(), CommonOptions.Fmt(s.Perplexity), CommonOptions.Fmt(s.TokensPerSecond, "0"));
-            results.Add(new { model = name, parameters = model.ParameterCount(), parameter_bytes = model.ParameterBytes(), perplexity = s.Perplexity,
-                mean_nll = s.MeanNll, windows = s.Windows, tokens_per_second = s.TokensPerSecond });
+            results.Add(new DemoModelResult(name, model.ParameterCount(), model.ParameterBytes(), s.Perplexity, s.MeanNll, s.Windows, s.TokensPerSecond));
         }
         string plots = a.Required("--plots");
         string label = Path.GetFileName(Path.TrimEndingDirectorySeparator(modelDir));
@@ -96,11 +95,11 @@ public sealed class DemoCommand : ICommand
         Console.WriteLine($"{CommonOptions.Fmt(total.Elapsed.TotalSeconds, "0")} s in all");
         if (a.String("--json") is { } jsonPath)
         {
-            JsonOutput.Write(jsonPath, new
+            JsonOutput.Write(jsonPath, new DemoOutput
             {
-                command = "demo", model = modelDir, ratio, baseline, curvature = curvature.ToString().ToLowerInvariant(), results,
-                planner = PlannerCliOptions.Summary(planner), geo_plan = planner.Plan, baseline_plan = basePlan, pictures,
-                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
+                Model = modelDir, Ratio = ratio, Baseline = baseline, Curvature = curvature.ToString().ToLowerInvariant(), Results = results,
+                Planner = PlannerCliOptions.Summary(planner), GeoPlan = planner.Plan, BaselinePlan = basePlan, Pictures = pictures,
+                Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }

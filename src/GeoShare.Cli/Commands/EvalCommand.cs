@@ -46,7 +46,7 @@ public sealed class EvalCommand : ICommand
         GC.Collect();
         long residentLoaded = ResidentMemory.CurrentBytes;
         var progress = new ConsoleProgress();
-        object json;
+        EvalOutput json;
         TextTable table;
         if (data is not null)
         {
@@ -60,13 +60,13 @@ public sealed class EvalCommand : ICommand
             table = new TextTable("model", "data", "windows", "predicted tokens", "mean NLL", "perplexity", "parameters", "tokens/s", "seconds")
                 .Add(modelDir, data, s.Windows, s.PredictedTokens, CommonOptions.Fmt(s.MeanNll, "0.000000"), CommonOptions.Fmt(s.Perplexity),
                      s.Parameters, CommonOptions.Fmt(s.TokensPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
-            json = new
+            json = new EvalOutput
             {
-                command = "eval", model = modelDir, model_type = model.Config.ModelType, data, window = windows.WindowLength,
-                windows = s.Windows, predicted_tokens = s.PredictedTokens, mean_nll = s.MeanNll, perplexity = s.Perplexity,
-                parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
-                wall_seconds = s.Seconds, tokens_per_second = s.TokensPerSecond, threads = torch.get_num_threads(),
-                memory = Memory(residentBefore, residentLoaded),
+                Model = modelDir, ModelType = model.Config.ModelType, Data = data, Window = windows.WindowLength,
+                Windows = s.Windows, PredictedTokens = s.PredictedTokens, MeanNll = s.MeanNll, Perplexity = s.Perplexity,
+                Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
+                WallSeconds = s.Seconds, TokensPerSecond = s.TokensPerSecond, Threads = torch.get_num_threads(),
+                Memory = Memory(residentBefore, residentLoaded),
             };
         }
         else
@@ -80,13 +80,13 @@ public sealed class EvalCommand : ICommand
             table = new TextTable("model", "images", "correct", "accuracy", "mean NLL", "parameters", "images/s", "seconds")
                 .Add(modelDir, s.Images, s.Correct, CommonOptions.Fmt(s.Accuracy), CommonOptions.Fmt(s.MeanNll, "0.000000"),
                      s.Parameters, CommonOptions.Fmt(s.ImagesPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
-            json = new
+            json = new EvalOutput
             {
-                command = "eval", model = modelDir, model_type = model.Config.ModelType, fashion_mnist = fmnist, split = "t10k",
-                images = s.Images, correct = s.Correct, accuracy = s.Accuracy, mean_nll = s.MeanNll,
-                parameters = s.Parameters, parameter_bytes = model.ParameterBytes(), dtype = dtype.ToString().ToLowerInvariant(),
-                wall_seconds = s.Seconds, images_per_second = s.ImagesPerSecond, threads = torch.get_num_threads(),
-                memory = Memory(residentBefore, residentLoaded),
+                Model = modelDir, ModelType = model.Config.ModelType, FashionMnist = fmnist, Split = "t10k",
+                Images = s.Images, Correct = s.Correct, Accuracy = s.Accuracy, MeanNll = s.MeanNll,
+                Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
+                WallSeconds = s.Seconds, ImagesPerSecond = s.ImagesPerSecond, Threads = torch.get_num_threads(),
+                Memory = Memory(residentBefore, residentLoaded),
             };
         }
         progress.EndLine();
@@ -100,9 +100,6 @@ public sealed class EvalCommand : ICommand
     }
 
     /// <summary>Resident memory: what loading the model added, and the peak over the whole evaluation.</summary>
-    private static object Memory(long before, long loaded) => new
-    {
-        resident_bytes_before_load = before, resident_bytes_after_load = loaded, model_resident_bytes = loaded - before,
-        peak_resident_bytes = ResidentMemory.PeakBytes, allocator = NativeAllocator.Name,
-    };
+    private static EvalMemory Memory(long before, long loaded) =>
+        new(before, loaded, loaded - before, ResidentMemory.PeakBytes, NativeAllocator.Name);
 }

@@ -59,12 +59,12 @@ public sealed class PlanCommand : ICommand
         Console.WriteLine($"wrote {planPath}; pictures: {string.Join(", ", pictures)}");
         if (a.String("--json") is { } jsonPath)
         {
-            JsonOutput.Write(jsonPath, new
+            JsonOutput.Write(jsonPath, new PlanOutput
             {
-                command = "plan", model = modelDir, model_type = model.Config.ModelType, ratio, curvature = options.Curvature.ToString().ToLowerInvariant(),
-                options = new { options.TopK, options.MaxGroupSize, options.Contiguous, private_layers = options.PrivateLayers.Order(), options.SharedTypes, options.Search, options.Trust, options.KeptOffsets },
-                planner = PlannerCliOptions.Summary(result), plan = result.Plan, plan_file = planPath, pictures,
-                threads = torch.get_num_threads(), allocator = NativeAllocator.Name, wall_seconds = total.Elapsed.TotalSeconds,
+                Model = modelDir, ModelType = model.Config.ModelType, Ratio = ratio, Curvature = options.Curvature.ToString().ToLowerInvariant(),
+                Options = new(options.TopK, options.MaxGroupSize, options.Contiguous, options.PrivateLayers.Order().ToArray(), options.SharedTypes, options.Search, options.Trust, options.KeptOffsets),
+                Planner = PlannerCliOptions.Summary(result), Plan = result.Plan, PlanFile = planPath, Pictures = pictures,
+                Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }

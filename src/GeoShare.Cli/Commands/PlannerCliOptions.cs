@@ -90,33 +90,20 @@ public static class PlannerCliOptions
     }
 
     /// <summary>The planner's result as JSON: the search, every chosen group's predicted cost, timings.</summary>
-    public static object Summary(PlannerResult r) => new
+    public static PlannerSummary Summary(PlannerResult r) => new()
     {
-        search = new { method = r.Search.Method, status = r.Search.Status, objective = r.Search.Objective, bound = r.Search.Bound, seconds = r.Search.Seconds },
-        greedy_on_the_same_costs = r.GreedyComparison is not { } g ? null : new
-        {
-            objective = g.Objective, parameters = g.Parameters, seconds = g.Seconds,
-            relative_gap = (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300),
-        },
-        budget = r.Budget,
-        stored_parameters = r.Search.Parameters,
-        candidate_groups = r.CandidateGroups,
-        curvature_seconds = r.CurvatureSeconds,
-        cost_seconds = r.CostSeconds,
-        groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new
-        {
-            type = g.Type, layers = g.Layers, rank = g.Option.Rank, parameters = g.Option.Parameters,
-            predicted_loss = g.Option.Predicted, linear = g.Option.Linear, quadratic = g.Option.Quadratic,
-            high_curvature_energy = g.Option.HighCurvatureEnergy,
-        }),
-        pairwise_cost = r.PairwiseCost.ToDictionary(kv => kv.Key, kv => ToRows(kv.Value)),
-        blocks = r.Curvature.Values.Select(c => new
-        {
-            site = c.Site, method = c.Method, top_eigenvalues = c.TopValues, corrections = c.Corrections, trace = c.Trace,
-            trace_standard_error = c.TraceStandardError,
-        }),
+        Search = new(r.Search.Method, r.Search.Status, r.Search.Objective, r.Search.Bound, r.Search.Seconds),
+        GreedyOnTheSameCosts = r.GreedyComparison is not { } g ? null : new(g.Objective, g.Parameters, g.Seconds,
+            (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300)),
+        Budget = r.Budget,
+        StoredParameters = r.Search.Parameters,
+        CandidateGroups = r.CandidateGroups,
+        CurvatureSeconds = r.CurvatureSeconds,
+        CostSeconds = r.CostSeconds,
+        Groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new PlannedGroup(
+            g.Type, g.Layers, g.Option.Rank, g.Option.Parameters, g.Option.Predicted, g.Option.Linear, g.Option.Quadratic,
+            g.Option.HighCurvatureEnergy)).ToList(),
+        PairwiseCost = r.PairwiseCost.ToDictionary(kv => kv.Key, kv => PlannerSummary.Rows(kv.Value)),
+        Blocks = r.Curvature.Values.Select(c => new PlannedBlockCurvature(c.Site, c.Method, c.TopValues, c.Corrections, c.Trace, c.TraceStandardError)).ToList(),
     };
-
-    private static double[][] ToRows(double[,] m) =>
-        Enumerable.Range(0, m.GetLength(0)).Select(i => Enumerable.Range(0, m.GetLength(1)).Select(j => m[i, j]).ToArray()).ToArray();
 }

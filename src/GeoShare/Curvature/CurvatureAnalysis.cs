@@ -73,7 +73,7 @@ public static class CurvatureAnalysis
             if (names.Contains(n)) return n;
             if (names.Contains(n + ".weight")) return n + ".weight";
             var close = EditDistance.Closest(names, n, 3);
-            throw new UsageException($"--params: no parameter named '{n}' (closest: {string.Join(", ", close)})");
+            throw new UsageException("blocks", $"no parameter named '{n}' (closest: {string.Join(", ", close)})");
         }).ToArray()).ToList();
     }
 
@@ -85,7 +85,7 @@ public static class CurvatureAnalysis
         {
             long n = b.Sum(p => byName[p].numel());
             int wanted = Math.Max(options.Top, options.Bottom);
-            if (wanted > n) throw new UsageException($"--top/--bottom {wanted}: block {string.Join("+", b)} has only {n} parameters");
+            if (wanted > n) throw new UsageException(options.Top >= options.Bottom ? "top" : "bottom", $"{wanted} eigenvalues, but block {string.Join("+", b)} has only {n} parameters");
         }
         return options.Method == CurvatureMethod.Kfac
             ? RunKfac(model, batch, blocks, options, progress)
@@ -154,9 +154,9 @@ public static class CurvatureAnalysis
         foreach (var b in blocks)
         {
             if (b.Length != 1 || !b[0].EndsWith(".weight"))
-                throw new UsageException($"--method kfac works on single projection weights, not '{string.Join("+", b)}'");
+                throw new UsageException("blocks", $"K-FAC works on single projection weights, not '{string.Join("+", b)}'");
             var module = model.FindModule(b[0][..^".weight".Length]);
-            if (module is not DenseLinear d) throw new UsageException($"--method kfac: '{b[0]}' is not the weight of a linear projection");
+            if (module is not DenseLinear d) throw new UsageException("blocks", $"K-FAC: '{b[0]}' is not the weight of a linear projection");
             layers.Add((b[0], d));
         }
         var sw = Stopwatch.StartNew();

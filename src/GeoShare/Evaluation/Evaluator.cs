@@ -21,7 +21,7 @@ public static class Evaluator
         IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? windows = null)
     {
         if (model.Task != ModelTask.CausalLanguageModel)
-            throw new UsageException($"--data evaluates language models; this model is a {model.Config.ModelType} image classifier (use --fashion-mnist)");
+            throw new UsageException("model", $"a {model.Config.ModelType} image classifier; perplexity evaluates language models (evaluate it by accuracy)");
         CheckFits(model, data);
         windows ??= Enumerable.Range(0, data.Count).ToArray();
         int perPass = batchSize ?? model.DefaultBatchSize(data.WindowLength);
@@ -75,7 +75,7 @@ public static class Evaluator
         IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? indices = null)
     {
         if (model.Config is not IImageClassifierConfig cfg)
-            throw new UsageException($"--fashion-mnist evaluates image classifiers; this model is a {model.Config.ModelType} language model (use --data)");
+            throw new UsageException("model", $"a {model.Config.ModelType} language model; accuracy evaluates image classifiers (evaluate it by perplexity)");
         if (data.Height != cfg.ImageSize || data.Width != cfg.ImageSize || cfg.NumChannels != 1)
             throw BadInputException.For(data.Source, $"images are {data.Height}×{data.Width}×1, the model expects {cfg.ImageSize}×{cfg.ImageSize}×{cfg.NumChannels}");
         indices ??= Enumerable.Range(0, data.Count).ToArray();

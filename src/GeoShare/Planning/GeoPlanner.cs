@@ -70,7 +70,7 @@ public static class GeoPlanner
     public static PlannerResult Plan(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o,
         IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null)
     {
-        if (!(o.Ratio > 0 && o.Ratio < 1)) throw new UsageException($"--ratio must be within (0, 1), got {o.Ratio}");
+        if (!(o.Ratio > 0 && o.Ratio < 1)) throw new UsageException("ratio", $"must be within (0, 1), got {o.Ratio}");
         var sw = Stopwatch.StartNew();
         bool owns = curvature is null;
         curvature ??= CollectCurvature(model, curvatureBatch, grams, o, progress);

@@ -12,6 +12,14 @@ public static class PlanPlots
     {
         Directory.CreateDirectory(dir);
         var written = new List<string> { Coloring(Path.Combine(dir, "coloring.png"), plan, $"{label}: {plan.Method} plan at ratio {plan.Ratio:0.00}") };
+        written.AddRange(PairwiseCosts(dir, pairwise, label));
+        return written;
+    }
+
+    /// <summary>Writes pairwise-cost-{type}.png into <paramref name="dir"/> for each type (the only heatmap renderer of these costs).</summary>
+    public static IReadOnlyList<string> PairwiseCosts(string dir, IReadOnlyDictionary<string, double[,]>? pairwise, string label)
+    {
+        var written = new List<string>();
         foreach (var (type, matrix) in pairwise ?? new Dictionary<string, double[,]>())
         {
             string path = Path.Combine(dir, $"pairwise-cost-{CurvaturePlots.Sanitize(type)}.png");

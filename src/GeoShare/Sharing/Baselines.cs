@@ -27,8 +27,8 @@ public static class Baselines
 
     public static SharingPlan Create(string method, PretrainedModel model, double ratio, BaselineOptions options, ActivationGrams? grams = null)
     {
-        if (!Methods.Contains(method)) throw new UsageException($"--method: unknown method '{method}' (methods: {string.Join(", ", Methods)}, geo)");
-        if (method != "none" && !(ratio > 0 && ratio < 1)) throw new UsageException($"--ratio must be within (0, 1), got {ratio}");
+        if (!Methods.Contains(method)) throw new UsageException("method", $"unknown method '{method}' (methods: {string.Join(", ", Methods)}, geo)");
+        if (method != "none" && !(ratio > 0 && ratio < 1)) throw new UsageException("ratio", $"must be within (0, 1), got {ratio}");
         int layers = model.Config.NumLayers;
         var shared = options.SharedTypes ?? ShareableTypes.Default(model);
         var types = new Dictionary<string, TypePlan>();

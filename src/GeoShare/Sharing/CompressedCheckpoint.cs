@@ -58,7 +58,7 @@ public static class CompressedCheckpoint
 
         string full = Path.GetFullPath(outDir);
         if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
-            throw BadInputException.For(outDir, "output folder exists and is not empty (give another --out, or --force to replace it)");
+            throw BadInputException.For(outDir, "output folder exists and is not empty (save into another, or replace it)");
         string staging = full + $".tmp-{Environment.ProcessId}";
         if (Directory.Exists(staging)) Directory.Delete(staging, true);
         Directory.CreateDirectory(staging);

@@ -9,7 +9,7 @@ public static class ShareableTypes
     public static IReadOnlyList<string> Default(PretrainedModel model) => model.Architecture.DefaultSharedTypes;
 
     /// <summary>Resolves a user's list ("all", "none", or type names, also their last component like "c_fc").</summary>
-    public static IReadOnlyList<string> Resolve(PretrainedModel model, IReadOnlyList<string>? requested, string option = "--share")
+    public static IReadOnlyList<string> Resolve(PretrainedModel model, IReadOnlyList<string>? requested)
     {
         if (requested is null || requested.Count == 0) return Default(model);
         if (requested is ["all"]) return model.ProjectionTypes;
@@ -20,7 +20,7 @@ public static class ShareableTypes
             if (exact is not null) return exact;
             var bySuffix = model.ProjectionTypes.Where(t => t.EndsWith("." + r)).ToList();
             if (bySuffix.Count == 1) return bySuffix[0];
-            throw new UsageException($"{option}: unknown matrix type '{r}' (types: {string.Join(", ", model.ProjectionTypes)})");
+            throw new UsageException("shared_types", $"unknown matrix type '{r}' (types: {string.Join(", ", model.ProjectionTypes)})");
         }).Distinct().ToList();
     }
 }

@@ -1,0 +1,99 @@
+using GeoShare.Planning;
+using GeoShare.Sharing;
+
+namespace GeoShare.Evaluation;
+
+// The `--json` outputs of the commands that end in an evaluation (eval, compress, demo). Writer and readers (bench,
+// tests) share these records; the property names are the JSON's field names (snake_case) and their order is the
+// file's, so the committed bench cells read back into them. Fields of one task only (language model or image
+// classifier) are null for the other and left out of the file.
+
+/// <summary>`geoshare eval --json`: perplexity of a language model on a text file, or accuracy of an image classifier.</summary>
+public sealed record EvalOutput
+{
+    public string Command { get; init; } = "eval";
+    public required string Model { get; init; }
+    public required string ModelType { get; init; }
+    public string? Data { get; init; }
+    public int? Window { get; init; }
+    public int? Windows { get; init; }
+    public long? PredictedTokens { get; init; }
+    public string? FashionMnist { get; init; }
+    public string? Split { get; init; }
+    public int? Images { get; init; }
+    public int? Correct { get; init; }
+    public double? Accuracy { get; init; }
+    public required double MeanNll { get; init; }
+    public double? Perplexity { get; init; }
+    public required long Parameters { get; init; }
+    public required long ParameterBytes { get; init; }
+    public required string Dtype { get; init; }
+    public required double WallSeconds { get; init; }
+    public double? TokensPerSecond { get; init; }
+    public double? ImagesPerSecond { get; init; }
+    public required int Threads { get; init; }
+    /// <summary>Absent in cells written before the memory was measured.</summary>
+    public EvalMemory? Memory { get; init; }
+}
+
+/// <summary>Resident memory of an evaluation: what loading the model added, and the peak over the whole run.</summary>
+public sealed record EvalMemory(long ResidentBytesBeforeLoad, long ResidentBytesAfterLoad, long ModelResidentBytes, long PeakResidentBytes, string Allocator);
+
+/// <summary>The `evaluation` part of `geoshare compress --json`: the compressed model on the test data.</summary>
+public sealed record CompressedModelEvaluation
+{
+    public required string Data { get; init; }
+    public double? Perplexity { get; init; }
+    public double? Accuracy { get; init; }
+    public int? Images { get; init; }
+    public required double MeanNll { get; init; }
+    public long? PredictedTokens { get; init; }
+    public double? TokensPerSecond { get; init; }
+    public double? ImagesPerSecond { get; init; }
+    public required double WallSeconds { get; init; }
+}
+
+/// <summary>`geoshare compress --json`: what was compressed how, the compressor's report, the evaluation and the plan.</summary>
+public sealed record CompressOutput
+{
+    public string Command { get; init; } = "compress";
+    public required string Model { get; init; }
+    public required string ModelType { get; init; }
+    public required string Method { get; init; }
+    public double? Ratio { get; init; }
+    public required string Calibration { get; init; }
+    public required bool Refit { get; init; }
+    public required CompressionReport Report { get; init; }
+    public required double AchievedRatio { get; init; }
+    public required long ParameterBytes { get; init; }
+    /// <summary>Null without --eval.</summary>
+    public CompressedModelEvaluation? Evaluation { get; init; }
+    public string? OutDir { get; init; }
+    public required SharingPlan Plan { get; init; }
+    /// <summary>The planner's summary (method geo only).</summary>
+    public PlannerSummary? Planner { get; init; }
+    public required int Threads { get; init; }
+    public required string Allocator { get; init; }
+    public required double WallSeconds { get; init; }
+}
+
+/// <summary>`geoshare demo --json`: dense, a heuristic and Geo-Sharing at one ratio.</summary>
+public sealed record DemoOutput
+{
+    public string Command { get; init; } = "demo";
+    public required string Model { get; init; }
+    public required double Ratio { get; init; }
+    public required string Baseline { get; init; }
+    public required string Curvature { get; init; }
+    public required IReadOnlyList<DemoModelResult> Results { get; init; }
+    public required PlannerSummary Planner { get; init; }
+    public required SharingPlan GeoPlan { get; init; }
+    public required SharingPlan BaselinePlan { get; init; }
+    public required IReadOnlyList<string> Pictures { get; init; }
+    public required int Threads { get; init; }
+    public required string Allocator { get; init; }
+    public required double WallSeconds { get; init; }
+}
+
+/// <summary>One of the demo's models (dense, the heuristic, geo) on the test windows.</summary>
+public sealed record DemoModelResult(string Model, long Parameters, long ParameterBytes, double Perplexity, double MeanNll, int Windows, double TokensPerSecond);
