@@ -14,7 +14,7 @@ public class PlannerConstraintTests
 
     private static bool Contiguous(int[] g) => g[^1] - g[0] == g.Length - 1;
 
-    /// <summary>A tiny 12-layer GPT-2 planned at ratio 0.4 with groups of up to 3 layers.</summary>
+    /// <summary>A tiny 12-layer GPT-2 planned at ratio 0.4 with groups of up to 2 layers.</summary>
     private static SharingPlan Plan(string search, bool contiguous = false, int[]? privateLayers = null)
     {
         var model = TinyModels.Gpt2Deep(12);
@@ -24,7 +24,7 @@ public class PlannerConstraintTests
         using var batch = TinyModels.TokenBatch(model, windows: 4);
         using var result = GeoPlanner.Plan(model, grams, batch, new PlannerOptions
         {
-            Ratio = 0.4, Curvature = CurvatureMethod.Kfac, MaxGroupSize = 3, Search = search,
+            Ratio = 0.4, Curvature = CurvatureMethod.Kfac, MaxGroupSize = 2, Search = search,
             Contiguous = contiguous, PrivateLayers = (privateLayers ?? []).ToHashSet(),
         });
         Assert.Equal(search == "exact" ? "cp-sat" : "greedy", result.Search.Method);

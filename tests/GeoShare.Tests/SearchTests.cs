@@ -50,7 +50,7 @@ public class SearchTests
         };
     }
 
-    /// <summary>The largest relative gap of greedy over the optimum accepted here (measured: at most 2.2% on these cases).</summary>
+    /// <summary>The largest relative gap of greedy over the optimum accepted here (measured on these cases: 0.00% to 3.1%).</summary>
     private const double StatedGap = 0.05;
 
     [Theory]
