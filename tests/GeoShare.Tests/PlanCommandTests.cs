@@ -53,6 +53,7 @@ public class PlanCommandTests
                 int height = (bytes[20] << 24) | (bytes[21] << 16) | (bytes[22] << 8) | bytes[23];
                 Assert.True(width >= 400 && height >= 300, $"{f}: {width}×{height}");
                 Assert.True(bytes.Length > 10_000, $"{f}: {bytes.Length} bytes is too small to hold labelled axes");
+                PngAssert.IsPicture(f, 400, 300);
             }
         }
         finally

@@ -144,12 +144,17 @@ public class PlanningTests
                 // bisection): nearby coefficients in that ball do not predict less.
                 var gen = new Generator((ulong)(rank * 10 + i));
                 var c = aligned.Coefficients(rank, trust);
+                int checks = 0;
                 for (int trial = 0; trial < 5; trial++)
                 {
                     var other = b.matmul(c.add(torch.randn(c.shape, dtype: ScalarType.Float64, generator: gen).mul(1e-3 * c.norm().item<double>() / Math.Sqrt(c.numel())))).sub(weights[i]);
                     if (other.norm().item<double>() <= s.DeltaNorm)
+                    {
+                        checks++;
                         Assert.True(m.Predict(other) >= s.Predicted - 1e-9 * Math.Abs(s.Predicted), $"rank {rank} τ {trust}: {m.Predict(other)} < {s.Predicted}");
+                    }
                 }
+                Assert.True(checks > 0, $"rank {rank} τ {trust}: no perturbation fell inside the ball; optimality was not checked");
             }
         }
         foreach (var c in curvature.Values) c.Dispose();
