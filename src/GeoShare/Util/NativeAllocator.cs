@@ -9,9 +9,10 @@ namespace GeoShare;
 /// <para>Set: M_MMAP_THRESHOLD = 128 KB, fixed. glibc's default starts there but raises the threshold to the largest
 /// freed mapping, so the multi-megabyte tensors of each pass land in the heap, where their holes fragment it: the
 /// resident set grew by about 25 MB per GPT-2 eval pass, linearly and without bound (as it did with any fixed
-/// threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set here before). Fixed at 128 KB,
-/// every tensor of 128 KB or more is its own mapping, returned when freed: the resident set stays at the live size,
-/// like jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, eval of 16 GPT-2 windows on a
+/// threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set here before, whose large top chunk
+/// served them from the heap). Fixed at 128 KB (trimming at glibc's 128 KB too), a tensor of 128 KB or more that no
+/// free heap chunk fits gets its own mapping, returned when freed: the resident set stays at the live size, like
+/// jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, eval of 16 GPT-2 windows on a
 /// loaded machine): peak resident 338 MB against 353 MB under jemalloc and 543 MB with the old top pad, CPU time
 /// 1.09-1.16× jemalloc's.</para>
 /// <para>GEOSHARE_ALLOCATOR=default skips the tuning (glibc's own defaults, for comparisons); so does a
