@@ -58,8 +58,8 @@ print("""
 `NativeAllocator` calls `mallopt(M_MMAP_THRESHOLD, 128 KB)` when the library loads (a module initializer, so the CLI,
 `dotnet run`, the tests and a user's program all get it; `GEOSHARE_ALLOCATOR=default` skips it). glibc starts at
 that threshold too, but raises it to the size of each freed mapping (up to 32 MB), after which the multi-megabyte
-tensors of every pass come from the heap, whose holes they fragment. Fixing it keeps every block of 128 KB or more
-in its own mapping, returned when freed. Nothing has to be installed; `.ci/run` and the README need no new package.
+tensors of every pass come from the heap, whose holes they fragment. Fixed, a block of 128 KB or more that no free
+heap chunk fits gets its own mapping, returned when freed (a large M_TOP_PAD defeats this: its top chunk serves them). Nothing has to be installed; `.ci/run` and the README need no new package.
 
 Exploration before the table (single runs of `eval --limit 16`, same loaded machine, so times are rough; CPU s =
 user + system; note that setting any of glibc's M_TOP_PAD, M_TRIM_THRESHOLD or M_MMAP_THRESHOLD turns its dynamic
