@@ -2,6 +2,7 @@ using System.Diagnostics;
 using GeoShare;
 using GeoShare.Curvature;
 using GeoShare.Data;
+using GeoShare.Evaluation;
 using GeoShare.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -17,9 +18,12 @@ using static TorchSharp.torch;
 //   paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR...
 //                          per-image correctness and loss of image classifiers on the test split, McNemar per pair
 //   fidelity-by-ratio JSON the per-ratio Spearman table of fidelity.md from fidelity's JSON (markdown rows)
+//   eval-library MODEL_DIR DATA WINDOWS
+//                          the CLI's `eval --limit WINDOWS` through the library alone (bench/allocator.sh: a library host)
 if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
 if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
 if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
+if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));
 if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
 return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
     ? Run(args[0], args[1])
@@ -29,6 +33,15 @@ static int Usage()
 {
     Console.Error.WriteLine("usage: GeoShare.Bench (hvp-ratio|verify-fd|fidelity) JSON_OUT | fidelity-by-ratio JSON | paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR... (from the repository root)");
     return 2;
+}
+
+static int EvalLibrary(string modelDir, string data, int windowCount)
+{
+    var model = ModelLoader.Load(modelDir, ScalarType.Float32);
+    var windows = TokenWindows.FromFile(data, ByteLevelBpeTokenizer.Load(modelDir), 256);
+    var s = Evaluator.Perplexity(model, windows, windows: Enumerable.Range(0, Math.Min(windowCount, windows.Count)).ToArray());
+    Console.WriteLine($"perplexity {s.Perplexity:0.0000} over {s.Windows} windows, {s.Seconds:0.0} s, allocator {NativeAllocator.Name}");
+    return 0;
 }
 
 static int Run(string what, string jsonOut)

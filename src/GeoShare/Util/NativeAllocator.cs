@@ -4,19 +4,29 @@ using System.Runtime.InteropServices;
 namespace GeoShare;
 
 /// <summary>
-/// The native allocator under libtorch. jemalloc (preloaded by the `geoshare` launcher when installed, with
-/// decay off) reuses the many-megabyte tensors of each pass; glibc's malloc instead returns them to the
-/// kernel and faults them back in (about half the time of a GPT-2 Hessian-vector product) and, left to
-/// itself, lets the resident size of a long loop grow without bound (+200 MB per pass of 8 windows). Under
-/// glibc a large top pad is set when the library loads, which makes the resident size plateau.
+/// The native allocator under libtorch: glibc's malloc unless a user preloads another, tuned with mallopt when the
+/// library loads, so every host gets the same (the CLI, `dotnet run`, the tests, a user's program).
+/// <para>Set: M_MMAP_THRESHOLD = 128 KB, fixed. glibc's default starts there but raises the threshold to the largest
+/// freed mapping, so the multi-megabyte tensors of each pass land in the heap, where their holes fragment it: the
+/// resident set grew by about 25 MB per GPT-2 eval pass, linearly and without bound (as it did with any fixed
+/// threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set here before, whose large top chunk
+/// served them from the heap). Fixed at 128 KB (trimming at glibc's 128 KB too), a tensor of 128 KB or more that no
+/// free heap chunk fits gets its own mapping, returned when freed: the resident set stays at the live size, like
+/// jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, eval of 16 GPT-2 windows on a
+/// loaded machine): peak resident 338 MB against 353 MB under jemalloc and 543 MB with the old top pad, CPU time
+/// 1.09-1.16× jemalloc's.</para>
+/// <para>GEOSHARE_ALLOCATOR=default skips the tuning (glibc's own defaults, for comparisons); so does a
+/// MALLOC_MMAP_THRESHOLD_ set by the user.</para>
 /// </summary>
 public static partial class NativeAllocator
 {
-    /// <summary>"jemalloc" when preloaded (the `geoshare` launcher does so when it is installed), else "glibc".</summary>
-    public static string Name { get; } = File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc") ? "jemalloc" : "glibc";
+    /// <summary>"jemalloc" when preloaded, else "glibc" (with " defaults" when GEOSHARE_ALLOCATOR=default).</summary>
+    public static string Name { get; } =
+        File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc") ? "jemalloc"
+        : Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR") == "default" ? "glibc defaults" : "glibc";
 
-    private const int M_TOP_PAD = -2;
-    private const int TopPadBytes = 512 << 20;
+    private const int M_MMAP_THRESHOLD = -3;
+    private const int MmapThresholdBytes = 128 << 10;
 
     [LibraryImport("libc", EntryPoint = "mallopt")]
     private static partial int MallOpt(int param, int value);
@@ -25,8 +35,8 @@ public static partial class NativeAllocator
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Usage", "CA2255", Justification = "allocator policy must be set before the first tensor is allocated, in every host (CLI, tests, user code)")]
     internal static void Tune()
     {
-        if (!OperatingSystem.IsLinux() || Environment.GetEnvironmentVariable("MALLOC_TOP_PAD_") is not null || Name != "glibc") return;
-        try { MallOpt(M_TOP_PAD, TopPadBytes); }
+        if (!OperatingSystem.IsLinux() || Name != "glibc" || Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null) return;
+        try { MallOpt(M_MMAP_THRESHOLD, MmapThresholdBytes); }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { /* not glibc: nothing to tune */ }
     }
 }
