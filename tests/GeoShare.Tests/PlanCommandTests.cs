@@ -1,6 +1,13 @@
+using System.Text.Json.Nodes;
+using GeoShare.Cli;
+using GeoShare.Cli.Commands;
+using GeoShare.Curvature;
 using GeoShare.Models;
+using GeoShare.Planning;
 using GeoShare.Reporting;
 using GeoShare.Sharing;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace GeoShare.Tests;
 
@@ -60,5 +67,143 @@ public class PlanCommandTests
         {
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
         }
+    }
+
+    /// <summary>A GPT-2 of 8 hidden units with random weights and the bundled tokenizer, as a model folder the commands read.</summary>
+    private static string TinyGpt2Folder(TempDir tmp, int layers)
+    {
+        string dir = tmp.File($"tiny-gpt2-{layers}");
+        Directory.CreateDirectory(dir);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(Repo.Gpt2, "config.json")))!.AsObject();
+        config["n_embd"] = 8;
+        config["n_head"] = 2;
+        config["n_layer"] = layers;
+        config["n_inner"] = 16;
+        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
+        foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt" })
+            File.Copy(Path.Combine(Repo.Gpt2, f), Path.Combine(dir, f));
+        var model = ModelLoader.Build(ModelConfig.Load(dir), new RandomTensorSource(7, ScalarType.Float32));
+        var tensors = model.ParametersByName().Where(p => p.Key != "lm_head.weight").OrderBy(p => p.Key, StringComparer.Ordinal)
+            .Select(p => (p.Key, (Tensor)p.Value)).ToList();
+        SafetensorsFile.Write(Path.Combine(dir, Checkpoint.SingleFile), tensors);
+        return dir;
+    }
+
+    /// <summary>The first 60 kB of the validation text: enough for 16 calibration windows, quick to tokenize.</summary>
+    private static string SmallData(TempDir tmp)
+    {
+        string path = tmp.File("data.txt");
+        File.WriteAllText(path, File.ReadAllText(Repo.Corpus("valid"))[..60_000]);
+        return path;
+    }
+
+    private static string[] Tiny(string model, string data) => ["--model", model, "--data", data, "--calib-windows", "16", "--calib-stride", "1"];
+
+    private static byte[] Weights(string dir) => File.ReadAllBytes(Path.Combine(dir, Checkpoint.SingleFile));
+
+    private static GeoshareProcess.Result Ok(params string[] args)
+    {
+        var r = GeoshareProcess.Run(args);
+        Assert.True(r.ExitCode == 0, $"geoshare {string.Join(' ', args)}: exit {r.ExitCode}\n{r.Stderr}");
+        return r;
+    }
+
+    [Fact]
+    public void AGeoPlanFileReproducesCompressMethodGeoByteForByte()
+    {
+        using var tmp = new TempDir();
+        var args = Tiny(TinyGpt2Folder(tmp, 2), SmallData(tmp));
+        string planFile = tmp.File("plan.json");
+        // Ratio 0.4: the refit runs too, with the curvature-aligned solver.
+        var planned = Ok(["plan", .. args, "--ratio", "0.4", "--out", planFile, "--plots", tmp.File("plots"), "--json", tmp.File("plan-report.json")]);
+        Assert.Contains("search: exact (auto: 2 layers per type is within the exact search's limit of 12)", planned.Stderr);
+        var report = JsonNode.Parse(File.ReadAllText(tmp.File("plan-report.json")))!;
+        Assert.Equal("auto", (string?)report["planner"]!["search"]!["requested"]);
+        Assert.Equal("exact", (string?)report["planner"]!["search"]!["chosen"]);
+        Assert.NotNull(report["planner"]!["greedy_on_the_same_costs"]);
+        var coefficients = JsonNode.Parse(File.ReadAllText(planFile))!["coefficients"]!;
+        Assert.Equal("curvature-aligned", (string?)coefficients["method"]);
+        Assert.Equal("kfac", (string?)coefficients["curvature"]);
+
+        Ok(["compress", .. args, "--plan", planFile, "--out", tmp.File("from-plan")]);
+        Ok(["compress", .. args, "--ratio", "0.4", "--method", "geo", "--out", tmp.File("geo")]);
+        Assert.Equal(Weights(tmp.File("geo")), Weights(tmp.File("from-plan")));
+
+        // The same coloring and ranks without the recorded coefficients get Basis Sharing's: other weights.
+        var bare = JsonNode.Parse(File.ReadAllText(planFile))!.AsObject();
+        bare.Remove("coefficients");
+        File.WriteAllText(tmp.File("bare.json"), bare.ToJsonString());
+        Ok(["compress", .. args, "--plan", tmp.File("bare.json"), "--out", tmp.File("bare")]);
+        Assert.NotEqual(Weights(tmp.File("geo")), Weights(tmp.File("bare")));
+
+        // Options that would compute other coefficients than the plan records are refused, before any output.
+        foreach (var (option, value, says) in new[] { ("--curvature", "exact", "--curvature exact conflicts"), ("--trust", "1", "--trust 1 conflicts"),
+                     ("--curvature-windows", "2", "curvature batch"), ("--dtype", "float64", "--dtype float64 conflicts") })
+        {
+            var r = GeoshareProcess.Run(["compress", .. args, "--plan", planFile, option, value, "--out", tmp.File("refused")]);
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains(says, r.Stderr);
+            Assert.False(Directory.Exists(tmp.File("refused")));
+        }
+    }
+
+    [Fact]
+    public void AHeuristicPlanFileKeepsBasisSharingsCoefficients()
+    {
+        using var tmp = new TempDir();
+        var args = Tiny(TinyGpt2Folder(tmp, 2), SmallData(tmp));
+        Ok(["compress", .. args, "--ratio", "0.4", "--method", "adjacent", "--out", tmp.File("adjacent")]);
+        string planFile = Path.Combine(tmp.File("adjacent"), CompressedCheckpoint.PlanFile);
+        Assert.Null(JsonNode.Parse(File.ReadAllText(planFile))!["coefficients"]);
+        Ok(["compress", .. args, "--plan", planFile, "--out", tmp.File("from-plan")]);
+        Assert.Equal(Weights(tmp.File("adjacent")), Weights(tmp.File("from-plan")));
+    }
+
+    [Fact]
+    public void SearchExactIsRefusedBeyondItsLimitAndAutoSaysThatGreedyRan()
+    {
+        using var tmp = new TempDir();
+        var args = Tiny(TinyGpt2Folder(tmp, 13), SmallData(tmp));
+        var refused = GeoshareProcess.Run(["plan", .. args, "--ratio", "0.3", "--search", "exact", "--out", tmp.File("p.json"), "--plots", tmp.File("plots")]);
+        Assert.Equal(2, refused.ExitCode);
+        Assert.Single(refused.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.Contains("error"));
+        Assert.Contains("at most 12 layers per type, the model has 13", refused.Stderr);
+        Assert.False(File.Exists(tmp.File("p.json")));
+
+        var auto = Ok(["plan", .. args, "--ratio", "0.3", "--out", tmp.File("p.json"), "--plots", tmp.File("plots"), "--json", tmp.File("r.json")]);
+        Assert.Contains("search: greedy (auto: 13 layers per type is beyond the exact search's limit of 12)", auto.Stderr);
+        var search = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["search"]!;
+        Assert.Equal("greedy", (string?)search["method"]);
+        Assert.Equal("auto", (string?)search["requested"]);
+        Assert.Equal("greedy", (string?)search["chosen"]);
+    }
+
+    [Fact]
+    public void LibraryDefaultsAreTheCommandLineDefaults()
+    {
+        var model = TinyModels.Gpt2();
+        var cli = PlannerCliOptions.Parse(new ParsedArgs(new(), new(), new PlanCommand().Spec.Options), model, 0.3);
+        var library = new PlannerOptions { Ratio = 0.3 };
+        Assert.Equal(library.Curvature, cli.Curvature);
+        Assert.Equal(CurvatureMethod.Kfac, cli.Curvature);
+        Assert.Equal(library.TopK, cli.TopK);
+        Assert.Equal(library.Tolerance, cli.Tolerance);
+        Assert.Equal(library.TraceProducts, cli.TraceProducts);
+        Assert.Equal(library.KfacSamples, cli.KfacSamples);
+        Assert.Equal(library.MaxGroupSize, cli.MaxGroupSize);
+        Assert.Equal(library.Contiguous, cli.Contiguous);
+        Assert.Equal(library.PrivateLayers, cli.PrivateLayers);
+        Assert.Equal(library.SharedTypes ?? ShareableTypes.Default(model), cli.SharedTypes);
+        Assert.Equal(library.Trust, cli.Trust);
+        Assert.Equal(library.UseGradient, cli.UseGradient);
+        Assert.Equal(library.Search, cli.Search);
+        Assert.Equal(SearchMethod.Auto, cli.Search);
+        Assert.Equal(library.TimeLimitSeconds, cli.TimeLimitSeconds);
+        Assert.Equal(library.KeptOffsets, cli.KeptOffsets);
+        Assert.Equal(library.Seed, cli.Seed);
+        // --refit auto is the library's null (from ratio 0.4).
+        Assert.Equal("auto", new CompressCommand().Spec.Options.Single(o => o.Name == "--refit").Default);
+        Assert.Null(new CompressionOptions().Refit);
+        Assert.Null(new CompressionOptions().Coefficients);
     }
 }

@@ -160,4 +160,52 @@ public class PlanningTests
         foreach (var c in curvature.Values) c.Dispose();
         grams.Dispose();
     }
+
+    [Fact]
+    public void CandidateGroupsCountOnlyWhatTheSearchCostedNotThePicture()
+    {
+        var model = TinyModels.Gpt2();
+        var rng = new Random(11);
+        var windows = TokenWindows.FromIds("random", Enumerable.Range(0, 8 * 32).Select(_ => rng.Next(13)).ToArray(), 8);
+        using var grams = ActivationGrams.Collect(model, CalibrationSet.FromWindows(windows, windows.Select(32, 1)), model.Sites);
+        using var batch = TinyModels.TokenBatch(model, windows: 4);
+        // Groups of one: the search costs 4 types × 2 layers; the picture of the 3 shared types adds their one pair each.
+        using var r = GeoPlanner.Plan(model, grams, batch, new PlannerOptions { Ratio = 0.4, TopK = 2, MaxGroupSize = 1 });
+        Assert.Equal(8, r.CandidateGroups);
+        Assert.Equal(3, r.PictureGroups);
+        Assert.Equal(3, r.PairwiseCost.Count);
+        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 2 layers per type is within the exact search's limit of 12"), r.SearchChoice);
+        var recipe = r.Plan.Coefficients!;
+        Assert.Equal((CurvatureMethod.Kfac, 2, 0.5, "random tokens", "float64"), (recipe.Curvature, recipe.TopK, recipe.Trust, recipe.CurvatureBatch, recipe.ModelDtype));
+    }
+
+    [Fact]
+    public void SearchAutoIsExactUpToTwelveLayersAndExactBeyondIsRefused()
+    {
+        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Auto, 12).Method);
+        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Auto, 13).Method);
+        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4).Method);
+        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Exact, 12).Method);
+        var e = Assert.Throws<UsageException>(() => GeoPlanner.ChooseSearch(SearchMethod.Exact, 13));
+        Assert.Equal("search exact runs on at most 12 layers per type, the model has 13 (use auto or greedy)", e.Message);
+    }
+
+    [Theory]
+    [InlineData("ratio", "ratio must be within (0, 1), got 0")]
+    [InlineData("top", "top-k must be at least 1, got 0")]
+    [InlineData("private", "private layer 2 is not a layer index in 0..1")]
+    [InlineData("offsets", "kept offsets [0.5] leave no kept fraction within [0.02, 0.98] at ratio 0.3")]
+    public void BadPlannerOptionsAreRefusedInTheLibrarysTerms(string what, string message)
+    {
+        var model = TinyModels.Gpt2();
+        var o = new PlannerOptions { Ratio = 0.3 };
+        o = what switch
+        {
+            "ratio" => o with { Ratio = 0 },
+            "top" => o with { TopK = 0 },
+            "private" => o with { PrivateLayers = new HashSet<int> { 2 } },
+            _ => o with { KeptOffsets = [0.5] },
+        };
+        Assert.Equal(message, Assert.Throws<UsageException>(() => o.Validate(model)).Message);
+    }
 }

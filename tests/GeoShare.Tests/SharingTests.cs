@@ -75,6 +75,17 @@ public class SharingTests
         Assert.Equal(expected, report.MatrixParametersAfter);
     }
 
+    [Theory]
+    [InlineData(0.3, false)]
+    [InlineData(0.4, true)]
+    public void TheDefaultRefitIsBasisSharingsFromRatioPointFour(double ratio, bool refitted)
+    {
+        var (model, calibration, _) = TinyGpt2();
+        using var grams = ActivationGrams.Collect(model, calibration, model.Sites);
+        var plan = Baselines.Create("adjacent", model, ratio, new BaselineOptions(), grams);
+        Assert.Equal(refitted, PlanCompressor.Apply(model, plan, grams, new CompressionOptions(), calibration).Refitted);
+    }
+
     [Fact]
     public void TiedMatricesAreOneStorageUsedByEveryLayerOfTheColor()
     {

@@ -55,7 +55,10 @@ public sealed class CompressCommand : ICommand
         if (outDir is not null && !a.Flag("--force") && Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
             throw new UsageException($"--out {outDir} exists and is not empty (use --force to replace it)");
         if (planPath is null && !a.Has("--ratio")) throw new UsageException("give --ratio R (or --plan FILE)");
-        var dtype = CalibrationOptions.DType(a);
+        // A plan with curvature-aligned coefficients records what they need; its model is rebuilt from that.
+        var loadedPlan = planPath is null ? null : SharingPlan.Load(planPath);
+        var recipe = loadedPlan?.Coefficients;
+        var dtype = recipe is null ? CalibrationOptions.DType(a) : PlannerCliOptions.RecordedDType(a, recipe, planPath!);
 
         ConsoleProgress.Status($"loading {modelDir}");
         var model = ModelFolder.Load(modelDir, dtype);
@@ -67,13 +70,21 @@ public sealed class CompressCommand : ICommand
         string method = planPath is null ? a.Required("--method") : "plan";
         if (method == "geo" && a.Choice("--mode", "basis", "tie") == "tie")
             throw new UsageException("--mode tie: geo shares low-rank bases (its coefficients are what it aligns); use --mode basis");
+        loadedPlan?.Validate(model, planPath!);
+        using var recordedBatch = recipe is null ? null : PlannerCliOptions.RecordedCurvatureBatch(a, model, modelDir, recipe, planPath!);
+        var plannerOptions = method == "geo" ? PlannerCliOptions.Parse(a, model, a.Double("--ratio", min: 0, max: 1)) : null;
         using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
         SharingPlan plan;
         PlannerResult? planner = null;
-        if (planPath is not null)
+        AlignedCoefficientSolver? recomputed = null;
+        if (loadedPlan is not null)
         {
-            plan = SharingPlan.Load(planPath);
-            plan.Validate(model, planPath);
+            plan = loadedPlan;
+            if (recordedBatch is not null)
+            {
+                recomputed = GeoPlanner.AlignedCoefficients(model, plan, grams, recordedBatch, progress);
+                progress.EndLine();
+            }
         }
         else
         {
@@ -88,20 +99,21 @@ public sealed class CompressCommand : ICommand
             };
             if (method == "geo")
             {
-                planner = PlannerCliOptions.Run(model, modelDir, a, PlannerCliOptions.Parse(a, model, ratio), progress, grams);
+                planner = PlannerCliOptions.Run(model, modelDir, a, plannerOptions!, progress, grams);
                 progress.EndLine();
                 PlannerCliOptions.PrintSummary(model, planner);
                 plan = planner.Plan;
             }
             else plan = Baselines.Create(method, model, ratio, options, grams);
         }
-        bool refit = a.Choice("--refit", "auto", "on", "off") switch
+        bool? refit = a.Choice("--refit", "auto", "on", "off") switch
         {
             "on" => true,
             "off" => false,
-            _ => (plan.Ratio ?? 0) >= 0.4,
+            _ => null,
         };
-        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit, Coefficients = planner is null ? null : new CurvatureAlignedSolver(planner.Costs) }, calibration, progress);
+        ICoefficientSolver? coefficients = planner is not null ? new CurvatureAlignedSolver(planner.Costs) : recomputed;
+        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit, Coefficients = coefficients }, calibration, progress);
         progress.EndLine();
 
         var table = new TextTable("type", "mode", "colors", "ranks", "parameters before", "after", "kept");
@@ -135,6 +147,7 @@ public sealed class CompressCommand : ICommand
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
         planner?.Dispose();
+        recomputed?.Dispose();
         return 0;
     }
 

@@ -1,26 +1,34 @@
+using System.Globalization;
 using GeoShare.Curvature;
 using GeoShare.Data;
 using GeoShare.Models;
 using GeoShare.Planning;
 using GeoShare.Sharing;
+using TorchSharp;
 
 namespace GeoShare.Cli.Commands;
 
 /// <summary>The Geo-Sharing planner's options, shared by `plan` and `compress --method geo`.</summary>
 public static class PlannerCliOptions
 {
+    /// <summary>The library's defaults, shown as the options' defaults (so the two cannot drift apart).</summary>
+    private static readonly PlannerOptions Defaults = new() { Ratio = 0.5 };
+
+    private static string Text(double v) => v.ToString(CultureInfo.InvariantCulture);
+    private static string Name<T>(T value) where T : struct, Enum => value.ToString().ToLowerInvariant();
+
     public static IReadOnlyList<OptionSpec> Specs =>
     [
-        new("--curvature", "exact|kfac", "block curvature: Lanczos eigenpairs + Hutchinson trace on Hessian-vector products, or K-FAC factors", "kfac"),
+        new("--curvature", "exact|kfac", "block curvature: Lanczos eigenpairs + Hutchinson trace on Hessian-vector products, or K-FAC factors", Name(Defaults.Curvature)),
         new("--curvature-windows", "N", "windows (images) of the curvature batch, from the first of the calibration data, stride --curvature-stride", DefaultNote: "4 windows (language models), 64 images (ViT)"),
         new("--curvature-stride", "S", "stride of the curvature batch", DefaultNote: "1 (language models), 16 (ViT)"),
-        new("--top", "K", "top eigenpairs per block in the cost model", "4"),
-        new("--max-group", "N", "largest group of layers that may share (every group up to this size is costed: 12 layers give 78 groups at 2, 298 at 3, 793 at 4)", "2"),
+        new("--top", "K", "top eigenpairs per block in the cost model", Text(Defaults.TopK)),
+        new("--max-group", "N", "largest group of layers that may share (every group up to this size is costed: 12 layers give 78 groups at 2, 298 at 3, 793 at 4)", Text(Defaults.MaxGroupSize)),
         new("--contiguous", null, "only groups of consecutive layers"),
         new("--private", "LAYERS", "layers that never share (comma-separated indices)"),
-        new("--search", "exact|greedy", "CP-SAT over all groups (up to 12 layers per type), or greedy merging + local search", "exact"),
+        new("--search", "auto|exact|greedy", $"exact: CP-SAT over all groups, optimal (up to {GeoPlanner.ExactSearchMaxLayers} layers per type; refused beyond); greedy: greedy merging + local search; auto: exact where it runs, greedy beyond", Name(Defaults.Search)),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
-        new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", "0.5"),
+        new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
     ];
 
     public static PlannerOptions Parse(ParsedArgs a, PretrainedModel model, double ratio)
@@ -28,7 +36,7 @@ public static class PlannerCliOptions
         int n = model.Config.NumLayers;
         var privateLayers = a.List("--private").Select(s => int.TryParse(s, out int l) && l >= 0 && l < n ? l
             : throw new UsageException($"--private: '{s}' is not a layer index in 0..{n - 1}")).ToHashSet();
-        return new PlannerOptions
+        var options = new PlannerOptions
         {
             Ratio = ratio,
             Curvature = a.Choice("--curvature", "exact", "kfac") == "exact" ? CurvatureMethod.Exact : CurvatureMethod.Kfac,
@@ -37,11 +45,53 @@ public static class PlannerCliOptions
             Contiguous = a.Flag("--contiguous"),
             PrivateLayers = privateLayers,
             SharedTypes = ShareableTypes.Resolve(model, a.List("--share")),
-            Search = a.Choice("--search", "exact", "greedy"),
+            Search = a.Choice("--search", "auto", "exact", "greedy") switch { "exact" => SearchMethod.Exact, "greedy" => SearchMethod.Greedy, _ => SearchMethod.Auto },
             Trust = a.Double("--trust", min: 0),
             UseGradient = a.Flag("--gradient"),
             Seed = a.Int("--seed", min: 0),
         };
+        options.Validate(model); // before the calibration: e.g. an exact search the model is too deep for
+        return options;
+    }
+
+    /// <summary>
+    /// For `compress --plan P` of a plan with curvature-aligned coefficients: the element type P's curvature was
+    /// computed in (--dtype, which must agree if given).
+    /// </summary>
+    public static torch.ScalarType RecordedDType(ParsedArgs a, CoefficientRecipe recipe, string planPath)
+    {
+        var dtype = recipe.ModelDtype switch
+        {
+            "float32" => torch.ScalarType.Float32,
+            "float64" => torch.ScalarType.Float64,
+            _ => throw BadInputException.For(planPath, $"model_dtype '{recipe.ModelDtype}' is not float32 or float64"),
+        };
+        if (a.Has("--dtype") && a.Choice("--dtype", "float32", "float64") != recipe.ModelDtype)
+            throw new UsageException($"--dtype {a.String("--dtype")} conflicts with {planPath}, planned on the {recipe.ModelDtype} model (leave --dtype out to use the plan's)");
+        return dtype;
+    }
+
+    /// <summary>
+    /// For `compress --plan P` of a plan with curvature-aligned coefficients: refuses curvature options that differ
+    /// from what P records (those left out are P's), and loads the curvature batch, which must be P's.
+    /// </summary>
+    public static LossBatch RecordedCurvatureBatch(ParsedArgs a, PretrainedModel model, string modelDir, CoefficientRecipe recipe, string planPath)
+    {
+        void Conflict(string option, string recorded) =>
+            throw new UsageException($"{option}{(a.String(option) is { } v && !a.Flag(option) ? " " + v : "")} conflicts with {planPath}, planned with {recorded} (leave {option} out to use the plan's)");
+        if (a.Has("--curvature") && a.Choice("--curvature", "exact", "kfac") != Name(recipe.Curvature)) Conflict("--curvature", $"--curvature {Name(recipe.Curvature)}");
+        if (a.Has("--top") && a.Int("--top", min: 1) != recipe.TopK) Conflict("--top", $"--top {recipe.TopK}");
+        if (a.Has("--trust") && a.Double("--trust", min: 0) != recipe.Trust) Conflict("--trust", $"--trust {Text(recipe.Trust)}");
+        if (a.Flag("--gradient") && !recipe.UseGradient) Conflict("--gradient", "the first-order term left out");
+        if (a.Has("--seed") && a.Int("--seed", min: 0) != recipe.Seed) Conflict("--seed", $"--seed {recipe.Seed}");
+        var batch = CurvatureBatch(model, modelDir, a);
+        if (batch.Description != recipe.CurvatureBatch)
+        {
+            string given = batch.Description;
+            batch.Dispose();
+            throw new UsageException($"--data/--curvature-windows/--curvature-stride give the curvature batch '{given}'; {planPath} was planned on '{recipe.CurvatureBatch}'");
+        }
+        return batch;
     }
 
     /// <summary>A few windows carry 1000 predictions each; a classifier needs more images for as many.</summary>
@@ -63,6 +113,8 @@ public static class PlannerCliOptions
         try
         {
             using var batch = CurvatureBatch(model, modelDir, a);
+            var choice = GeoPlanner.ChooseSearch(options.Search, model.Config.NumLayers);
+            ConsoleProgress.Status($"search: {Name(choice.Method)} ({choice.Reason})");
             return GeoPlanner.Plan(model, grams, batch, options, progress);
         }
         finally
@@ -92,12 +144,14 @@ public static class PlannerCliOptions
     /// <summary>The planner's result as JSON: the search, every chosen group's predicted cost, timings.</summary>
     public static PlannerSummary Summary(PlannerResult r) => new()
     {
-        Search = new(r.Search.Method, r.Search.Status, r.Search.Objective, r.Search.Bound, r.Search.Seconds),
+        Search = new(r.Search.Method, r.Search.Status, r.Search.Objective, r.Search.Bound, r.Search.Seconds,
+            Name(r.SearchChoice.Requested), Name(r.SearchChoice.Method), r.SearchChoice.Reason),
         GreedyOnTheSameCosts = r.GreedyComparison is not { } g ? null : new(g.Objective, g.Parameters, g.Seconds,
             (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300)),
         Budget = r.Budget,
         StoredParameters = r.Search.Parameters,
         CandidateGroups = r.CandidateGroups,
+        PictureGroups = r.PictureGroups,
         CurvatureSeconds = r.CurvatureSeconds,
         CostSeconds = r.CostSeconds,
         Groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new PlannedGroup(

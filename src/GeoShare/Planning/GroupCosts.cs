@@ -98,15 +98,6 @@ public sealed class GroupCostEvaluator : IDisposable
     }
 }
 
-/// <summary>Coefficients for a fixed basis, as the compressor asks for them (initially and in the refit).</summary>
-public interface ICoefficientSolver
-{
-    /// <param name="basis">[in, k] float64</param>
-    /// <param name="weight">[in, out] float64, the original matrix</param>
-    /// <param name="gram">XᵀX of this layer's inputs over <paramref name="rows"/> rows</param>
-    Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows);
-}
-
 /// <summary>Geo-Sharing's coefficients: curvature-aligned within the trust region (see <see cref="AlignedCoefficients"/>).</summary>
 public sealed class CurvatureAlignedSolver(GroupCostEvaluator costs) : ICoefficientSolver
 {
@@ -115,5 +106,31 @@ public sealed class CurvatureAlignedSolver(GroupCostEvaluator costs) : ICoeffici
         using var a = gram.div(rows);
         using var aligned = new AlignedCoefficients(basis, weight, costs.Curvature(site.Name), a);
         return aligned.Coefficients((int)basis.shape[1], costs.Trust, costs.UseGradient);
+    }
+}
+
+/// <summary>
+/// Curvature-aligned coefficients with their own block curvature models (collected again for a saved plan by
+/// <see cref="GeoPlanner.AlignedCoefficients"/>); disposing it frees them.
+/// </summary>
+public sealed class AlignedCoefficientSolver : ICoefficientSolver, IDisposable
+{
+    private readonly GroupCostEvaluator _costs;
+    private readonly IReadOnlyDictionary<string, BlockCurvatureModel> _curvature;
+    private readonly CurvatureAlignedSolver _solver;
+
+    public AlignedCoefficientSolver(GroupCostEvaluator costs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature)
+    {
+        _costs = costs;
+        _curvature = curvature;
+        _solver = new CurvatureAlignedSolver(costs);
+    }
+
+    public Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows) => _solver.Solve(site, basis, weight, gram, rows);
+
+    public void Dispose()
+    {
+        _costs.Dispose();
+        foreach (var c in _curvature.Values) c.Dispose();
     }
 }

@@ -14,6 +14,8 @@ public sealed record PlannerSummary
     public required long Budget { get; init; }
     public required long StoredParameters { get; init; }
     public required int CandidateGroups { get; init; }
+    /// <summary>Groups costed only for the pairwise-cost pictures (absent in older cells).</summary>
+    public int? PictureGroups { get; init; }
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required IReadOnlyList<PlannedGroup> Groups { get; init; }
@@ -35,7 +37,9 @@ public sealed record PlannerSummary
         Enumerable.Range(0, m.GetLength(0)).Select(i => Enumerable.Range(0, m.GetLength(1)).Select(j => m[i, j]).ToArray()).ToArray();
 }
 
-public sealed record PlannerSearchSummary(string Method, string Status, double Objective, double? Bound, double Seconds);
+/// <summary>Requested, chosen and reason are absent in cells written before `--search auto`.</summary>
+public sealed record PlannerSearchSummary(string Method, string Status, double Objective, double? Bound, double Seconds,
+    string? Requested = null, string? Chosen = null, string? Reason = null);
 
 public sealed record GreedyComparisonSummary(double Objective, long Parameters, double Seconds, double RelativeGap);
 

@@ -17,14 +17,30 @@ public sealed record CompressionReport(
     public double Ratio => 1 - (double)MatrixParametersAfter / MatrixParametersBefore;
 }
 
+/// <summary>Coefficients for a fixed basis, as the compressor asks for them (initially and in the refit).</summary>
+public interface ICoefficientSolver
+{
+    /// <param name="basis">[in, k] float64</param>
+    /// <param name="weight">[in, out] float64, the original matrix</param>
+    /// <param name="gram">XᵀX of this layer's inputs over <paramref name="rows"/> rows</param>
+    Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows);
+}
+
+/// <summary>How a plan is applied; the defaults are the command line's.</summary>
 public sealed record CompressionOptions
 {
-    /// <summary>Re-solve coefficients by least squares on inputs from the already-compressed model (Basis Sharing does so from 40%).</summary>
-    public bool Refit { get; init; }
+    /// <summary>Basis Sharing refits its coefficients from this ratio on (the default <see cref="Refit"/>).</summary>
+    public const double AutoRefitRatio = 0.4;
+
+    /// <summary>
+    /// Re-solve coefficients by least squares on inputs from the already-compressed model (needs the calibration set).
+    /// Null: from a plan ratio of <see cref="AutoRefitRatio"/>, as Basis Sharing does.
+    /// </summary>
+    public bool? Refit { get; init; }
     /// <summary>Tie mode: weight the mean by each layer's input second moments.</summary>
     public bool WeightedTie { get; init; } = true;
     /// <summary>Coefficients for a fixed basis (Geo-Sharing's curvature alignment); null: Basis Sharing's (the SVD's, refit by least squares).</summary>
-    public Planning.ICoefficientSolver? Coefficients { get; init; }
+    public ICoefficientSolver? Coefficients { get; init; }
 }
 
 /// <summary>Turns a dense model into a compressed one by a <see cref="SharingPlan"/>, in place.</summary>
@@ -34,6 +50,7 @@ public static class PlanCompressor
         CalibrationSet? calibration = null, IProgress<ProgressTick>? progress = null)
     {
         plan.Validate(model, "plan");
+        bool refit = (options.Refit ?? (plan.Ratio ?? 0) >= CompressionOptions.AutoRefitRatio) && calibration is not null;
         long modelBefore = model.ParameterCount();
         var report = new List<TypeCompression>();
         var dtype = model.DType;
@@ -75,7 +92,7 @@ public static class PlanCompressor
                             var layer = new SharedBasisLinear(basis, coefficients.to_type(dtype).MoveToOuterDisposeScope(), biases[i]?.MoveToOuterDisposeScope());
                             model.SetProjection(members[i], layer);
                             newMaps[members[i].Name] = layer;
-                            if (options.Refit) originals[members[i].Name] = weights[i].detach().clone().MoveToOuterDisposeScope();
+                            if (refit) originals[members[i].Name] = weights[i].detach().clone().MoveToOuterDisposeScope();
                         }
                         after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
                     }
@@ -95,7 +112,7 @@ public static class PlanCompressor
             }
         }
         bool refitted = false;
-        if (options.Refit && newMaps.Count > 0 && calibration is not null)
+        if (refit && newMaps.Count > 0 && calibration is not null)
         {
             RefitCoefficients(model, newMaps, originals, calibration, options.Coefficients, progress);
             refitted = true;
@@ -109,7 +126,7 @@ public static class PlanCompressor
     /// re-solve its coefficients for the original weights (the basis stays fixed).
     /// </summary>
     private static void RefitCoefficients(PretrainedModel model, Dictionary<string, SharedBasisLinear> maps, Dictionary<string, Tensor> originals,
-        CalibrationSet calibration, Planning.ICoefficientSolver? solver, IProgress<ProgressTick>? progress)
+        CalibrationSet calibration, ICoefficientSolver? solver, IProgress<ProgressTick>? progress)
     {
         int layers = model.Config.NumLayers;
         for (int l = 0; l < layers; l++)

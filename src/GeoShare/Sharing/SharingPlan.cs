@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using GeoShare.Curvature;
 using GeoShare.Models;
 
 namespace GeoShare.Sharing;
@@ -34,6 +35,30 @@ public sealed record TypePlan
         Enumerable.Range(0, Colors).Select(c => Enumerable.Range(0, Coloring.Length).Where(l => Coloring[l] == c).ToArray()).ToList();
 }
 
+/// <summary>
+/// What a plan's per-layer coefficients need beyond its coloring and ranks: Geo-Sharing's are curvature-aligned, so
+/// compressing by the plan collects the block curvature again with these settings, on the same model type,
+/// calibration and curvature batch. A plan without one gets Basis Sharing's coefficients (the SVD's, or the refit's).
+/// </summary>
+public sealed record CoefficientRecipe
+{
+    public const string CurvatureAligned = "curvature-aligned";
+
+    public string Method { get; init; } = CurvatureAligned;
+    public required CurvatureMethod Curvature { get; init; }
+    public required int TopK { get; init; }
+    public required double Tolerance { get; init; }
+    public required int TraceProducts { get; init; }
+    public required int KfacSamples { get; init; }
+    public required double Trust { get; init; }
+    public required bool UseGradient { get; init; }
+    public required long Seed { get; init; }
+    /// <summary>Which windows (images) of which file the curvature was taken on, as the batch describes itself.</summary>
+    public required string CurvatureBatch { get; init; }
+    /// <summary>Element type of the model the curvature was computed on (float32, float64).</summary>
+    public required string ModelDtype { get; init; }
+}
+
 /// <summary>A sharing configuration for a whole model: per matrix type a <see cref="TypePlan"/>. Saved as JSON.</summary>
 public sealed record SharingPlan
 {
@@ -47,6 +72,8 @@ public sealed record SharingPlan
     /// <summary>In/out features of each type, so that a plan is checked against a model before use.</summary>
     public required Dictionary<string, int[]> Shapes { get; init; }
     public required Dictionary<string, TypePlan> Types { get; init; }
+    /// <summary>What the coefficients need (Geo-Sharing's plans); null: Basis Sharing's coefficients.</summary>
+    public CoefficientRecipe? Coefficients { get; init; }
 
     public static bool IsCanonical(IReadOnlyList<int> coloring)
     {
@@ -76,6 +103,8 @@ public sealed record SharingPlan
         if (Format != FormatTag) Fail($"unknown plan format '{Format}' (expected {FormatTag})");
         if (ModelType != model.Config.ModelType) Fail($"plan is for model_type '{ModelType}', the model is '{model.Config.ModelType}'");
         if (NumLayers != model.Config.NumLayers) Fail($"plan has {NumLayers} layers, the model has {model.Config.NumLayers}");
+        if (Coefficients is { } recipe && recipe.Method != CoefficientRecipe.CurvatureAligned)
+            Fail($"unknown coefficients '{recipe.Method}' (expected {CoefficientRecipe.CurvatureAligned}, or none for Basis Sharing's)");
         foreach (var (type, plan) in Types)
         {
             if (!model.ProjectionTypes.Contains(type))
