@@ -39,7 +39,7 @@ static class Fidelity
         {
             var sw = Stopwatch.StartNew();
             var o = new PlannerOptions { Ratio = 0.3, Curvature = method };
-            models[Name(method)] = GeoPlanner.CollectCurvature(dense, batch, grams, o, null);
+            models[Name(method)] = BlockCurvatureModel.Collect(dense, batch, grams, o, null);
             curvatureSeconds[Name(method)] = sw.Elapsed.TotalSeconds;
             Log($"{Name(method)} curvature {sw.Elapsed.TotalSeconds:F0} s");
         }
@@ -114,7 +114,7 @@ static class Fidelity
         var lossImages = train.Select(2000, 16, 8); // not in the calibration or curvature images (0, 16, 32, …)
         double baseLoss = Evaluator.Accuracy(dense, train, pre, indices: lossImages).MeanNll;
         Log($"dense loss {baseLoss:F6} on {lossImages.Length} training images");
-        var curvature = GeoPlanner.CollectCurvature(dense, batch, grams, new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Kfac }, null);
+        var curvature = BlockCurvatureModel.Collect(dense, batch, grams, new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Kfac }, null);
         var originals = dense.Sites.ToDictionary(s => s.Name, s => dense.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone());
 
         var rows = new List<object>();

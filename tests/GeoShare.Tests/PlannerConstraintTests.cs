@@ -24,7 +24,7 @@ public class PlannerConstraintTests
         using var batch = TinyModels.TokenBatch(model, windows: 4);
         using var result = GeoPlanner.Plan(model, grams, batch, new PlannerOptions
         {
-            Ratio = 0.4, Curvature = CurvatureMethod.Kfac, MaxGroupSize = 2, Search = search,
+            Ratio = 0.4, Curvature = CurvatureMethod.Kfac, MaxGroupSize = 2, Search = Enum.Parse<SearchMethod>(search, ignoreCase: true),
             Contiguous = contiguous, PrivateLayers = (privateLayers ?? []).ToHashSet(),
         });
         Assert.Equal(search == "exact" ? "cp-sat" : "greedy", result.Search.Method);

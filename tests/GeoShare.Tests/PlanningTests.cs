@@ -50,7 +50,7 @@ public class PlanningTests
     {
         var (model, grams, batch) = TinyDeep(5);
         var options = new PlannerOptions { Ratio = 0.4, Curvature = CurvatureMethod.Exact, TopK = 2, Tolerance = 1e-8, TraceProducts = 16 };
-        var curvature = GeoPlanner.CollectCurvature(model, batch, grams, options, null);
+        var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         using var costs = new GroupCostEvaluator(model, grams, curvature, trust: 0.5, useGradient: true);
         string[] types = ["attn.c_attn", "mlp.c_fc"];
         var searches = types.Select(t => new TypeSearch(t, 5, SetPartitions.Candidates(5, 5, false, new HashSet<int>())
@@ -118,7 +118,7 @@ public class PlanningTests
     {
         var (model, grams, batch) = TinyDeep(3);
         var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16 };
-        var curvature = GeoPlanner.CollectCurvature(model, batch, grams, options, null);
+        var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         var sites = new[] { model.Site("mlp.c_fc", 0), model.Site("mlp.c_fc", 2) };
         var weights = sites.Select(s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone()).ToArray();
         var basis = SharedBasis.Compute(weights, grams[sites[0].Name].add(grams[sites[1].Name]), 6);

@@ -55,9 +55,8 @@ public sealed class AnalyzeCommand : ICommand
         {
             Top = a.Int("--top", min: 0),
             Bottom = a.Int("--bottom", min: 0),
-            Trace = a.Flag("--trace"),
+            Trace = !a.Flag("--trace") ? TraceEstimator.None : a.Flag("--hutchpp") ? TraceEstimator.HutchPlusPlus : TraceEstimator.Hutchinson,
             TraceProducts = a.Int("--trace-products", min: 2),
-            HutchPlusPlus = a.Flag("--hutchpp"),
             Density = a.Flag("--density"),
             DensityRuns = a.Int("--density-runs", min: 1),
             DensitySteps = a.Int("--density-steps", min: 2),
@@ -67,17 +66,17 @@ public sealed class AnalyzeCommand : ICommand
             DenseBelow = a.Int("--dense-below", min: 0),
             Seed = a.Int("--seed", min: 0),
         };
-        if (options.Top == 0 && options.Bottom == 0 && !options.Trace && !options.Density)
+        if (options.Top == 0 && options.Bottom == 0 && options.Trace == TraceEstimator.None && !options.Density)
             throw new UsageException("nothing to compute: --top and --bottom are 0 and neither --trace nor --density is set");
 
         var total = Stopwatch.StartNew();
         ConsoleProgress.Status($"loading {modelDir} ({dtype.ToString().ToLowerInvariant()})");
         var model = ModelFolder.Load(modelDir, dtype);
         using var batch = CalibrationOptions.Load(model, modelDir, a, "--windows", "--stride", "--first");
-        var blocks = CurvatureAnalysis.ResolveBlocks(model, a.List("--params"));
+        var blocks = CurvatureEngine.ResolveBlocks(model, a.List("--params"));
         ConsoleProgress.Status($"{blocks.Count} block(s), {batch.Description}, method {method.ToString().ToLowerInvariant()}");
         var progress = new ConsoleProgress();
-        var results = CurvatureAnalysis.Run(model, batch, blocks, options, progress);
+        var results = CurvatureEngine.Collect(model, batch, blocks, options, progress);
         progress.EndLine();
 
         var table = new TextTable("block", "shape", "method", "λ1", "λ2", "λ3", options.Bottom > 0 ? "λmin" : "", "trace ± se", "HVPs", "seconds");

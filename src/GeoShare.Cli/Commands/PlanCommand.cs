@@ -62,7 +62,7 @@ public sealed class PlanCommand : ICommand
             JsonOutput.Write(jsonPath, new PlanOutput
             {
                 Model = modelDir, ModelType = model.Config.ModelType, Ratio = ratio, Curvature = options.Curvature.ToString().ToLowerInvariant(),
-                Options = new(options.TopK, options.MaxGroupSize, options.Contiguous, options.PrivateLayers.Order().ToArray(), options.SharedTypes, options.Search, options.Trust, options.KeptOffsets),
+                Options = new(options.TopK, options.MaxGroupSize, options.Contiguous, options.PrivateLayers.Order().ToArray(), options.SharedTypes, options.Search.ToString().ToLowerInvariant(), options.Trust, options.KeptOffsets),
                 Planner = PlannerCliOptions.Summary(result), Plan = result.Plan, PlanFile = planPath, Pictures = pictures,
                 Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds,
             });

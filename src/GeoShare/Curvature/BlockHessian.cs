@@ -8,7 +8,8 @@ namespace GeoShare.Curvature;
 /// <summary>
 /// The loss Hessian restricted to one block of parameters on one batch, in the manner of PyHessian's
 /// <c>hessian</c> class: <see cref="Eigenvalues"/>, <see cref="Trace"/>, <see cref="Density"/>, and
-/// <see cref="Exact"/> for small blocks. The gradient graph is built once and reused by every product.
+/// <see cref="Exact"/> for small blocks. The gradient graph is built once and reused by every product. For many
+/// blocks on one graph (what `analyze` and the planner do), <see cref="CurvatureEngine"/>.
 /// </summary>
 public sealed class BlockHessian : IDisposable
 {

@@ -105,6 +105,56 @@ public sealed class HessianOperator : IDisposable
         return r.reshape(-1).detach().MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// H_BB v for the diagonal block of several parameters (v: their elements concatenated in the given order). One
+    /// parameter is <see cref="ApplyBlock(int, Tensor)"/>.
+    /// </summary>
+    public Tensor ApplyBlock(IReadOnlyList<int> indices, Tensor v)
+    {
+        if (indices.Count == 1) return ApplyBlock(indices[0], v);
+        long n = indices.Sum(i => _params[i].numel());
+        if (v.numel() != n) throw new ArgumentException($"vector has {v.numel()} elements, the block {n}");
+        Products++;
+        using var scope = torch.NewDisposeScope();
+        var ps = indices.Select(i => _params[i]).ToList();
+        var typed = v.to_type(DType);
+        var pieces = new List<Tensor>();
+        long offset = 0;
+        foreach (var p in ps)
+        {
+            pieces.Add(typed.narrow(0, offset, p.numel()).view(p.shape));
+            offset += p.numel();
+        }
+        var result = new Tensor?[ps.Count];
+        var differentiable = Enumerable.Range(0, indices.Count).Where(j => _differentiable.Contains(indices[j])).ToList();
+        if (differentiable.Count > 0)
+        {
+            foreach (var p in ps) p.requires_grad = true;
+            var hv = torch.autograd.grad(differentiable.Select(j => _grads[indices[j]]).ToList(), ps, differentiable.Select(j => pieces[j]).ToList(),
+                retain_graph: true, create_graph: false, allow_unused: true);
+            for (int j = 0; j < ps.Count; j++)
+                if (hv[j] is not null && !hv[j].IsInvalid) result[j] = hv[j];
+        }
+        var flat = torch.cat(result.Select((r, j) => (r ?? torch.zeros_like(ps[j])).reshape(-1)).ToList());
+        return flat.detach().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The dense diagonal block of several parameters, column by column (one block product per column).</summary>
+    public Tensor DenseBlock(IReadOnlyList<int> indices)
+    {
+        long n = indices.Sum(i => _params[i].numel());
+        if (n > 20_000) throw new InvalidOperationException($"a dense Hessian of {n}² entries is too large");
+        var h = torch.zeros(n, n, dtype: DType);
+        for (long j = 0; j < n; j++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var e = torch.zeros(n, dtype: DType);
+            e[j] = 1.0;
+            h[TensorIndex.Colon, j] = ApplyBlock(indices, e);
+        }
+        return h;
+    }
+
 
     /// <summary>Splits a flat vector into views shaped like the parameters.</summary>
     public List<Tensor> Split(Tensor flat)

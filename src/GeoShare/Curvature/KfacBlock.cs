@@ -22,7 +22,7 @@ public sealed class KfacBlock : IDisposable
     public WeightLayout Layout { get; }
     public long[] WeightShape => Layout == WeightLayout.InOut ? [A.shape[0], G.shape[0]] : [G.shape[0], A.shape[0]];
 
-    private Tensor? _aVals, _aVecs, _gVals, _gVecs;
+    private double[]? _aVals, _gVals;
 
     public KfacBlock(string name, Tensor a, Tensor g, WeightLayout layout)
     {
@@ -34,11 +34,16 @@ public sealed class KfacBlock : IDisposable
 
     public double Trace => A.trace().item<double>() * G.trace().item<double>();
 
-    private void Decompose()
+    /// <summary>Every eigenvalue of A and of G (full decompositions: for the bottom end, the spectrum and checks).</summary>
+    private (double[] A, double[] G) FactorEigenvalues()
     {
-        if (_aVals is not null) return;
-        (_aVals, _aVecs) = torch.linalg.eigh(A);
-        (_gVals, _gVecs) = torch.linalg.eigh(G);
+        if (_aVals is null)
+        {
+            using var scope = torch.NewDisposeScope();
+            _aVals = torch.linalg.eigvalsh(A).data<double>().ToArray();
+            _gVals = torch.linalg.eigvalsh(G).data<double>().ToArray();
+        }
+        return (_aVals, _gVals!);
     }
 
     /// <summary>(A ⊗ G) v for v flat in the weight's storage layout.</summary>
@@ -50,37 +55,65 @@ public sealed class KfacBlock : IDisposable
         return r.reshape(-1).to_type(flat.dtype).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The k largest eigenvalues λ_i(A)·μ_j(G) and their eigenvectors (flat, in the weight's layout).</summary>
-    public (double[] Values, Tensor Vectors) Top(int k, ScalarType dtype) => Extreme(k, dtype, largest: true);
-
-    public (double[] Values, Tensor Vectors) Bottom(int k, ScalarType dtype) => Extreme(k, dtype, largest: false);
-
-    private (double[] Values, Tensor Vectors) Extreme(int k, ScalarType dtype, bool largest)
+    /// <summary>
+    /// The k largest eigenvalues λ_i(A)·μ_j(G) and their eigenvectors, [k, in·out] float64, flat in the weight's
+    /// storage layout: <see cref="KroneckerTop"/>, the routine of `analyze` and of the planner.
+    /// </summary>
+    public (double[] Values, Tensor Vectors) Top(int k, long seed)
     {
-        Decompose();
-        var la = _aVals!.data<double>().ToArray();
-        var lg = _gVals!.data<double>().ToArray();
+        using var scope = torch.NewDisposeScope();
+        var (values, vectors) = KroneckerTop(A, G, k, seed); // [k, in, out]
+        var flat = Layout == WeightLayout.InOut ? vectors.reshape(values.Length, -1) : vectors.transpose(1, 2).reshape(values.Length, -1);
+        return (values, flat.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The k smallest eigenvalues λ_i(A)·μ_j(G), from full decompositions of the factors.</summary>
+    public double[] BottomEigenvalues(int k)
+    {
+        var (la, lg) = FactorEigenvalues();
         long total = (long)la.Length * lg.Length;
         if (k < 1 || k > total) throw new ArgumentOutOfRangeException(nameof(k), $"k = {k} must be within 1..{total}");
-        var pairs = new List<(double V, int I, int J)>();
-        for (int i = 0; i < la.Length; i++) for (int j = 0; j < lg.Length; j++) pairs.Add((la[i] * lg[j], i, j));
-        var chosen = (largest ? pairs.OrderByDescending(p => p.V) : pairs.OrderBy(p => p.V)).Take(k).ToArray();
-        using var scope = torch.NewDisposeScope();
-        var vecs = chosen.Select(p =>
-        {
-            var outer = torch.outer(_aVecs![TensorIndex.Colon, p.I], _gVecs![TensorIndex.Colon, p.J]); // [in, out]
-            return (Layout == WeightLayout.InOut ? outer : outer.t()).reshape(-1);
-        }).ToList();
-        return (chosen.Select(p => p.V).ToArray(), torch.stack(vecs).to_type(dtype).MoveToOuterDisposeScope());
+        return la.SelectMany(a => lg.Select(g => a * g)).OrderBy(x => x).Take(k).ToArray();
     }
 
     /// <summary>All eigenvalues (sorted descending); for small layers and checks.</summary>
     public double[] Spectrum()
     {
-        Decompose();
-        var la = _aVals!.data<double>().ToArray();
-        var lg = _gVals!.data<double>().ToArray();
+        var (la, lg) = FactorEigenvalues();
         return la.SelectMany(a => lg.Select(g => a * g)).OrderByDescending(x => x).ToArray();
+    }
+
+    /// <summary>
+    /// The k largest eigenpairs of A ⊗ G (as [k, in, out]): products of the top eigenpairs of A and of G, each found
+    /// by subspace iteration (a full eigendecomposition of a 3072 × 3072 factor costs more than the whole plan).
+    /// </summary>
+    public static (double[] Values, Tensor Vectors) KroneckerTop(Tensor a, Tensor g, int k, long seed)
+    {
+        using var scope = torch.NewDisposeScope();
+        var (la, va) = SymmetricTop(a, Math.Min(k, (int)a.shape[0]), seed);
+        var (lg, vg) = SymmetricTop(g, Math.Min(k, (int)g.shape[0]), seed + 7919);
+        var pairs = la.SelectMany((x, i) => lg.Select((y, j) => (V: x * y, I: i, J: j))).OrderByDescending(p => p.V).Take(k).ToArray();
+        var vectors = torch.stack(pairs.Select(p => torch.outer(va[TensorIndex.Colon, p.I], vg[TensorIndex.Colon, p.J])).ToArray());
+        return (pairs.Select(p => p.V).ToArray(), vectors.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>Top-k eigenpairs of a symmetric positive semi-definite matrix by subspace iteration with Rayleigh–Ritz.</summary>
+    public static (double[] Values, Tensor Vectors) SymmetricTop(Tensor m, int k, long seed, int iterations = 60)
+    {
+        using var scope = torch.NewDisposeScope();
+        long n = m.shape[0];
+        int p = (int)Math.Min(n, k + 8);
+        if (n <= 256)
+        {
+            var (vals, vecs) = torch.linalg.eigh(m);
+            var idx = torch.arange(n - 1, n - 1 - k, -1);
+            return (vals.index_select(0, idx).data<double>().ToArray(), vecs.index_select(1, idx).MoveToOuterDisposeScope());
+        }
+        var x = torch.randn(n, p, dtype: ScalarType.Float64, generator: new Generator((ulong)seed));
+        for (int it = 0; it < iterations; it++) x = torch.linalg.qr(m.matmul(x)).Q;
+        var (tv, tq) = torch.linalg.eigh(x.t().matmul(m).matmul(x));
+        var order = torch.arange(p - 1, p - 1 - k, -1);
+        return (tv.index_select(0, order).data<double>().ToArray(), x.matmul(tq.index_select(1, order)).MoveToOuterDisposeScope());
     }
 
     /// <summary>K-FAC blocks of several projections of a model from one forward pass and one backward per curvature factor.</summary>
@@ -164,6 +197,5 @@ public sealed class KfacBlock : IDisposable
     {
         A.Dispose();
         G.Dispose();
-        _aVals?.Dispose(); _aVecs?.Dispose(); _gVals?.Dispose(); _gVecs?.Dispose();
     }
 }

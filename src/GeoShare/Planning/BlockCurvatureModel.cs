@@ -1,3 +1,6 @@
+using GeoShare.Curvature;
+using GeoShare.Models;
+using GeoShare.Sharing;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -96,6 +99,53 @@ public sealed class BlockCurvatureModel : IDisposable
             beta = Math.Max(beta, floor);
         }
         return Create(site, "exact", gradient, values, vectors, a, torch.full(dout, beta, dtype: ScalarType.Float64), trace, traceStandardError);
+    }
+
+    /// <summary>The curvature engine's options for the planner's blocks: top pairs, gradients, and a trace for the bulk.</summary>
+    public static CurvatureOptions EngineOptions(PlannerOptions o) => new()
+    {
+        Method = o.Curvature, Top = o.TopK, Tolerance = o.Tolerance, KfacSamples = o.KfacSamples, Seed = o.Seed,
+        // Exact: one joint probe set for all blocks' traces; every block by Lanczos (no dense small blocks).
+        Trace = o.Curvature == CurvatureMethod.Exact ? TraceEstimator.BlockHutchinson : TraceEstimator.None, TraceProducts = o.TraceProducts,
+        DenseBelow = 0, KeepVectors = true, KeepGradient = true,
+    };
+
+    /// <summary>
+    /// The second-order model of every site of the model from the curvature engine (<see cref="CurvatureEngine"/>):
+    /// exact (Lanczos + joint Hutchinson traces on one gradient graph) or K-FAC; A from the calibration second moments.
+    /// </summary>
+    public static Dictionary<string, BlockCurvatureModel> Collect(PretrainedModel model, LossBatch batch, ActivationGrams grams,
+        PlannerOptions o, IProgress<ProgressTick>? progress)
+    {
+        var sites = model.Sites.ToList();
+        if (sites.Any(s => model.GetProjection(s) is not DenseLinear)) throw new UsageException("curvature needs the dense model");
+        var blocks = CurvatureEngine.Collect(model, batch, sites.Select(s => new[] { s.WeightName }).ToList(), EngineOptions(o), progress);
+        Tensor A(ProjectionSite s) => grams[s.Name].div(grams.Rows);
+        var result = new Dictionary<string, BlockCurvatureModel>();
+        for (int i = 0; i < sites.Count; i++)
+        {
+            var b = blocks[i];
+            var gradient = ToInOut(model, sites[i], b.Gradient!.unsqueeze(0))[0];
+            var vectors = ToInOut(model, sites[i], b.TopVectors!);
+            // The model takes over diag G; the flat gradient and vectors were copied (or viewed) into [in, out].
+            result[sites[i].Name] = o.Curvature == CurvatureMethod.Kfac
+                ? Create(sites[i].Name, "kfac", gradient, b.TopEigenvalues, vectors, A(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value)
+                : FromEigenpairs(sites[i].Name, gradient, b.TopEigenvalues, vectors, b.Trace!.Value, A(sites[i]), b.TraceStandardError);
+            b.Gradient!.Dispose();
+            b.TopVectors!.Dispose();
+        }
+        return result;
+    }
+
+    /// <summary>Flat vectors (or weight-shaped ones) in a site's storage layout → [k, in, out] float64.</summary>
+    private static Tensor ToInOut(PretrainedModel model, ProjectionSite site, Tensor vectors)
+    {
+        var layout = model.GetProjection(site) is DenseLinear d ? d.Layout : WeightLayout.InOut;
+        long k = vectors.shape[0];
+        var v = vectors.to_type(ScalarType.Float64);
+        return layout == WeightLayout.InOut
+            ? v.reshape(k, site.InFeatures, site.OutFeatures).contiguous()
+            : v.reshape(k, site.OutFeatures, site.InFeatures).transpose(1, 2).contiguous();
     }
 
     public void Dispose()

@@ -165,7 +165,7 @@ public static class GeoPlanner
         var choice = ChooseSearch(o.Search, model.Config.NumLayers);
         var sw = Stopwatch.StartNew();
         bool owns = curvature is null;
-        curvature ??= CollectCurvature(model, curvatureBatch, grams, o, progress);
+        curvature ??= BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
         double curvatureSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
 
@@ -264,7 +264,7 @@ public static class GeoPlanner
         if (recipe.ModelDtype != dtype)
             throw new UsageException($"the plan's curvature was computed on the {recipe.ModelDtype} model, this model is {dtype}");
         var o = PlannerOptions.FromRecipe(recipe, plan.Ratio ?? 0.5); // the ratio chooses ranks; it does not enter the curvature
-        var curvature = CollectCurvature(model, curvatureBatch, grams, o, progress);
+        var curvature = BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
         return new AlignedCoefficientSolver(new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient), curvature);
     }
 
@@ -303,115 +303,5 @@ public static class GeoPlanner
             for (int j = i + 1; j < n; j++)
                 m[i, j] = m[j, i] = Nominal([i, j]).Predicted - single[i] - single[j];
         return m;
-    }
-
-    /// <summary>Per-block second-order models: exact (Lanczos + Hutchinson on Hessian-vector products) or K-FAC.</summary>
-    public static Dictionary<string, BlockCurvatureModel> CollectCurvature(PretrainedModel model, LossBatch batch, ActivationGrams grams,
-        PlannerOptions o, IProgress<ProgressTick>? progress)
-    {
-        var result = new Dictionary<string, BlockCurvatureModel>();
-        var sites = model.Sites.ToList();
-        Tensor A(ProjectionSite s) => grams[s.Name].div(grams.Rows);
-        if (o.Curvature == CurvatureMethod.Kfac)
-        {
-            var gradients = Gradients(model, batch, sites);
-            var blocks = KfacBlock.Compute(model, batch, sites.Select(s => (s.Name, model.GetProjection(s))).ToList(), o.KfacSamples, o.Seed, progress);
-            for (int i = 0; i < sites.Count; i++)
-            {
-                using var k = blocks[i];
-                var (values, vectors) = KroneckerTop(k.A, k.G, o.TopK, o.Seed + i);
-                result[sites[i].Name] = BlockCurvatureModel.Create(sites[i].Name, "kfac", gradients[i], values, vectors, A(sites[i]),
-                    k.G.diagonal().clone(), k.Trace);
-            }
-            return result;
-        }
-        // One gradient graph over every block: the traces come from joint products (each gives a sample of every
-        // block's trace), the eigenpairs from products restricted to one block on the same graph.
-        var weights = sites.Select(s => model.GetProjection(s) is DenseLinear d ? (Tensor)d.Weight : throw new UsageException("curvature needs the dense model")).ToList();
-        using var h = new HessianOperator(() => batch.Loss(model), weights);
-        progress?.Report(new ProgressTick("curvature traces", 0, o.TraceProducts, "products"));
-        int probe = 0;
-        var traces = TraceEstimators.BlockHutchinson(v =>
-        {
-            var r = h.Apply(v);
-            progress?.Report(new ProgressTick("curvature traces", ++probe, o.TraceProducts, "products"));
-            return r;
-        }, h.BlockSizes, h.DType, o.TraceProducts, o.Seed + 1000);
-        var blockGradients = h.Split(h.Gradient);
-        progress?.Report(new ProgressTick("curvature", 0, sites.Count, "blocks"));
-        for (int i = 0; i < sites.Count; i++)
-        {
-            int block = i;
-            var top = Lanczos.Extreme(v => h.ApplyBlock(block, v), h.BlockSizes[i], o.TopK, SpectrumEnd.Largest, h.DType,
-                new LanczosOptions { Tolerance = o.Tolerance, Seed = o.Seed + i });
-            result[sites[i].Name] = BlockCurvatureModel.FromEigenpairs(sites[i].Name, ToInOut(model, sites[i], blockGradients[i].unsqueeze(0))[0],
-                top.Values, ToInOut(model, sites[i], top.Vectors), traces[i].Value, A(sites[i]), traces[i].StandardError);
-            top.Vectors.Dispose();
-            progress?.Report(new ProgressTick("curvature", i + 1, sites.Count, "blocks"));
-        }
-        return result;
-    }
-
-    /// <summary>
-    /// The k largest eigenpairs of A ⊗ G (as [k, in, out]): products of the top eigenpairs of A and of G, each found
-    /// by subspace iteration (a full eigendecomposition of a 3072 × 3072 factor costs more than the whole plan).
-    /// </summary>
-    public static (double[] Values, Tensor Vectors) KroneckerTop(Tensor a, Tensor g, int k, long seed)
-    {
-        using var scope = torch.NewDisposeScope();
-        var (la, va) = SymmetricTop(a, Math.Min(k, (int)a.shape[0]), seed);
-        var (lg, vg) = SymmetricTop(g, Math.Min(k, (int)g.shape[0]), seed + 7919);
-        var pairs = la.SelectMany((x, i) => lg.Select((y, j) => (V: x * y, I: i, J: j))).OrderByDescending(p => p.V).Take(k).ToArray();
-        var vectors = torch.stack(pairs.Select(p => torch.outer(va[TensorIndex.Colon, p.I], vg[TensorIndex.Colon, p.J])).ToArray());
-        return (pairs.Select(p => p.V).ToArray(), vectors.MoveToOuterDisposeScope());
-    }
-
-    /// <summary>Top-k eigenpairs of a symmetric positive semi-definite matrix by subspace iteration with Rayleigh–Ritz.</summary>
-    public static (double[] Values, Tensor Vectors) SymmetricTop(Tensor m, int k, long seed, int iterations = 60)
-    {
-        using var scope = torch.NewDisposeScope();
-        long n = m.shape[0];
-        int p = (int)Math.Min(n, k + 8);
-        if (n <= 256)
-        {
-            var (vals, vecs) = torch.linalg.eigh(m);
-            var idx = torch.arange(n - 1, n - 1 - k, -1);
-            return (vals.index_select(0, idx).data<double>().ToArray(), vecs.index_select(1, idx).MoveToOuterDisposeScope());
-        }
-        var x = torch.randn(n, p, dtype: ScalarType.Float64, generator: new Generator((ulong)seed));
-        for (int it = 0; it < iterations; it++) x = torch.linalg.qr(m.matmul(x)).Q;
-        var (tv, tq) = torch.linalg.eigh(x.t().matmul(m).matmul(x));
-        var order = torch.arange(p - 1, p - 1 - k, -1);
-        return (tv.index_select(0, order).data<double>().ToArray(), x.matmul(tq.index_select(1, order)).MoveToOuterDisposeScope());
-    }
-
-    /// <summary>Flat vectors (or weight-shaped ones) in a site's storage layout → [k, in, out] float64.</summary>
-    private static Tensor ToInOut(PretrainedModel model, ProjectionSite site, Tensor vectors)
-    {
-        var layout = model.GetProjection(site).Layout;
-        long k = vectors.shape[0];
-        var v = vectors.to_type(ScalarType.Float64);
-        return layout == WeightLayout.InOut
-            ? v.reshape(k, site.InFeatures, site.OutFeatures).contiguous()
-            : v.reshape(k, site.OutFeatures, site.InFeatures).transpose(1, 2).contiguous();
-    }
-
-    /// <summary>∂L/∂W of every site in one backward pass, as [in, out] float64.</summary>
-    private static List<Tensor> Gradients(PretrainedModel model, LossBatch batch, IReadOnlyList<ProjectionSite> sites)
-    {
-        var weights = sites.Select(s => model.GetProjection(s) is DenseLinear d ? d.Weight : throw new UsageException("curvature needs the dense model")).ToList();
-        foreach (var w in weights) w.requires_grad = true;
-        try
-        {
-            using var scope = torch.NewDisposeScope();
-            var loss = batch.Loss(model);
-            if (!double.IsFinite(loss.to_type(ScalarType.Float64).item<double>())) throw new NumericalException("the loss is not finite on the calibration batch");
-            var grads = torch.autograd.grad([loss], weights.Cast<Tensor>().ToList());
-            return sites.Select((s, i) => ToInOut(model, s, grads[i].detach().unsqueeze(0))[0].MoveToOuterDisposeScope()).ToList();
-        }
-        finally
-        {
-            foreach (var w in weights) w.requires_grad = false;
-        }
     }
 }
