@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The native allocator, side by side in one run: the fresh-machine path (glibc tuned by NativeAllocator, nothing
-# preloaded) against jemalloc preloaded (the launcher's old setting) and against glibc's defaults with the old
+# The native allocator, side by side in one run: the fresh-machine path (`geoshare` re-executes itself under
+# jemalloc, which the README and .ci/run install) against jemalloc preloaded by hand (the launcher's old setting),
+# tuned glibc (what a program using the library gets: GEOSHARE_ALLOCATOR=glibc) and glibc's defaults with the old
 # 512 MB top pad, for eval, a float64 analyze of two blocks and (WORKLOADS) a K-FAC plan of the bundled GPT-2; eval
 # also through `dotnet run` and a library host (GeoShare.Bench eval-library). Every run is its own process, timed by
 # /usr/bin/time (wall, CPU, peak resident set, minor page faults); ROUNDS rounds, the order reversed in every
@@ -29,10 +30,11 @@ declare -A args=(
 run() { # workload entry round
   local w=$1 e=$2 r=$3 cmd
   case $e in
-    fresh)     cmd=(env -u LD_PRELOAD "$cli") ;;
+    fresh)     cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR "$cli") ;;          # re-executes itself under jemalloc (installed)
+    glibc)     cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=glibc "$cli") ;;         # tuned glibc: what a program using the library gets
     jemalloc)  cmd=(env LD_PRELOAD=$jemalloc MALLOC_CONF=dirty_decay_ms:5000,muzzy_decay_ms:0 "$cli") ;;
     old)       cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=default MALLOC_TOP_PAD_=536870912 "$cli") ;;
-    dotnet-run) cmd=(env -u LD_PRELOAD dotnet run --project src/GeoShare.Cli -c Release --no-build --) ;;
+    dotnet-run) cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR dotnet run --project src/GeoShare.Cli -c Release --no-build --) ;;
     library)   cmd=(env -u LD_PRELOAD dotnet bench/GeoShare.Bench/bin/Release/net10.0/linux-x64/GeoShare.Bench.dll eval-library $model assets/data/corpus/test.txt $ew) ;;
   esac
   [ $e = library ] && set -- || set -- ${args[$w]}
@@ -43,7 +45,7 @@ run() { # workload entry round
 }
 for r in $(seq 1 "$rounds"); do
   for w in $workloads; do
-    entries=(fresh jemalloc old); [ $w = eval ] && entries+=(dotnet-run library)
+    entries=(fresh jemalloc glibc old); [ $w = eval ] && entries+=(dotnet-run library)
     if (( r % 2 == 0 )); then mapfile -t entries < <(printf '%s\n' "${entries[@]}" | tac); fi
     for e in "${entries[@]}"; do run $w $e $r; done
   done

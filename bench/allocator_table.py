@@ -3,18 +3,17 @@ import json, pathlib, statistics, sys
 
 out, day, cores, load, *commands = sys.argv[1:]
 runs = [json.loads(p.read_text()) for p in sorted(pathlib.Path(out).glob("*.json"))]
-names = {"fresh": "fresh machine (`./geoshare`, tuned glibc)", "dotnet-run": "`dotnet run` (tuned glibc)",
-         "library": "library host (GeoShare.Bench, tuned glibc)", "jemalloc": "jemalloc preloaded (old launcher)",
+names = {"fresh": "fresh machine (`./geoshare`: re-exec under jemalloc)", "dotnet-run": "`dotnet run` (re-exec under jemalloc)",
+         "glibc": "library's allocator: tuned glibc (CLI with GEOSHARE_ALLOCATOR=glibc)",
+         "library": "library host (GeoShare.Bench eval-library, tuned glibc)", "jemalloc": "jemalloc preloaded (old launcher)",
          "old": "glibc defaults + 512 MB top pad (old fresh path)"}
 def med(w, e, key):
     xs = [r[key] if key != "cpu" else r["user_seconds"] + r["system_seconds"] for r in runs if r["workload"] == w and r["entry"] == e]
     return statistics.median(xs) if xs else None, xs
 print("# The native allocator: fresh machine against jemalloc\n")
-print(f"Regenerate: `bench/allocator.sh` ({day}, {cores} cores, load average at the end {load}). The machine was shared")
-print("with other jobs the whole time (load average 20-30 on 2 cores), so each process got a fraction of a core: absolute")
-print("times are several times an idle machine's, and the runs were interleaved (entry points in turn, the order reversed")
-print("in the second round) so that the load hits all alike. Medians over the rounds; each run is its own process, timed")
-print("by /usr/bin/time (peak resident = its \"Maximum resident set size\").\n")
+print(f"Regenerate: `bench/allocator.sh` ({day}, {cores} cores, load average at the end {load}). Entry points run in")
+print("turn (the order reversed in every other round) so that any other load on the machine hits all alike. Medians over")
+print("the rounds; each run is its own process, timed by /usr/bin/time (peak resident = its \"Maximum resident set size\").\n")
 for c in commands: print(f"- {c}")
 print("\nRatios are against jemalloc (the best configuration found in time and memory); a tuned-glibc entry passes at")
 print("≤ 1.15× in time and ≤ 1.25× in peak resident memory. CPU = user + system seconds, less sensitive to the load than wall;")
@@ -24,7 +23,7 @@ print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for w in ["eval", "analyze", "plan"]:
     jw, _ = med(w, "jemalloc", "wall_seconds"); jc, _ = med(w, "jemalloc", "cpu"); jm, _ = med(w, "jemalloc", "peak_resident_kb")
     if jw is None: continue
-    for e in ["fresh", "dotnet-run", "library", "jemalloc", "old"]:
+    for e in ["fresh", "dotnet-run", "glibc", "library", "jemalloc", "old"]:
         wall, walls = med(w, e, "wall_seconds")
         if wall is None: continue
         cpu, _ = med(w, e, "cpu"); mem, _ = med(w, e, "peak_resident_kb"); flt, _ = med(w, e, "minor_faults")
@@ -32,13 +31,6 @@ for w in ["eval", "analyze", "plan"]:
         ok = lambda x, bound: f"{'pass' if x <= bound else 'FAIL'}"
         verdict = "" if e in ("jemalloc", "old") else f"wall {ok(rw, 1.15)}, CPU {ok(rc, 1.15)}, memory {ok(rm, 1.25)}"
         print(f"| {w} | {names[e]} | {wall:.1f} ({', '.join(f'{x:.1f}' for x in walls)}) | {cpu:.1f} | {mem/1024:.0f} | {flt:,.0f} | {rw:.2f}× | {rc:.2f}× | {rm:.2f}× | {verdict} |")
-print("""
-Reading the run of 2026-12-01: the three tuned-glibc rows run the same settings, so their spread (CPU 18.8-20.0 s,
-1.09-1.16× jemalloc's) is the noise of the loaded machine; the fresh path's 1.16× is just over the bound, `dotnet run`
-and the library just under. Their peak resident set is jemalloc's (0.96-0.98×), against 1.54× with the old 512 MB
-top pad, which is cheapest in CPU (0.93×) because it keeps freed memory, and the heap with it. The tuned path's
-cost is page faults: twice jemalloc's (755,000 against 388,000), each new tensor of 128 KB or more faulted in.""")
-
 def perplexity(text):  # the CLI's table row (column 6) or the library host's "perplexity X over ..."
     for line in text.splitlines():
         cells = [c.strip() for c in line.split("|")]
@@ -55,11 +47,14 @@ if missing:
 print("""
 ## What the library sets, and what was tried
 
-`NativeAllocator` calls `mallopt(M_MMAP_THRESHOLD, 128 KB)` when the library loads (a module initializer, so the CLI,
+The `geoshare` command (every entry point to it: the launcher, `dotnet run`, `dotnet GeoShare.Cli.dll`) re-executes itself
+under jemalloc when Debian's libjemalloc2 is installed (`NativeAllocator.PreferJemalloc`; the README and `.ci/run`
+install it): the fresh-machine path is then the best configuration. A program using the library cannot switch
+allocators after it starts; for it, `NativeAllocator` calls `mallopt(M_MMAP_THRESHOLD, 128 KB)` when the library loads (a module initializer, so the CLI,
 `dotnet run`, the tests and a user's program all get it; `GEOSHARE_ALLOCATOR=default` skips it). glibc starts at
 that threshold too, but raises it to the size of each freed mapping (up to 32 MB), after which the multi-megabyte
 tensors of every pass come from the heap, whose holes they fragment. Fixed, a block of 128 KB or more that no free
-heap chunk fits gets its own mapping, returned when freed (a large M_TOP_PAD defeats this: its top chunk serves them). Nothing has to be installed; `.ci/run` and the README need no new package.
+heap chunk fits gets its own mapping, returned when freed (a large M_TOP_PAD defeats this: its top chunk serves them).
 
 Exploration before the table (single runs of `eval --limit 16`, same loaded machine, so times are rough; CPU s =
 user + system; note that setting any of glibc's M_TOP_PAD, M_TRIM_THRESHOLD or M_MMAP_THRESHOLD turns its dynamic

@@ -2,6 +2,7 @@ using GeoShare;
 using GeoShare.Cli;
 using GeoShare.Cli.Commands;
 
+NativeAllocator.PreferJemalloc(); // re-executes this command under jemalloc where it is installed
 return Cli.Run(args);
 
 namespace GeoShare.Cli

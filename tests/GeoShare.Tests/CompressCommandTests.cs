@@ -35,7 +35,7 @@ public class CompressCommandTests
         Assert.Equal(0.5, plan.Ratio);
         Assert.NotEqual(written, Weights(outDir));
         Assert.Equal(files, Directory.GetFiles(outDir).Select(Path.GetFileName).Order().ToArray());
-        Assert.True(ModelLoader.Load(outDir).ParameterCount() < ModelLoader.Load(model).ParameterCount());
+        Assert.True(ModelFolder.Load(outDir).ParameterCount() < ModelLoader.Load(model).ParameterCount());
         // Nothing left beside it: no staging or old copy.
         Assert.Equal(["out"], Directory.GetDirectories(tmp.Path).Select(Path.GetFileName).Where(n => n!.StartsWith("out")).ToArray());
     }

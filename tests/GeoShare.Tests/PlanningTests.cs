@@ -187,14 +187,14 @@ public class PlanningTests
         Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4).Method);
         Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Exact, 12).Method);
         var e = Assert.Throws<UsageException>(() => GeoPlanner.ChooseSearch(SearchMethod.Exact, 13));
-        Assert.Equal("search exact runs on at most 12 layers per type, the model has 13 (use auto or greedy)", e.Message);
+        Assert.Equal("search: exact runs on at most 12 layers per type, the model has 13 (use auto or greedy)", e.Message);
     }
 
     [Theory]
-    [InlineData("ratio", "ratio must be within (0, 1), got 0")]
-    [InlineData("top", "top-k must be at least 1, got 0")]
-    [InlineData("private", "private layer 2 is not a layer index in 0..1")]
-    [InlineData("offsets", "kept offsets [0.5] leave no kept fraction within [0.02, 0.98] at ratio 0.3")]
+    [InlineData("ratio", "ratio: must be within (0, 1), got 0")]
+    [InlineData("top", "top: must be at least 1, got 0")]
+    [InlineData("private", "private: layer 2 is not a layer index in 0..1")]
+    [InlineData("offsets", "kept_offsets: [0.5] leave no kept fraction within [0.02, 0.98] at ratio 0.3")]
     public void BadPlannerOptionsAreRefusedInTheLibrarysTerms(string what, string message)
     {
         var model = TinyModels.Gpt2();

@@ -202,7 +202,7 @@ public class SharingModesTests
 
         string dir = tmp.File("tied");
         CompressedCheckpoint.Save(model, plan, source, dir, report);
-        var loaded = ModelLoader.Load(dir);
+        var loaded = ModelFolder.Load(dir);
         Assert.Equal(0.0, TensorAssert.RelativeError(Logits(loaded), before));
         Assert.Equal(model.ParameterCount(), loaded.ParameterCount());
 

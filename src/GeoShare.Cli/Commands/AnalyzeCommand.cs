@@ -106,7 +106,7 @@ public sealed class AnalyzeCommand : ICommand
             JsonOutput.Write(jsonPath, new AnalyzeOutput
             {
                 Model = modelDir, ModelType = model.Config.ModelType, Dtype = dtype.ToString().ToLowerInvariant(),
-                Batch = batch.Description, Predictions = batch.Predictions, Method = method.ToString().ToLowerInvariant(), Options = options,
+                Batch = batch.Description, Predictions = batch.Predictions, Method = method.ToString().ToLowerInvariant(), Options = AnalyzeOptions.From(options),
                 Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, Timing = timing, Pictures = pictures, Blocks = results,
             });
             ConsoleProgress.Status($"wrote {jsonPath}");

@@ -13,7 +13,7 @@ public sealed record AnalyzeOutput
     public required string Batch { get; init; }
     public required long Predictions { get; init; }
     public required string Method { get; init; }
-    public required CurvatureOptions Options { get; init; }
+    public required AnalyzeOptions Options { get; init; }
     public required int Threads { get; init; }
     public required string Allocator { get; init; }
     public required AnalyzeTiming Timing { get; init; }
@@ -24,3 +24,15 @@ public sealed record AnalyzeOutput
 /// <summary>Where analyze's time went: gradient graphs, Hessian-vector products with the eigensolver, loading.</summary>
 public sealed record AnalyzeTiming(double TotalSeconds, double BlocksSeconds, double GradientGraphSeconds, int HessianVectorProducts,
     double ProductsAndEigensolverSeconds, double LoadingAndSetupSeconds);
+
+/// <summary>
+/// analyze's options as its JSON has always written them (the committed cells read back): the engine's
+/// <see cref="CurvatureOptions"/> with the trace estimator as the two flags of the command line.
+/// </summary>
+public sealed record AnalyzeOptions(int Top, int Bottom, bool Trace, int TraceProducts, bool HutchPlusPlus, bool Density, int DensityRuns,
+    int DensitySteps, CurvatureMethod Method, double? Tolerance, int DenseBelow, int KfacSamples, long Seed, bool KeepVectors)
+{
+    public static AnalyzeOptions From(CurvatureOptions o) => new(o.Top, o.Bottom, o.Trace != TraceEstimator.None, o.TraceProducts,
+        o.Trace == TraceEstimator.HutchPlusPlus, o.Density, o.DensityRuns, o.DensitySteps, o.Method, o.Tolerance, o.DenseBelow, o.KfacSamples,
+        o.Seed, o.KeepVectors);
+}

@@ -210,7 +210,9 @@ public static class GeoPlanner
         GroupCandidate Cost(string type, int[] layers) => costs.Evaluate(type, layers, costs.Ranks(type, layers.Length, kept));
         GroupCandidate Eval(string type, int[] layers)
         {
+            int before = costs.Evaluated;
             var c = Cost(type, layers);
+            if (costs.Evaluated == before) return c; // cached: the greedy search asks again and again, nothing new to show
             int d = Interlocked.Increment(ref done);
             progress?.Report(new ProgressTick("group costs", d, Math.Max(total, d), "groups"));
             return c;
