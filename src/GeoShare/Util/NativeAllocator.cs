@@ -4,8 +4,10 @@ using System.Runtime.InteropServices;
 namespace GeoShare;
 
 /// <summary>
-/// The native allocator under libtorch: glibc's malloc unless a user preloads another, tuned with mallopt when the
-/// library loads, so every host gets the same (the CLI, `dotnet run`, the tests, a user's program).
+/// The native allocator under libtorch. The `geoshare` command runs under jemalloc where it is installed
+/// (<see cref="PreferJemalloc"/>: the same speed and memory as jemalloc preloaded by hand, bench/allocator.md); any other
+/// host (the tests, a user's program) runs on glibc, tuned with mallopt when the library loads: jemalloc's peak memory,
+/// but 1.5-2.5× its time, from page faults.
 /// <para>Set: M_MMAP_THRESHOLD = 128 KB, fixed. glibc's default starts there but raises the threshold to the largest
 /// freed mapping, so the multi-megabyte tensors of each pass land in the heap, where their holes fragment it: the
 /// resident set grew by about 25 MB per GPT-2 eval pass, linearly and without bound (as it did with any fixed
