@@ -47,8 +47,8 @@ public sealed record PlannerOptions
     public double[] KeptOffsets { get; init; } = [-0.2, -0.1, 0, 0.1, 0.2];
     public long Seed { get; init; }
 
-    /// <summary>Checks every option against the model; the errors name the options in the library's terms.</summary>
-    public void Validate(PretrainedModel model)
+    /// <summary>Checks every option against the model (the errors name the options in the library's terms); returns the search that will run.</summary>
+    public SearchChoice Validate(PretrainedModel model)
     {
         static void Fail(string parameter, string problem) => throw new UsageException(parameter, problem);
         int n = model.Config.NumLayers;
@@ -68,7 +68,7 @@ public sealed record PlannerOptions
             Fail("kept_offsets", $"[{string.Join(", ", KeptOffsets)}] leave no kept fraction within [0.02, 0.98] at ratio {Ratio}");
         // Group costs are cached under a 64-bit mask of the group's layers.
         if (n > 64) Fail("model", $"the planner handles at most 64 layers per type, the model has {n}");
-        GeoPlanner.ChooseSearch(Search, n);
+        return GeoPlanner.ChooseSearch(Search, n);
     }
 
     /// <summary>What the plan's curvature-aligned coefficients need to be computed again (see <see cref="GeoPlanner.AlignedCoefficients"/>).</summary>
@@ -161,8 +161,7 @@ public static class GeoPlanner
     public static PlannerResult Plan(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o,
         IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null)
     {
-        o.Validate(model);
-        var choice = ChooseSearch(o.Search, model.Config.NumLayers);
+        var choice = o.Validate(model);
         var sw = Stopwatch.StartNew();
         bool owns = curvature is null;
         curvature ??= BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);

@@ -14,9 +14,8 @@ namespace GeoShare;
 /// threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set here before, whose large top chunk
 /// served them from the heap). Fixed at 128 KB (trimming at glibc's 128 KB too), a tensor of 128 KB or more that no
 /// free heap chunk fits gets its own mapping, returned when freed: the resident set stays at the live size, like
-/// jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, eval of 16 GPT-2 windows on a
-/// loaded machine): peak resident 338 MB against 353 MB under jemalloc and 543 MB with the old top pad, CPU time
-/// 1.09-1.16× jemalloc's.</para>
+/// jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, idle machine): peak resident
+/// 0.93-0.99× jemalloc's (the old top pad: 2.15× on eval), time 1.5-2.5× jemalloc's.</para>
 /// <para>GEOSHARE_ALLOCATOR=default skips the tuning (glibc's own defaults, for comparisons); so does a
 /// MALLOC_MMAP_THRESHOLD_ set by the user.</para>
 /// </summary>
