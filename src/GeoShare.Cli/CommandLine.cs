@@ -104,6 +104,8 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
 /// <summary>Typed access to parsed options; conversion errors name the option.</summary>
 public sealed class ParsedArgs(Dictionary<string, string> values, HashSet<string> flags, IReadOnlyList<OptionSpec> specs)
 {
+    /// <summary>Whether the command has this option at all.</summary>
+    public bool Defines(string name) => specs.Any(s => s.Name == name);
     public bool Has(string name) => values.ContainsKey(name) || flags.Contains(name);
     public bool Flag(string name) => flags.Contains(name);
 

@@ -39,10 +39,15 @@ namespace GeoShare.Cli
                 Console.WriteLine(command.Spec.HelpText());
                 return 0;
             }
+            InterruptHandler.Install();
             try
             {
                 var parsed = command.Spec.Parse(rest);
                 return TensorLifetime.InScope(() => command.Execute(parsed));
+            }
+            catch (OperationCanceledException) when (PartialOutputs.Interrupted)
+            {
+                return (int)ExitCode.Failure; // the signal handler reports and exits
             }
             catch (GeoShareException e)
             {
@@ -62,6 +67,31 @@ namespace GeoShare.Cli
             "geoshare: cross-layer parameter sharing for trained transformers, chosen by loss curvature\n\n" +
             "Commands:\n" + string.Join("\n", Commands.Select(c => $"  {c.Spec.Name,-10}{c.Spec.Summary}")) +
             "\n\nRun 'geoshare COMMAND --help' for a command's options and examples.";
+    }
+
+    /// <summary>
+    /// SIGINT/SIGTERM: partial outputs (staging folders, temporary files, lock files) are removed before the process
+    /// ends, with the conventional exit code 128 + signal number.
+    /// </summary>
+    public static class InterruptHandler
+    {
+        private static readonly List<System.Runtime.InteropServices.PosixSignalRegistration> Registrations = [];
+
+        public static void Install()
+        {
+            lock (Registrations)
+            {
+                if (Registrations.Count > 0) return;
+                foreach (var (signal, number) in new[] { (System.Runtime.InteropServices.PosixSignal.SIGINT, 2), (System.Runtime.InteropServices.PosixSignal.SIGTERM, 15) })
+                    Registrations.Add(System.Runtime.InteropServices.PosixSignalRegistration.Create(signal, context =>
+                    {
+                        context.Cancel = true;
+                        var removed = PartialOutputs.Interrupt();
+                        Console.Error.WriteLine($"geoshare: interrupted ({context.Signal}){(removed.Count > 0 ? $"; removed {string.Join(", ", removed)}" : "")}");
+                        Environment.Exit(128 + number);
+                    }));
+            }
+        }
     }
 
     public interface ICommand

@@ -48,7 +48,7 @@ public sealed class AnalyzeCommand : ICommand
     {
         CommonOptions.ApplyThreads(a);
         string modelDir = a.Required("--model");
-        CommonOptions.CheckOutputs(a, ["--json", "--plots"], [modelDir, a.String("--data"), a.String("--fashion-mnist")]);
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"]);
         var dtype = CalibrationOptions.DType(a);
         var method = a.Choice("--method", "exact", "kfac") == "kfac" ? CurvatureMethod.Kfac : CurvatureMethod.Exact;
         var options = new CurvatureOptions

@@ -16,19 +16,12 @@ public static class CommonOptions
         if (a.Has("--threads")) torch.set_num_threads(a.Int("--threads", min: 1));
     }
 
-    /// <summary>Refuses an output path that is one of the inputs: inputs are never overwritten.</summary>
-    public static void CheckOutputs(ParsedArgs a, IEnumerable<string> outputOptions, IEnumerable<string?> inputs)
-    {
-        var inputFull = inputs.Where(i => i is not null).Select(i => Path.GetFullPath(i!)).ToList();
-        foreach (var opt in outputOptions)
-        {
-            if (a.String(opt) is not { } outPath) continue;
-            string full = Path.GetFullPath(outPath);
-            if (inputFull.Any(i => i == full || (Directory.Exists(i) && full.StartsWith(i + Path.DirectorySeparatorChar) && opt != "--out")))
-                throw new UsageException($"{opt} {outPath} would overwrite an input");
-            if (Directory.Exists(full) && opt == "--json") throw new UsageException($"{opt} {outPath} is a folder");
-        }
-    }
+    /// <summary>
+    /// Refuses, before any work, output paths that would overwrite or land in an input or another output (see
+    /// <see cref="OutputPaths"/>). --json is a file and --plots a folder of pictures in every command.
+    /// </summary>
+    public static void CheckOutputs(ParsedArgs a, IEnumerable<string> inputOptions, params (string Option, OutputKind Kind)[] outputs) =>
+        OutputPaths.Check(a, [("--json", OutputKind.File), ("--plots", OutputKind.FilesIn), .. outputs], inputOptions.Where(a.Defines).Select(o => (o, a.String(o))));
 
     public static string Fmt(double v, string format = "0.0000") => v.ToString(format, System.Globalization.CultureInfo.InvariantCulture);
 }

@@ -50,10 +50,10 @@ public sealed class CompressCommand : ICommand
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model");
         string? planPath = a.String("--plan"), outDir = a.String("--out"), evalData = a.String("--eval");
-        CommonOptions.CheckOutputs(a, ["--json", "--out"], [modelDir, a.String("--data"), a.String("--fashion-mnist"), planPath, evalData]);
-        if (outDir is not null && Path.GetFullPath(outDir) == Path.GetFullPath(modelDir)) throw new UsageException("--out would overwrite the input model");
-        if (outDir is not null && !a.Flag("--force") && Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
-            throw new UsageException($"--out {outDir} exists and is not empty (use --force to replace it)");
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist", "--plan", "--eval"], ("--out", OutputKind.Folder));
+        if (a.Flag("--force") && outDir is null) throw new UsageException("--force replaces an --out folder: give --out DIR");
+        using var outLock = outDir is null ? null : OutputLock.Acquire(outDir, $"--out {outDir}");
+        if (outDir is not null) CheckOutFolder(outDir, a.Flag("--force"));
         if (planPath is null && !a.Has("--ratio")) throw new UsageException("give --ratio R (or --plan FILE)");
         // A plan with curvature-aligned coefficients records what they need; its model is rebuilt from that.
         var loadedPlan = planPath is null ? null : SharingPlan.Load(planPath);
@@ -130,8 +130,7 @@ public sealed class CompressCommand : ICommand
         if (outDir is not null)
         {
             var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
-            if (a.Flag("--force")) CompressedCheckpoint.Replace(model, plan, modelDir, outDir, saved);
-            else CompressedCheckpoint.Save(model, plan, modelDir, outDir, saved);
+            CompressedCheckpoint.Save(model, plan, modelDir, outDir, saved, replace: a.Flag("--force"));
             ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights)");
         }
         if (a.String("--json") is { } jsonPath)
@@ -149,6 +148,19 @@ public sealed class CompressCommand : ICommand
         planner?.Dispose();
         recomputed?.Dispose();
         return 0;
+    }
+
+    /// <summary>
+    /// An existing, non-empty --out is replaced only with --force and only when GeoShare wrote it (its own files and
+    /// nothing else): --force never deletes a folder of the user's.
+    /// </summary>
+    private static void CheckOutFolder(string outDir, bool force)
+    {
+        PartialOutputs.RemoveStale(outDir); // staging folders of killed runs
+        if (!Directory.Exists(outDir) || !Directory.EnumerateFileSystemEntries(outDir).Any()) return;
+        if (!CompressedCheckpoint.IsReplaceable(outDir, out string why))
+            throw new UsageException($"--out {outDir} exists and was not written by GeoShare ({why}); choose another folder (--force replaces only a GeoShare output folder)");
+        if (!force) throw new UsageException($"--out {outDir} exists and holds a GeoShare compressed model (use --force to replace it)");
     }
 
     private static string RankSummary(int[] ranks) =>

@@ -37,7 +37,7 @@ public sealed class DemoCommand : ICommand
         CommonOptions.ApplyThreads(a);
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model"), data = a.Required("--data"), testPath = a.Required("--test");
-        CommonOptions.CheckOutputs(a, ["--json", "--plots"], [modelDir, data, testPath]);
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--test"]);
         double ratio = a.Double("--ratio", min: 0, max: 1);
         string baseline = a.Required("--baseline");
         if (!Baselines.Methods.Contains(baseline) || baseline == "none") throw new UsageException($"--baseline: unknown heuristic '{baseline}' (one of {string.Join(", ", Baselines.Methods.Where(m => m != "none"))})");

@@ -33,7 +33,7 @@ public sealed class EvalCommand : ICommand
         string modelDir = a.Required("--model");
         string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
         if ((data is null) == (fmnist is null)) throw new UsageException("give exactly one of --data FILE (language models) or --fashion-mnist DIR (ViT)");
-        CommonOptions.CheckOutputs(a, ["--json"], [modelDir, data, fmnist]);
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"]);
         var dtype = a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
         int? limit = a.OptionalInt("--limit", min: 1);
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;

@@ -39,7 +39,7 @@ public sealed class PlanCommand : ICommand
         CommonOptions.ApplyThreads(a);
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model");
-        CommonOptions.CheckOutputs(a, ["--json", "--out", "--plots"], [modelDir, a.String("--data"), a.String("--fashion-mnist")]);
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"], ("--out", OutputKind.File));
         double ratio = a.Double("--ratio", min: 0, max: 1);
         string planPath = a.Required("--out");
         if (Directory.Exists(planPath)) throw new UsageException($"--out {planPath} is a folder; give a file name");

@@ -24,8 +24,12 @@ public static class CompressedCheckpoint
 
     public static string SharedName(string type, int color, string what) => $"geoshare.shared.{type}.{color}.{what}";
 
-    /// <summary>Writes the folder atomically: built beside <paramref name="outDir"/>, then renamed into place.</summary>
-    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null)
+    /// <summary>
+    /// Writes the folder atomically: built in a staging folder beside <paramref name="outDir"/> (removed if this fails
+    /// or the process is interrupted), then renamed into place. With <paramref name="replace"/> an existing folder is
+    /// replaced, but only one that GeoShare wrote (<see cref="IsReplaceable"/>).
+    /// </summary>
+    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, bool replace = false)
     {
         var tensors = new List<(string, Tensor)>();
         var compressed = new HashSet<string>();
@@ -56,57 +60,112 @@ public static class CompressedCheckpoint
             tensors.Add((name, p));
         }
 
-        string full = Path.GetFullPath(outDir);
-        if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
+        Write(tensors, plan, sourceDir, outDir, report, replace);
+    }
+
+    /// <summary>Replaces an existing output folder that GeoShare wrote (the user asked for it with --force), atomically for readers of the new one.</summary>
+    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null) =>
+        Save(model, plan, sourceDir, outDir, report, replace: true);
+
+    /// <summary>Every file name a compressed folder may hold: what <see cref="Save"/> writes.</summary>
+    public static IReadOnlyList<string> WrittenFiles { get; } = [Checkpoint.SingleFile, PlanFile, ReportFile, .. CopiedFiles];
+
+    /// <summary>
+    /// Whether <paramref name="dir"/> is a folder that GeoShare wrote, so that --force may replace it: it holds the
+    /// plan and weights files and nothing but the files GeoShare writes (no folder, no link, no other file). An empty
+    /// folder also qualifies. <paramref name="why"/> says what disqualifies it.
+    /// </summary>
+    public static bool IsReplaceable(string dir, out string why)
+    {
+        why = "";
+        var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
+        if (entries.Count == 0) return true;
+        foreach (var e in entries)
+        {
+            string name = Path.GetFileName(e);
+            var info = new FileInfo(e);
+            if (Directory.Exists(e) || info.LinkTarget is not null || !WrittenFiles.Contains(name))
+            {
+                why = $"it holds '{name}', which GeoShare does not write";
+                return false;
+            }
+        }
+        if (!File.Exists(Path.Combine(dir, PlanFile)) || !File.Exists(Path.Combine(dir, Checkpoint.SingleFile)))
+        {
+            why = $"it has no {PlanFile} and {Checkpoint.SingleFile} (not a GeoShare compressed folder)";
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>The safetensors metadata key of the plan's digest: a compressed folder verifies that its plan is the one its weights were written with.</summary>
+    public const string PlanDigestKey = "geoshare_plan_sha256";
+
+    private static string Digest(byte[] planBytes) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(planBytes));
+
+    private static void Write(List<(string, Tensor)> tensors, SharingPlan plan, string sourceDir, string outDir, object? report, bool replace)
+    {
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir));
+        if (File.Exists(full) || (!Directory.Exists(full) && new FileInfo(full).LinkTarget is not null))
+            throw BadInputException.For(outDir, "is a file (or a link), not a folder; give a folder name");
+        bool replacing = Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any();
+        if (replacing && !replace)
             throw BadInputException.For(outDir, "output folder exists and is not empty (save into another, or replace it)");
-        string staging = full + $".tmp-{Environment.ProcessId}";
-        if (Directory.Exists(staging)) Directory.Delete(staging, true);
-        Directory.CreateDirectory(staging);
+        if (replacing && !IsReplaceable(full, out string why))
+            throw BadInputException.For(outDir, $"will not replace a folder GeoShare did not write ({why})");
+        PartialOutputs.RemoveStale(full);
+        string staging = PartialOutputs.StagingName(full, "tmp");
+        PartialOutputs.Step(() =>
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, true);
+            Directory.CreateDirectory(staging);
+            PartialOutputs.Register(staging);
+        });
         try
         {
-            SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(),
-                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag });
-            plan.Save(Path.Combine(staging, PlanFile));
-            if (report is not null) JsonOutput.Write(Path.Combine(staging, ReportFile), report);
+            byte[] planBytes = System.Text.Encoding.UTF8.GetBytes(plan.ToJson() + "\n");
+            PartialOutputs.Step(() => SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(),
+                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag, [PlanDigestKey] = Digest(planBytes) }));
+            PartialOutputs.Step(() => AtomicFile.WriteBytes(Path.Combine(staging, PlanFile), planBytes));
+            if (report is not null) PartialOutputs.Step(() => JsonOutput.Write(Path.Combine(staging, ReportFile), report));
             foreach (var f in CopiedFiles)
             {
                 string src = Path.Combine(sourceDir, f);
-                if (File.Exists(src)) File.Copy(src, Path.Combine(staging, f));
+                if (File.Exists(src)) PartialOutputs.Step(() => File.Copy(src, Path.Combine(staging, f)));
             }
-            if (Directory.Exists(full)) Directory.Delete(full);
-            Directory.Move(staging, full);
+            // One step: an interrupt never finds the old folder moved aside and the new one not in place.
+            PartialOutputs.Step(() =>
+            {
+                string? old = null;
+                if (replacing)
+                {
+                    old = PartialOutputs.StagingName(full, "old");
+                    Directory.Move(full, old);
+                }
+                else if (Directory.Exists(full)) Directory.Delete(full);
+                try { Directory.Move(staging, full); }
+                catch
+                {
+                    if (old is not null) Directory.Move(old, full);
+                    throw;
+                }
+                PartialOutputs.Forget(staging);
+                if (old is not null) Directory.Delete(old, true);
+            });
         }
         catch
         {
-            if (Directory.Exists(staging)) Directory.Delete(staging, true);
+            PartialOutputs.Delete(staging);
+            PartialOutputs.Forget(staging);
             throw;
         }
-    }
-
-    /// <summary>Replaces an existing output folder (the user asked for it with --force), atomically for readers of the new one.</summary>
-    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null)
-    {
-        string full = Path.GetFullPath(outDir);
-        string old = full + $".old-{Environment.ProcessId}";
-        bool moved = false;
-        if (Directory.Exists(full) && Directory.EnumerateFileSystemEntries(full).Any())
-        {
-            Directory.Move(full, old);
-            moved = true;
-        }
-        try { Save(model, plan, sourceDir, outDir, report); }
-        catch
-        {
-            if (moved && !Directory.Exists(full)) Directory.Move(old, full);
-            throw;
-        }
-        if (moved) Directory.Delete(old, true);
     }
 
     public static PretrainedModel Load(string dir, ScalarType dtype)
     {
         var checkpoint = Checkpoint.Open(dir);
         string planPath = Path.Combine(dir, PlanFile);
+        VerifyPlanDigest(dir, planPath);
         var plan = SharingPlan.Load(planPath);
         var compressedSites = new Dictionary<string, (string Type, int Layer)>();
         foreach (var (type, tp) in plan.Types.Where(t => t.Value.Mode != SharingMode.Dense))
@@ -127,11 +186,11 @@ public static class CompressedCheckpoint
                     int din = site0.InFeatures, dout = site0.OutFeatures;
                     if (tp.Mode == SharingMode.Basis)
                     {
-                        var basis = new Parameter(src.Take(SharedName(type, c, "basis"), din, tp.Ranks![c]), requires_grad: false);
+                        var basis = new Parameter(TakePlanned(checkpoint, src, SharedName(type, c, "basis"), planPath, din, tp.Ranks![c]), requires_grad: false);
                         foreach (int l in groups[c])
                         {
                             var site = model.Site(type, l);
-                            var coeff = src.Take(site.Name + ".coeff", tp.Ranks[c], dout);
+                            var coeff = TakePlanned(checkpoint, src, site.Name + ".coeff", planPath, tp.Ranks[c], dout);
                             var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", dout) : null;
                             model.SetProjection(site, new SharedBasisLinear(basis, coeff, bias));
                         }
@@ -140,7 +199,7 @@ public static class CompressedCheckpoint
                     {
                         var layout = model.GetProjection(site0).Layout;
                         var shape = layout == WeightLayout.InOut ? new long[] { din, dout } : [dout, din];
-                        var weight = new Parameter(src.Take(SharedName(type, c, "weight"), shape), requires_grad: false);
+                        var weight = new Parameter(TakePlanned(checkpoint, src, SharedName(type, c, "weight"), planPath, shape), requires_grad: false);
                         foreach (int l in groups[c])
                         {
                             var site = model.Site(type, l);
@@ -153,6 +212,45 @@ public static class CompressedCheckpoint
         var unused = checkpoint.TensorNames.Where(n => !src.Used.Contains(n)).Order(StringComparer.Ordinal).ToList();
         if (unused.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {unused.Count} tensor(s) the plan does not use, e.g. '{unused[0]}'");
         return model;
+    }
+
+    /// <summary>
+    /// A compressed folder's weights record the digest of the plan they were written with: an edited, swapped or
+    /// damaged plan is an error naming both files, not a model that silently computes something else.
+    /// </summary>
+    private static void VerifyPlanDigest(string dir, string planPath)
+    {
+        string weights = Path.Combine(dir, Checkpoint.SingleFile);
+        if (!File.Exists(weights)) throw BadInputException.For(weights, $"missing (a GeoShare compressed folder holds {Checkpoint.SingleFile} beside {PlanFile})");
+        var metadata = SafetensorsFile.Open(weights).Metadata;
+        if (!metadata.TryGetValue(PlanDigestKey, out var recorded))
+            throw BadInputException.For(weights, $"records no digest of {planPath} ({PlanDigestKey} in its metadata): not written by this GeoShare, or edited");
+        string actual = Digest(BoundedFile.ReadAllBytes(planPath, BoundedFile.JsonLimit, "plan file"));
+        if (!string.Equals(recorded, actual, StringComparison.OrdinalIgnoreCase))
+            throw BadInputException.For(planPath, $"does not match {weights}: the weights were written with a plan of digest {BoundedFile.Quote(recorded, 16)}, this plan's is {actual[..16]}… (the plan was edited or replaced)");
+    }
+
+    /// <summary>
+    /// For a folder without its plan: weights that GeoShare wrote compressed cannot be read as a dense model, so the
+    /// missing plan is named (instead of the first dense tensor it lacks).
+    /// </summary>
+    public static void RefuseIfPlanMissing(string dir)
+    {
+        string weights = Path.Combine(dir, Checkpoint.SingleFile);
+        if (IsCompressed(dir) || !File.Exists(weights)) return;
+        if (SafetensorsFile.Open(weights).Metadata.TryGetValue("geoshare", out var tag) && tag == FormatTag)
+            throw BadInputException.For(Path.Combine(dir, PlanFile), $"missing: {weights} holds a GeoShare compressed model, which needs its plan");
+    }
+
+    /// <summary>Takes a tensor whose shape the plan implies; a mismatch names the plan, not config.json.</summary>
+    private static Tensor TakePlanned(Checkpoint checkpoint, TensorSource src, string name, string planPath, params long[] shape)
+    {
+        if (checkpoint.Contains(name) && !checkpoint.Entry(name).Shape.SequenceEqual(shape))
+            throw BadInputException.For(checkpoint.FileOf(name),
+                $"tensor '{name}' has shape {SafetensorsFile.FormatShape(checkpoint.Entry(name).Shape)}, {planPath} implies {SafetensorsFile.FormatShape(shape)}");
+        if (!checkpoint.Contains(name))
+            throw BadInputException.For(Path.Combine(checkpoint.Dir, Checkpoint.SingleFile), $"has no tensor '{name}', which {planPath} needs");
+        return src.Take(name, shape);
     }
 
     /// <summary>Reads a compressed folder: the dense weights and biases of compressed projections are placeholders, replaced after construction.</summary>

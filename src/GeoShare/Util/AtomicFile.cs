@@ -8,20 +8,32 @@ public static class AtomicFile
         string full = Path.GetFullPath(path);
         string dir = Path.GetDirectoryName(full)!;
         Directory.CreateDirectory(dir);
+        if (Directory.Exists(full)) throw BadInputException.For(path, "is a folder; give a file name");
+        // Renaming over a device (/dev/null) or a pipe would replace it: only regular files are written.
+        if (File.Exists(full) && !BoundedFile.IsRegular(full)) throw BadInputException.For(path, "is not a regular file");
         string tmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
-        try
+        // One step: an interrupt waits for it and then removes the temporary file if it is still there.
+        PartialOutputs.Step(() =>
         {
-            using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+            PartialOutputs.Register(tmp);
+            try
             {
-                write(fs);
+                using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+                {
+                    write(fs);
+                }
+                File.Move(tmp, full, overwrite: true);
             }
-            File.Move(tmp, full, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(tmp)) File.Delete(tmp);
-            throw;
-        }
+            catch
+            {
+                if (File.Exists(tmp)) File.Delete(tmp);
+                throw;
+            }
+            finally
+            {
+                PartialOutputs.Forget(tmp);
+            }
+        });
     }
 
     public static void WriteText(string path, string text) =>
