@@ -25,6 +25,7 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
     {
         ["blocks"] = "--params",
         ["shared_types"] = "--share",
+        ["unique_blocks"] = "--unique",
     };
 
     /// <summary>
@@ -76,12 +77,12 @@ public sealed class CommandSpec(string name, string summary, IReadOnlyList<Optio
             {
                 string near = EditDistance.Closest(Options.Select(o => o.Name), a, 1).First();
                 throw new UsageException(a.StartsWith('-')
-                    ? $"unknown option '{a}' for 'geoshare {Name}' (did you mean {near}? see geoshare {Name} --help)"
-                    : $"unexpected argument '{a}' for 'geoshare {Name}' (see geoshare {Name} --help)");
+                    ? $"unknown option '{BoundedFile.Quote(a)}' for 'geoshare {Name}' (did you mean {near}? see geoshare {Name} --help)"
+                    : $"unexpected argument '{BoundedFile.Quote(a)}' for 'geoshare {Name}' (see geoshare {Name} --help)");
             }
             if (spec.ValueName is null)
             {
-                if (inline is not null) throw new UsageException($"{a} takes no value");
+                if (inline is not null) throw new UsageException($"{BoundedFile.Quote(a)} takes no value");
                 flags.Add(a);
                 continue;
             }
@@ -116,7 +117,7 @@ public sealed class ParsedArgs(Dictionary<string, string> values, HashSet<string
     {
         string v = Required(name);
         if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out int i))
-            throw new UsageException($"{name}: expected an integer, got '{v}'");
+            throw new UsageException($"{name}: expected an integer, got '{BoundedFile.Quote(v)}'");
         if (min is not null && i < min) throw new UsageException($"{name}: must be at least {min}, got {i}");
         return i;
     }
@@ -127,16 +128,41 @@ public sealed class ParsedArgs(Dictionary<string, string> values, HashSet<string
     {
         string v = Required(name);
         if (!double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) || !double.IsFinite(d))
-            throw new UsageException($"{name}: expected a number, got '{v}'");
+            throw new UsageException($"{name}: expected a number, got '{BoundedFile.Quote(v)}'");
         if ((min is not null && d < min) || (max is not null && d > max))
-            throw new UsageException($"{name}: must be within [{min}, {max}], got {v}");
+            throw new UsageException($"{name}: " + (min is null ? $"must be at most {Text(max!.Value)}" : max is null ? $"must be at least {Text(min.Value)}"
+                : $"must be within [{Text(min.Value)}, {Text(max.Value)}]") + $", got {v}");
         return d;
+    }
+
+    private static string Text(double v) => v.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>A compression ratio: the fraction removed, within (0, 1) in every command.</summary>
+    public double Ratio(string name)
+    {
+        double r = Double(name);
+        if (!(r > 0 && r < 1)) throw new UsageException($"{name}: must be within (0, 1), got {Required(name)}");
+        return r;
+    }
+
+    /// <summary>Refuses <paramref name="option"/> where it would be ignored: <paramref name="why"/> says when it applies.</summary>
+    public void RefuseUnless(bool applies, string option, string why)
+    {
+        if (!applies && Has(option)) throw new UsageException($"{option} {why}");
+    }
+
+    /// <summary>A comma-separated list that, when the option is given, must name something.</summary>
+    public IReadOnlyList<string> NonEmptyList(string name, string whenLeftOut)
+    {
+        var list = List(name);
+        if (values.ContainsKey(name) && list.Count == 0) throw new UsageException($"{name}: empty list (leave {name} out for {whenLeftOut})");
+        return list;
     }
 
     public string Choice(string name, params string[] allowed)
     {
         string v = Required(name);
-        if (!allowed.Contains(v)) throw new UsageException($"{name}: expected one of {string.Join(", ", allowed)}, got '{v}'");
+        if (!allowed.Contains(v)) throw new UsageException($"{name}: expected one of {string.Join(", ", allowed)}, got '{BoundedFile.Quote(v)}'");
         return v;
     }
 
@@ -145,5 +171,5 @@ public sealed class ParsedArgs(Dictionary<string, string> values, HashSet<string
 
     public IReadOnlyList<double> DoubleList(string name) => List(name).Select(s =>
         double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d)
-            ? d : throw new UsageException($"{name}: expected numbers separated by commas, got '{s}'")).ToList();
+            ? d : throw new UsageException($"{name}: expected numbers separated by commas, got '{BoundedFile.Quote(s)}'")).ToList();
 }

@@ -30,7 +30,7 @@ namespace GeoShare.Cli
             var command = Commands.FirstOrDefault(c => c.Spec.Name == args[0]);
             if (command is null)
             {
-                Console.Error.WriteLine($"geoshare: error: unknown command '{args[0]}' (commands: {string.Join(", ", Commands.Select(c => c.Spec.Name))})");
+                Console.Error.WriteLine($"geoshare: error: unknown command '{BoundedFile.Quote(args[0])}' (commands: {string.Join(", ", Commands.Select(c => c.Spec.Name))})");
                 return (int)ExitCode.Usage;
             }
             var rest = args.Skip(1).ToArray();

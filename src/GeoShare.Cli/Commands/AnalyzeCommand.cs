@@ -66,6 +66,15 @@ public sealed class AnalyzeCommand : ICommand
             DenseBelow = a.Int("--dense-below", min: 0),
             Seed = a.Int("--seed", min: 0),
         };
+        a.RefuseUnless(a.Flag("--trace"), "--hutchpp", "chooses the trace estimator: give --trace too");
+        a.RefuseUnless(a.Flag("--trace"), "--trace-products", "applies to --trace: give --trace too");
+        a.RefuseUnless(a.Flag("--density"), "--density-runs", "applies to --density: give --density too");
+        a.RefuseUnless(a.Flag("--density"), "--density-steps", "applies to --density: give --density too");
+        a.RefuseUnless(method == CurvatureMethod.Kfac, "--kfac-samples", "applies to --method kfac");
+        a.NonEmptyList("--params", "every shareable weight matrix");
+        a.Int("--windows", min: 1);
+        a.Int("--stride", min: 1);
+        a.Int("--first", min: 0);
         if (options.Top == 0 && options.Bottom == 0 && options.Trace == TraceEstimator.None && !options.Density)
             throw new UsageException("nothing to compute: --top and --bottom are 0 and neither --trace nor --density is set");
 

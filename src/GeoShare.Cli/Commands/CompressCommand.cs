@@ -55,6 +55,7 @@ public sealed class CompressCommand : ICommand
         using var outLock = outDir is null ? null : OutputLock.Acquire(outDir, $"--out {outDir}");
         if (outDir is not null) CheckOutFolder(outDir, a.Flag("--force"));
         if (planPath is null && !a.Has("--ratio")) throw new UsageException("give --ratio R (or --plan FILE)");
+        ValidateBeforeLoading(a, modelDir);
         // A plan with curvature-aligned coefficients records what they need; its model is rebuilt from that.
         var loadedPlan = planPath is null ? null : SharingPlan.Load(planPath);
         var recipe = loadedPlan?.Coefficients;
@@ -68,11 +69,9 @@ public sealed class CompressCommand : ICommand
         var (calibration, evaluate) = Data(model, modelDir, a);
 
         string method = planPath is null ? a.Required("--method") : "plan";
-        if (method == "geo" && a.Choice("--mode", "basis", "tie") == "tie")
-            throw new UsageException("--mode tie: geo shares low-rank bases (its coefficients are what it aligns); use --mode basis");
         loadedPlan?.Validate(model, planPath!);
         using var recordedBatch = recipe is null ? null : PlannerCliOptions.RecordedCurvatureBatch(a, model, modelDir, recipe, planPath!);
-        var plannerOptions = method == "geo" ? PlannerCliOptions.Parse(a, model, a.Double("--ratio", min: 0, max: 1)) : null;
+        var plannerOptions = method == "geo" ? PlannerCliOptions.Parse(a, model, a.Ratio("--ratio")) : null;
         using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
         SharingPlan plan;
         PlannerResult? planner = null;
@@ -88,7 +87,7 @@ public sealed class CompressCommand : ICommand
         }
         else
         {
-            double ratio = a.Double("--ratio", min: 0, max: 1);
+            double ratio = a.Ratio("--ratio");
             var options = new BaselineOptions
             {
                 GroupSize = a.Int("--group-size", min: 1),
@@ -148,6 +147,52 @@ public sealed class CompressCommand : ICommand
         planner?.Dispose();
         recomputed?.Dispose();
         return 0;
+    }
+
+    /// <summary>Methods whose colorings take --group-size, and those that take --unique.</summary>
+    private static readonly string[] GroupSizeMethods = ["adjacent", "similarity", "random"], UniqueMethods = ["sequence", "cycle", "cycle-rev"];
+
+    /// <summary>
+    /// Every option checked before the model is loaded: values, ranges (the layer count from config.json), and
+    /// options that conflict or would be ignored (with --plan, or with a method that does not use them).
+    /// </summary>
+    private static void ValidateBeforeLoading(ParsedArgs a, string modelDir)
+    {
+        string? planPath = a.String("--plan");
+        if (planPath is not null)
+        {
+            foreach (var o in new[] { "--ratio", "--method", "--mode", "--share", "--group-size", "--unique" })
+                a.RefuseUnless(false, o, $"conflicts with --plan {planPath} (the plan fixes the coloring, ranks, mode and ratio); leave {o} out");
+        }
+        else
+        {
+            string method = a.Required("--method");
+            if (method != "geo" && !Baselines.Methods.Contains(method))
+                throw new UsageException($"--method: unknown method '{BoundedFile.Quote(method)}' (methods: geo, {string.Join(", ", Baselines.Methods)})");
+            a.Ratio("--ratio");
+            string mode = a.Choice("--mode", "basis", "tie");
+            if (method == "geo" && mode == "tie")
+                throw new UsageException("--mode tie: geo shares low-rank bases (its coefficients are what it aligns); use --mode basis");
+            a.RefuseUnless(GroupSizeMethods.Contains(method), "--group-size", $"applies to --method {string.Join(", ", GroupSizeMethods)}, not {method}");
+            a.RefuseUnless(UniqueMethods.Contains(method), "--unique", $"applies to --method {string.Join(", ", UniqueMethods)}, not {method}");
+            a.RefuseUnless(method != "none", "--share", "does not apply to --method none");
+            foreach (var o in PlannerCliOptions.Specs.Select(s => s.Name))
+                a.RefuseUnless(method == "geo", o, $"is a Geo-Sharing option: it applies to --method geo (or a --plan it made), not {method}");
+        }
+        a.Choice("--refit", "auto", "on", "off");
+        a.Int("--calib-windows", min: 1);
+        a.Int("--calib-stride", min: 1);
+        a.Int("--seed", min: 0);
+        if (a.Has("--eval-limit")) a.Int("--eval-limit", min: 1);
+        a.RefuseUnless(a.Has("--eval"), "--eval-limit", "limits --eval: give --eval FILE too");
+        if (planPath is null) CalibrationOptions.DType(a);
+        // The layer count, from config.json, bounds --group-size, --unique and the planner's layer options.
+        int layers = GeoShare.Models.ModelConfig.Load(modelDir).NumLayers;
+        if (a.Has("--group-size") && a.Int("--group-size", min: 1) is int g && g > layers)
+            throw new UsageException($"--group-size: must be within 1..{layers} (the model has {layers} layers), got {g}");
+        if (a.Has("--unique") && a.Int("--unique", min: 1) is int u && u > layers)
+            throw new UsageException($"--unique: must be within 1..{layers} (the model has {layers} layers), got {u}");
+        if (planPath is not null || a.String("--method") == "geo") PlannerCliOptions.ValidateBeforeLoading(a, layers);
     }
 
     /// <summary>

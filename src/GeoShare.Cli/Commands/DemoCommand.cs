@@ -38,7 +38,7 @@ public sealed class DemoCommand : ICommand
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model"), data = a.Required("--data"), testPath = a.Required("--test");
         CommonOptions.CheckOutputs(a, ["--model", "--data", "--test"]);
-        double ratio = a.Double("--ratio", min: 0, max: 1);
+        double ratio = a.Ratio("--ratio");
         string baseline = a.Required("--baseline");
         if (!Baselines.Methods.Contains(baseline) || baseline == "none") throw new UsageException($"--baseline: unknown heuristic '{baseline}' (one of {string.Join(", ", Baselines.Methods.Where(m => m != "none"))})");
         var curvature = a.Choice("--curvature", "exact", "kfac") == "exact" ? CurvatureMethod.Exact : CurvatureMethod.Kfac;

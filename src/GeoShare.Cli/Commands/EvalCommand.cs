@@ -36,6 +36,8 @@ public sealed class EvalCommand : ICommand
         CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"]);
         var dtype = a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
         int? limit = a.OptionalInt("--limit", min: 1);
+        a.RefuseUnless(data is not null, "--window", "applies to language models (--data), not to --fashion-mnist");
+        if (data is not null) a.Int("--window", min: 2);
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
 
         ConsoleProgress.Status($"loading {modelDir}");

@@ -40,9 +40,13 @@ public sealed class PlanCommand : ICommand
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model");
         CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"], ("--out", OutputKind.File));
-        double ratio = a.Double("--ratio", min: 0, max: 1);
+        double ratio = a.Ratio("--ratio");
         string planPath = a.Required("--out");
-        if (Directory.Exists(planPath)) throw new UsageException($"--out {planPath} is a folder; give a file name");
+        a.Int("--calib-windows", min: 1);
+        a.Int("--calib-stride", min: 1);
+        a.Int("--seed", min: 0);
+        a.NonEmptyList("--share", "Basis Sharing's choice");
+        PlannerCliOptions.ValidateBeforeLoading(a, ModelConfig.Load(modelDir).NumLayers);
 
         ConsoleProgress.Status($"loading {modelDir}");
         var model = ModelFolder.Load(modelDir);

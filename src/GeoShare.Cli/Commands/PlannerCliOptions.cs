@@ -31,6 +31,23 @@ public static class PlannerCliOptions
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
     ];
 
+    /// <summary>The planner's options that need no model, checked before it is loaded (<paramref name="layers"/> from config.json).</summary>
+    public static void ValidateBeforeLoading(ParsedArgs a, int layers)
+    {
+        a.Choice("--curvature", "exact", "kfac");
+        a.Choice("--search", "auto", "exact", "greedy");
+        a.Int("--top", min: 1);
+        a.Int("--max-group", min: 1);
+        a.Double("--trust", min: 0);
+        if (a.Has("--curvature-windows")) a.Int("--curvature-windows", min: 1);
+        if (a.Has("--curvature-stride")) a.Int("--curvature-stride", min: 1);
+        PrivateLayers(a, layers);
+    }
+
+    private static HashSet<int> PrivateLayers(ParsedArgs a, int n) =>
+        a.NonEmptyList("--private", "no private layers").Select(s => int.TryParse(s, out int l) && l >= 0 && l < n ? l
+            : throw new UsageException($"--private: '{BoundedFile.Quote(s)}' is not a layer index in 0..{n - 1}")).ToHashSet();
+
     public static PlannerOptions Parse(ParsedArgs a, PretrainedModel model, double ratio)
     {
         int n = model.Config.NumLayers;

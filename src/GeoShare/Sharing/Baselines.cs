@@ -30,6 +30,11 @@ public static class Baselines
         if (!Methods.Contains(method)) throw new UsageException("method", $"unknown method '{method}' (methods: {string.Join(", ", Methods)}, geo)");
         if (method != "none" && !(ratio > 0 && ratio < 1)) throw new UsageException("ratio", $"must be within (0, 1), got {ratio}");
         int layers = model.Config.NumLayers;
+        // Refused, never clamped: a group size or block count the model cannot have is the user's mistake.
+        if (method is "adjacent" or "similarity" or "random" && (options.GroupSize < 1 || options.GroupSize > layers))
+            throw new UsageException("group_size", $"must be within 1..{layers} (the model has {layers} layers), got {options.GroupSize}");
+        if (method is "sequence" or "cycle" or "cycle-rev" && options.UniqueBlocks is int unique && (unique < 1 || unique > layers))
+            throw new UsageException("unique_blocks", $"must be within 1..{layers} (the model has {layers} layers), got {unique}");
         var shared = options.SharedTypes ?? ShareableTypes.Default(model);
         var types = new Dictionary<string, TypePlan>();
         foreach (var type in model.ProjectionTypes)
