@@ -16,6 +16,8 @@ public sealed class ConsoleProgress : IProgress<ProgressTick>
     private double _lastLine;
     private TimeSpan _stageStart;
     private bool _open;
+    private long _lastDone;
+    private bool _ended;
 
     public static bool Quiet { get; set; }
 
@@ -27,13 +29,16 @@ public sealed class ConsoleProgress : IProgress<ProgressTick>
 
     private void ReportLocked(ProgressTick t)
     {
-        if (t.Stage != _stage)
+        // A new stage, or the same one started over (demo evaluates three models as "eval"): its own clock and ETA.
+        if (t.Stage != _stage || t.Done < _lastDone || _ended)
         {
             EndLine();
+            _ended = false;
             _stage = t.Stage;
             _lastDecile = -1;
             _stageStart = _clock.Elapsed;
         }
+        _lastDone = t.Done;
         double frac = t.Total > 0 ? Math.Clamp((double)t.Done / t.Total, 0, 1) : 0;
         double secs = (_clock.Elapsed - _stageStart).TotalSeconds;
         double rate = secs > 0 ? t.Done / secs : 0;
@@ -60,10 +65,15 @@ public sealed class ConsoleProgress : IProgress<ProgressTick>
         }
     }
 
+    /// <summary>Ends the current line; the next report starts a stage of its own (clock and ETA from zero).</summary>
     public void EndLine()
     {
-        if (_open) Console.Error.WriteLine();
-        _open = false;
+        lock (_clock)
+        {
+            if (_open) Console.Error.WriteLine();
+            _open = false;
+            _ended = true;
+        }
     }
 
     public static string Format(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:00}m" : t.TotalMinutes >= 1 ? $"{(int)t.TotalMinutes}m{t.Seconds:00}s" : $"{t.TotalSeconds:0.0}s";

@@ -25,6 +25,12 @@ public sealed class ByteLevelBpeTokenizer
 
     public int VocabSize => _idToToken.Length;
 
+    /// <summary>The tokenizer.json this was read from (named in errors about what it maps).</summary>
+    public string Path { get; private init; } = "tokenizer.json";
+
+    /// <summary>Largest token id accepted from a tokenizer.json (the largest vocabularies have a few 100,000 tokens).</summary>
+    public const int MaxTokenId = (1 << 22) - 1;
+
     private ByteLevelBpeTokenizer(Dictionary<string, int> vocab, Dictionary<(string, string), int> mergeRank,
         List<(string, int)> added, bool addPrefixSpace)
     {
@@ -41,11 +47,17 @@ public sealed class ByteLevelBpeTokenizer
     /// <summary>Loads tokenizer.json from a model folder or a file path.</summary>
     public static ByteLevelBpeTokenizer Load(string path)
     {
-        if (Directory.Exists(path)) path = Path.Combine(path, "tokenizer.json");
+        if (Directory.Exists(path)) path = System.IO.Path.Combine(path, "tokenizer.json");
         if (!File.Exists(path)) throw BadInputException.For(path, "tokenizer file not found");
+        int Id(JsonElement v, string token)
+        {
+            if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out long id) || id < 0 || id > MaxTokenId)
+                throw BadInputException.For(path, $"token '{BoundedFile.Quote(token, 40)}' has id {BoundedFile.Quote(v.GetRawText(), 40)}; ids are integers within 0..{MaxTokenId}");
+            return (int)id;
+        }
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            using var doc = JsonDocument.Parse(BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "tokenizer file"));
             var root = doc.RootElement;
             if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
                 throw BadInputException.For(path, "no 'model' section");
@@ -66,7 +78,7 @@ public sealed class ByteLevelBpeTokenizer
                 throw BadInputException.For(path, "tokenizers with a normalizer are not supported");
 
             var vocab = new Dictionary<string, int>();
-            foreach (var p in model.GetProperty("vocab").EnumerateObject()) vocab[p.Name] = p.Value.GetInt32();
+            foreach (var p in model.GetProperty("vocab").EnumerateObject()) vocab[p.Name] = Id(p.Value, p.Name);
 
             var ranks = new Dictionary<(string, string), int>();
             int rank = 0;
@@ -77,7 +89,7 @@ public sealed class ByteLevelBpeTokenizer
                 {
                     var s = m.GetString()!;
                     int sp = s.IndexOf(' ');
-                    if (sp <= 0) throw BadInputException.For(path, $"malformed merge '{s}'");
+                    if (sp <= 0) throw BadInputException.For(path, $"malformed merge '{BoundedFile.Quote(s, 40)}'");
                     pair = (s[..sp], s[(sp + 1)..]);
                 }
                 else pair = (m[0].GetString()!, m[1].GetString()!);
@@ -87,11 +99,15 @@ public sealed class ByteLevelBpeTokenizer
             var added = new List<(string, int)>();
             if (root.TryGetProperty("added_tokens", out var at) && at.ValueKind == JsonValueKind.Array)
                 foreach (var a in at.EnumerateArray())
-                    added.Add((a.GetProperty("content").GetString()!, a.GetProperty("id").GetInt32()));
+                {
+                    string content = a.GetProperty("content").GetString() ?? throw BadInputException.For(path, "an added token has no content");
+                    if (content.Length == 0) throw BadInputException.For(path, "an added token has empty content");
+                    added.Add((content, Id(a.GetProperty("id"), content)));
+                }
 
-            return new ByteLevelBpeTokenizer(vocab, ranks, added, addPrefixSpace);
+            return new ByteLevelBpeTokenizer(vocab, ranks, added, addPrefixSpace) { Path = path };
         }
-        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({e.Message.Split('.')[0]})"); }
+        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({BoundedFile.JsonProblem(e)})"); }
         catch (KeyNotFoundException) { throw BadInputException.For(path, "missing 'vocab' or 'merges' in the BPE model"); }
         catch (InvalidOperationException) { throw BadInputException.For(path, "malformed tokenizer.json"); }
     }
@@ -199,7 +215,7 @@ public sealed class ByteLevelBpeTokenizer
         for (int i = 0; i < ids.Length; i++)
         {
             if (!_vocab.TryGetValue(symbols[i], out ids[i]))
-                throw new InvalidOperationException($"BPE produced '{symbols[i]}', which is not in the vocabulary");
+                throw BadInputException.For(Path, $"has no token for '{BoundedFile.Quote(symbols[i], 40)}' (its byte-level vocabulary is incomplete)");
         }
         return ids;
     }

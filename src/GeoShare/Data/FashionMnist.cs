@@ -27,6 +27,10 @@ public sealed class ImageDataset
     }
 
     public const string DefaultFolder = "/usr/share/datasets/fashion-mnist";
+    /// <summary>Fashion-MNIST's classes (labels 0..9).</summary>
+    public const int Classes = 10;
+    /// <summary>Largest IDX file read, decompressed (the training images are 47 MB).</summary>
+    public const long IdxLimit = 256L << 20;
 
     /// <summary>Loads split "t10k" (test) or "train" from a folder holding {split}-images-idx3-ubyte[.gz] and labels.</summary>
     public static ImageDataset LoadFashionMnist(string dir, string split)
@@ -38,6 +42,8 @@ public sealed class ImageDataset
         var (lblDims, lbl) = ReadIdx(labels, 0x801, 1);
         if (imgDims[0] != lblDims[0]) throw BadInputException.For(labels, $"{lblDims[0]} labels for {imgDims[0]} images");
         if (imgDims[0] == 0) throw BadInputException.For(images, "holds no images");
+        for (int i = 0; i < lbl.Length; i++)
+            if (lbl[i] >= Classes) throw BadInputException.For(labels, $"label {lbl[i]} of image {i} is outside the {Classes} classes 0..{Classes - 1}");
         return new ImageDataset(images, pixels, lbl, imgDims[0], imgDims[1], imgDims[2]);
     }
 
@@ -56,11 +62,20 @@ public sealed class ImageDataset
         byte[] raw;
         try
         {
-            using var fs = File.OpenRead(path);
-            using var ms = new MemoryStream();
-            if (path.EndsWith(".gz")) { using var gz = new GZipStream(fs, CompressionMode.Decompress); gz.CopyTo(ms); }
-            else fs.CopyTo(ms);
-            raw = ms.ToArray();
+            var stored = BoundedFile.ReadAllBytes(path, IdxLimit, "Fashion-MNIST file");
+            if (path.EndsWith(".gz"))
+            {
+                using var gz = new GZipStream(new MemoryStream(stored), CompressionMode.Decompress);
+                using var ms = new MemoryStream();
+                var buffer = new byte[1 << 16];
+                for (int n; (n = gz.Read(buffer)) > 0;)
+                {
+                    if (ms.Length + n > IdxLimit) throw BadInputException.For(path, $"decompresses to more than the limit of {IdxLimit:N0} bytes");
+                    ms.Write(buffer, 0, n);
+                }
+                raw = ms.ToArray();
+            }
+            else raw = stored;
         }
         catch (InvalidDataException) { throw BadInputException.For(path, "corrupt gzip data"); }
         int header = 4 + 4 * rank;
@@ -72,7 +87,9 @@ public sealed class ImageDataset
         for (int i = 0; i < rank; i++)
         {
             dims[i] = BinaryPrimitives.ReadInt32BigEndian(raw.AsSpan(4 + 4 * i));
+            if (dims[i] < 0) throw BadInputException.For(path, $"IDX dimension {i} is negative ({dims[i]})");
             size *= dims[i];
+            if (size > IdxLimit) throw BadInputException.For(path, $"IDX header promises more than {IdxLimit:N0} bytes");
         }
         if (raw.Length - header != size) throw BadInputException.For(path, $"IDX header promises {size} bytes of data, file has {raw.Length - header}");
         return (dims, raw[header..]);
@@ -117,7 +134,7 @@ public sealed record ImagePreprocessor(double RescaleFactor, float Mean, float S
         if (!File.Exists(path)) throw BadInputException.For(path, "missing (the ViT's normalisation comes from it)");
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            using var doc = JsonDocument.Parse(BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "preprocessor config"));
             var r = doc.RootElement;
             bool rescale = !r.TryGetProperty("do_rescale", out var dr) || dr.GetBoolean();
             bool normalize = !r.TryGetProperty("do_normalize", out var dn) || dn.GetBoolean();
@@ -133,10 +150,13 @@ public sealed record ImagePreprocessor(double RescaleFactor, float Mean, float S
                 std = s[0].GetSingle();
                 if (!(std > 0)) throw BadInputException.For(path, "image_std must be positive");
             }
+            if (!(factor > 0 && double.IsFinite(factor)) || !float.IsFinite(mean) || !float.IsFinite(std))
+                throw BadInputException.For(path, "rescale_factor, image_mean and image_std must be finite (rescale_factor and image_std positive)");
             return new ImagePreprocessor(factor, mean, std);
         }
-        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({e.Message.Split('.')[0]})"); }
+        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({BoundedFile.JsonProblem(e)})"); }
         catch (KeyNotFoundException) { throw BadInputException.For(path, "missing image_mean or image_std"); }
         catch (InvalidOperationException) { throw BadInputException.For(path, "malformed preprocessor config"); }
+        catch (FormatException) { throw BadInputException.For(path, "a number of the preprocessor config is out of range"); }
     }
 }

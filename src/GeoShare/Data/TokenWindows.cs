@@ -11,6 +11,15 @@ public sealed class TokenWindows
     public int TotalTokens { get; }
     private readonly int[] _ids;
 
+    /// <summary>The tokenizer.json that produced the ids (an id the model cannot take is its fault, not the text's).</summary>
+    public string? Tokenizer { get; private set; }
+
+    private TokenWindows WithTokenizer(string path)
+    {
+        Tokenizer = path;
+        return this;
+    }
+
     public int Count => _ids.Length / WindowLength;
     public long PredictedTokens => (long)Count * (WindowLength - 1);
 
@@ -26,11 +35,9 @@ public sealed class TokenWindows
     {
         if (Directory.Exists(path)) throw BadInputException.For(path, "is a folder, expected a text file");
         if (!File.Exists(path)) throw BadInputException.For(path, "data file not found");
-        string text;
-        try { text = File.ReadAllText(path, new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true)); }
-        catch (System.Text.DecoderFallbackException) { throw BadInputException.For(path, "not valid UTF-8 text"); }
+        string text = BoundedFile.ReadAllText(path, BoundedFile.TextLimit, "data file");
         if (text.Length == 0) throw BadInputException.For(path, "data file is empty");
-        return FromIds(path, tokenizer.Encode(text), windowLength);
+        return FromIds(path, tokenizer.Encode(text), windowLength).WithTokenizer(tokenizer.Path);
     }
 
     public static TokenWindows FromIds(string source, int[] ids, int windowLength)

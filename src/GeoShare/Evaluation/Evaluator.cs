@@ -68,7 +68,9 @@ public static class Evaluator
         for (int w = 0; w < data.Count; w++)
             foreach (int id in data.Window(w))
                 if (id < 0 || id >= vocab)
-                    throw BadInputException.For(data.Source, $"token id {id} is outside the model's vocabulary of {vocab}");
+                    throw data.Tokenizer is { } tok
+                        ? BadInputException.For(tok, $"maps text of {data.Source} to token id {id}, outside the model's vocabulary of {vocab} (config.json vocab_size): the tokenizer does not fit the model")
+                        : BadInputException.For(data.Source, $"token id {id} is outside the model's vocabulary of {vocab}");
     }
 
     public static ClassificationScore Accuracy(PretrainedModel model, ImageDataset data, ImagePreprocessor pre, int batchSize = 500,

@@ -78,15 +78,17 @@ public sealed class Checkpoint
     {
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllText(index));
-            if (!doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw BadInputException.For(index, "missing 'weight_map'");
+            using var doc = JsonDocument.Parse(BoundedFile.ReadAllText(index, BoundedFile.JsonLimit, "index file"));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                throw BadInputException.For(index, "missing 'weight_map' (an object of tensor name to shard file)");
             var map = new Dictionary<string, string>();
             foreach (var p in wm.EnumerateObject())
             {
+                if (p.Value.ValueKind != JsonValueKind.String)
+                    throw BadInputException.For(index, $"weight_map entry for '{BoundedFile.Quote(p.Name)}' must be a file name (a string), got {BoundedFile.Quote(p.Value.GetRawText(), 40)}");
                 string file = p.Value.GetString() ?? "";
                 if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.Contains(".."))
-                    throw BadInputException.For(index, $"weight_map entry for '{p.Name}' is not a plain file name");
+                    throw BadInputException.For(index, $"weight_map entry for '{BoundedFile.Quote(p.Name)}' is not a plain file name");
                 map[p.Name] = file;
             }
             if (map.Count == 0) throw BadInputException.For(index, "weight_map is empty");
@@ -94,7 +96,7 @@ public sealed class Checkpoint
         }
         catch (JsonException e)
         {
-            throw BadInputException.For(index, $"not valid JSON ({e.Message.Split('.')[0]})");
+            throw BadInputException.For(index, $"not valid JSON ({BoundedFile.JsonProblem(e)})");
         }
     }
 }

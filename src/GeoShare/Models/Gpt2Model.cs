@@ -49,7 +49,7 @@ public sealed record Gpt2Config(
         int nEmbd = r.Int("n_embd");
         var c = new Gpt2Config(
             r.Int("vocab_size"), r.Int("n_positions"), nEmbd, r.Int("n_layer"), r.Int("n_head"),
-            r.OptionalInt("n_inner") ?? 4 * nEmbd, r.OptionalDouble("layer_norm_epsilon") ?? 1e-5,
+            r.OptionalInt("n_inner") ?? 4 * nEmbd, r.OptionalPositive("layer_norm_epsilon") ?? 1e-5,
             r.OptionalString("activation_function") ?? "gelu_new", r.OptionalBool("tie_word_embeddings") ?? true);
         r.Require(c.NEmbd % c.NHead == 0, "n_embd must be divisible by n_head");
         r.Require(c.Activation is "gelu_new" or "gelu" or "relu", $"unsupported activation_function '{c.Activation}' (supported: gelu_new, gelu, relu)");

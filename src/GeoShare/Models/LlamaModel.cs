@@ -55,23 +55,24 @@ public sealed record LlamaConfig(
         int hidden = r.Int("hidden_size");
         int heads = r.Int("num_attention_heads");
         // rope_theta sits at the top level in older configs and inside rope_parameters in newer ones.
-        double? theta = r.OptionalDouble("rope_theta");
+        double? theta = r.OptionalPositive("rope_theta");
         string ropeType = "default";
         if (r.Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object)
         {
-            if (rp.TryGetProperty("rope_theta", out var t) && t.TryGetDouble(out double tv)) theta ??= tv;
+            if (rp.TryGetProperty("rope_theta", out var t) && t.ValueKind == JsonValueKind.Number && t.TryGetDouble(out double tv)) theta ??= tv;
             if (rp.TryGetProperty("rope_type", out var rt) && rt.ValueKind == JsonValueKind.String) ropeType = rt.GetString()!;
         }
         if (r.Root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object
             && rs.TryGetProperty("rope_type", out var rst) && rst.ValueKind == JsonValueKind.String)
             ropeType = rst.GetString()!;
+        r.Require(theta is null || (theta > 0 && double.IsFinite(theta.Value)), $"field 'rope_parameters.rope_theta' must be positive, got {theta}");
         r.Require(ropeType == "default", $"unsupported rope_type '{ropeType}' (supported: default)");
         string act = r.OptionalString("hidden_act") ?? "silu";
         r.Require(act == "silu", $"unsupported hidden_act '{act}' (supported: silu)");
         var c = new LlamaConfig(
             r.Int("vocab_size"), hidden, r.Int("intermediate_size"), r.Int("num_hidden_layers"), heads,
             r.OptionalInt("num_key_value_heads") ?? heads, r.OptionalInt("head_dim") ?? hidden / heads,
-            r.OptionalDouble("rms_norm_eps") ?? 1e-6, theta ?? 10000.0, r.OptionalBool("tie_word_embeddings") ?? false,
+            r.OptionalPositive("rms_norm_eps") ?? 1e-6, theta ?? 10000.0, r.OptionalBool("tie_word_embeddings") ?? false,
             r.OptionalBool("attention_bias") ?? false, r.OptionalBool("mlp_bias") ?? false,
             r.OptionalInt("max_position_embeddings") ?? 2048);
         r.Require(c.NumAttentionHeads % c.NumKeyValueHeads == 0, "num_attention_heads must be a multiple of num_key_value_heads");

@@ -20,7 +20,7 @@ public abstract record ModelConfig
         if (!Directory.Exists(modelDir)) throw BadInputException.For(modelDir, "model folder not found");
         string path = Path.Combine(modelDir, "config.json");
         if (!File.Exists(path)) throw BadInputException.For(path, "missing (a Hugging Face model folder needs config.json)");
-        string text = File.ReadAllText(path);
+        string text = BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "config file");
         return Parse(text, path);
     }
 
@@ -28,13 +28,13 @@ public abstract record ModelConfig
     {
         JsonDocument doc;
         try { doc = JsonDocument.Parse(json); }
-        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({e.Message.Split('.')[0]})"); }
+        catch (JsonException e) { throw BadInputException.For(path, $"not valid JSON ({BoundedFile.JsonProblem(e)})"); }
         using (doc)
         {
             var r = new ConfigReader(doc.RootElement, path);
             string type = r.String("model_type");
             var architecture = Architectures.Find(type)
-                ?? throw BadInputException.For(path, $"unsupported model_type '{type}' (supported: {string.Join(", ", Architectures.ModelTypes)})");
+                ?? throw BadInputException.For(path, $"unsupported model_type '{BoundedFile.Quote(type, 40)}' (supported: {string.Join(", ", Architectures.ModelTypes)})");
             return architecture.ParseConfig(r) with { RawJson = json };
         }
     }
@@ -59,15 +59,24 @@ internal sealed class ConfigReader(JsonElement root, string path)
     {
         if (Get(key) is not { } v) return null;
         if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int i) || i <= 0)
-            throw BadInputException.For(path, $"field '{key}' must be a positive integer");
+            throw BadInputException.For(path, $"field '{key}' must be a positive integer, got {BoundedFile.Quote(v.GetRawText(), 40)}");
         return i;
     }
 
     public double? OptionalDouble(string key)
     {
         if (Get(key) is not { } v) return null;
-        if (v.ValueKind != JsonValueKind.Number) throw BadInputException.For(path, $"field '{key}' must be a number");
-        return v.GetDouble();
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d) || !double.IsFinite(d))
+            throw BadInputException.For(path, $"field '{key}' must be a finite number, got {BoundedFile.Quote(v.GetRawText(), 40)}");
+        return d;
+    }
+
+    /// <summary>A real-valued field that must be positive (an epsilon, rope_theta): checked here, where it is read.</summary>
+    public double? OptionalPositive(string key)
+    {
+        if (OptionalDouble(key) is not double d) return null;
+        if (!(d > 0)) throw BadInputException.For(path, $"field '{key}' must be positive, got {d.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+        return d;
     }
 
     public bool? OptionalBool(string key) => Get(key) is { } v

@@ -59,7 +59,11 @@ public sealed class SafetensorsFile
 
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
-        catch (JsonException e) { throw BadInputException.For(path, $"safetensors header is not valid JSON ({e.Message.Split('.')[0]})"); }
+        catch (JsonException e)
+        {
+            // At most ~80 characters of the header, escaped: it may be megabytes of anything.
+            throw BadInputException.For(path, $"safetensors header is not valid JSON ({BoundedFile.JsonProblem(e)}; it starts '{BoundedFile.Quote(header)}')");
+        }
 
         var entries = new Dictionary<string, SafetensorsEntry>();
         var metadata = new Dictionary<string, string>();
@@ -85,8 +89,8 @@ public sealed class SafetensorsFile
         {
             if (e.Begin != expected)
                 throw BadInputException.For(path, e.Begin < expected
-                    ? $"tensor '{e.Name}' overlaps another tensor (offset {e.Begin} < {expected})"
-                    : $"header leaves a gap before tensor '{e.Name}' (offset {e.Begin}, expected {expected})");
+                    ? $"tensor '{BoundedFile.Quote(e.Name)}' overlaps another tensor (offset {e.Begin} < {expected})"
+                    : $"header leaves a gap before tensor '{BoundedFile.Quote(e.Name)}' (offset {e.Begin}, expected {expected})");
             expected = e.End;
         }
         if (expected > dataLen)
@@ -99,7 +103,7 @@ public sealed class SafetensorsFile
 
     private static SafetensorsEntry ParseEntry(string path, JsonProperty prop)
     {
-        string name = prop.Name;
+        string name = BoundedFile.Quote(prop.Name);
         var v = prop.Value;
         if (v.ValueKind != JsonValueKind.Object
             || !v.TryGetProperty("dtype", out var dt) || dt.ValueKind != JsonValueKind.String
@@ -108,20 +112,28 @@ public sealed class SafetensorsFile
             throw BadInputException.For(path, $"tensor '{name}' has a malformed header entry");
         string dtype = dt.GetString()!;
         if (!ElementBytes.TryGetValue(dtype, out int eb))
-            throw BadInputException.For(path, $"tensor '{name}' has unsupported dtype {dtype}");
+            throw BadInputException.For(path, $"tensor '{name}' has unsupported dtype {BoundedFile.Quote(dtype, 20)}");
         var shape = new long[sh.GetArrayLength()];
         int i = 0;
         foreach (var d in sh.EnumerateArray())
         {
-            if (!d.TryGetInt64(out long dim) || dim < 0) throw BadInputException.For(path, $"tensor '{name}' has an invalid shape");
+            if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long dim) || dim < 0)
+                throw BadInputException.For(path, $"tensor '{name}' has an invalid shape (dimensions are non-negative integers, got {BoundedFile.Quote(d.GetRawText(), 40)})");
             shape[i++] = dim;
         }
-        if (!off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
-            throw BadInputException.For(path, $"tensor '{name}' has invalid data_offsets");
-        var entry = new SafetensorsEntry(name, dtype, shape, begin, end);
-        if (checked(entry.Elements * eb) != end - begin)
-            throw BadInputException.For(path, $"tensor '{name}' is {dtype}{FormatShape(shape)} = {entry.Elements * eb} bytes but its data_offsets span {end - begin}");
-        return entry;
+        if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+            || !off[0].TryGetInt64(out long begin) || !off[1].TryGetInt64(out long end) || begin < 0 || end < begin)
+            throw BadInputException.For(path, $"tensor '{name}' has invalid data_offsets (two non-negative integers, begin ≤ end, got {BoundedFile.Quote(off.GetRawText(), 40)})");
+        // The byte size in checked arithmetic: [2^32, 2^32, 2^32] must not wrap around to 0 bytes.
+        long bytes = eb;
+        try { foreach (long dim in shape) bytes = checked(bytes * dim); }
+        catch (OverflowException)
+        {
+            throw BadInputException.For(path, $"tensor '{name}' has shape {FormatShape(shape)}, whose size in bytes overflows (the file has {new FileInfo(path).Length:N0} bytes)");
+        }
+        if (bytes != end - begin)
+            throw BadInputException.For(path, $"tensor '{name}' is {dtype}{FormatShape(shape)} = {bytes} bytes but its data_offsets span {end - begin}");
+        return new SafetensorsEntry(prop.Name, dtype, shape, begin, end);
     }
 
     public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";

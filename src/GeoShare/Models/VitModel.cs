@@ -59,7 +59,7 @@ public sealed record VitConfig(
         var c = new VitConfig(
             r.Int("image_size"), r.Int("patch_size"), r.OptionalInt("num_channels") ?? 3, r.Int("hidden_size"),
             r.Int("num_hidden_layers"), r.Int("num_attention_heads"), r.Int("intermediate_size"),
-            r.OptionalDouble("layer_norm_eps") ?? 1e-12, r.OptionalBool("qkv_bias") ?? true,
+            r.OptionalPositive("layer_norm_eps") ?? 1e-12, r.OptionalBool("qkv_bias") ?? true,
             r.OptionalString("hidden_act") ?? "gelu", labels);
         r.Require(c.ImageSize % c.PatchSize == 0, "image_size must be a multiple of patch_size");
         r.Require(c.Hidden % c.NumAttentionHeads == 0, "hidden_size must be divisible by num_attention_heads");

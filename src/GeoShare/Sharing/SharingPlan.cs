@@ -100,17 +100,24 @@ public sealed record SharingPlan
     public void Validate(PretrainedModel model, string source)
     {
         void Fail(string problem) => throw BadInputException.For(source, problem);
-        if (Format != FormatTag) Fail($"unknown plan format '{Format}' (expected {FormatTag})");
-        if (ModelType != model.Config.ModelType) Fail($"plan is for model_type '{ModelType}', the model is '{model.Config.ModelType}'");
+        // JSON null deserializes into any field: every one is checked before use.
+        if (Format != FormatTag) Fail($"unknown plan format '{BoundedFile.Quote(Format ?? "null", 40)}' (expected {FormatTag})");
+        if (ModelType != model.Config.ModelType) Fail($"plan is for model_type '{BoundedFile.Quote(ModelType ?? "null", 40)}', the model is '{model.Config.ModelType}'");
+        if (Types is null || Types.Count == 0) Fail("no 'types' (the plan of each matrix type)");
+        if (Shapes is null) Fail("no 'shapes' (in/out features of each matrix type)");
+        if (Ratio is double r && !(r >= 0 && r < 1)) Fail($"ratio {r} is outside [0, 1)");
         if (NumLayers != model.Config.NumLayers) Fail($"plan has {NumLayers} layers, the model has {model.Config.NumLayers}");
         if (Coefficients is { } recipe && recipe.Method != CoefficientRecipe.CurvatureAligned)
             Fail($"unknown coefficients '{recipe.Method}' (expected {CoefficientRecipe.CurvatureAligned}, or none for Basis Sharing's)");
-        foreach (var (type, plan) in Types)
+        foreach (var (type, plan) in Types!)
         {
             if (!model.ProjectionTypes.Contains(type))
-                Fail($"unknown matrix type '{type}' (this model has: {string.Join(", ", model.ProjectionTypes)})");
+                Fail($"unknown matrix type '{BoundedFile.Quote(type, 40)}' (this model has: {string.Join(", ", model.ProjectionTypes)})");
+            if (plan is null) Fail($"type '{type}': null plan");
+            if (!Enum.IsDefined(plan!.Mode)) Fail($"type '{type}': unknown mode {(int)plan.Mode}");
+            if (plan.Mode != SharingMode.Dense && plan.Coloring is null) Fail($"type '{type}': no coloring");
             var site = model.Site(type, 0);
-            if (!Shapes.TryGetValue(type, out var shape) || shape.Length != 2)
+            if (!Shapes!.TryGetValue(type, out var shape) || shape is null || shape.Length != 2)
                 Fail($"no shape for type '{type}'");
             if (shape![0] != site.InFeatures || shape[1] != site.OutFeatures)
                 Fail($"type '{type}' is {shape[0]}×{shape[1]} in the plan, {site.InFeatures}×{site.OutFeatures} in the model");
@@ -152,12 +159,12 @@ public sealed record SharingPlan
         if (!File.Exists(path)) throw BadInputException.For(path, "plan file not found");
         try
         {
-            return JsonSerializer.Deserialize<SharingPlan>(File.ReadAllText(path), JsonOutput.Options)
+            return JsonSerializer.Deserialize<SharingPlan>(BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "plan file"), JsonOutput.Options)
                    ?? throw BadInputException.For(path, "empty plan");
         }
         catch (JsonException e)
         {
-            throw BadInputException.For(path, $"not a valid plan ({e.Message.Split('.')[0]})");
+            throw BadInputException.For(path, $"not a valid plan ({BoundedFile.JsonProblem(e)})");
         }
     }
 }

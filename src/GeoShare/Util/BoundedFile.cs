@@ -89,6 +89,14 @@ public static class BoundedFile
         return sb.ToString();
     }
 
+    /// <summary>A JSON parser's complaint for an error line: its first sentence and position, quoted short and escaped.</summary>
+    public static string JsonProblem(System.Text.Json.JsonException e)
+    {
+        string what = e.Message.Split(". ")[0].Split('\n')[0].TrimEnd('.');
+        string where = e.LineNumber is long line ? $" at line {line + 1}" + (e.BytePositionInLine is long col ? $", byte {col + 1}" : "") : "";
+        return Quote(what, 120) + where;
+    }
+
     /// <summary>The first bytes of <paramref name="bytes"/> as a quoted, escaped excerpt (see <see cref="Quote"/>).</summary>
     public static string Quote(ReadOnlySpan<byte> bytes, int max = 80)
     {

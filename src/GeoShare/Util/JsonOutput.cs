@@ -26,7 +26,7 @@ public static class JsonOutput
         if (!File.Exists(path)) throw BadInputException.For(path, "missing");
         try
         {
-            return JsonSerializer.Deserialize<T>(File.ReadAllText(path), Options)
+            return JsonSerializer.Deserialize<T>(BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "JSON file"), Options)
                 ?? throw BadInputException.For(path, $"malformed {typeof(T).Name} JSON: null");
         }
         catch (JsonException e)
