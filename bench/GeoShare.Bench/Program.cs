@@ -20,14 +20,20 @@ using static TorchSharp.torch;
 //   fidelity-by-ratio JSON the per-ratio Spearman table of fidelity.md from fidelity's JSON (markdown rows)
 //   eval-library MODEL_DIR DATA WINDOWS
 //                          the CLI's `eval --limit WINDOWS` through the library alone (bench/allocator.sh: a library host)
-if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
-if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
-if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
-if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));
-if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
-return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
-    ? Run(args[0], args[1])
-    : Usage();
+// Every benchmark in one outer dispose scope, as the CLI's commands (GeoShare.TensorLifetime).
+return TensorLifetime.InScope(() => Dispatch(args));
+
+static int Dispatch(string[] args)
+{
+    if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
+    if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
+    if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
+    if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));
+    if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
+    return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }
+        ? Run(args[0], args[1])
+        : Usage();
+}
 
 static int Usage()
 {
@@ -124,11 +130,11 @@ static object VerifyFiniteDifferences(PretrainedModel model, LossBatch batch)
         using (torch.no_grad()) p[j] = orig - step;
         using var minus = Grad();
         using (torch.no_grad()) p[j] = orig;
-        fd[TensorIndex.Colon, j] = plus.sub(minus).div(2 * step);
+        fd[TensorIndex.Colon, j] = plus.sub(minus).DivScalar(2 * step);
         if (j % 32 == 0) Console.Error.WriteLine($"finite differences: column {j}/{n}");
     }
     double fdSeconds = sw.Elapsed.TotalSeconds;
-    var fdSym = fd.add(fd.t()).mul(0.5);
+    var fdSym = fd.add(fd.t()).MulScalar(0.5);
     double rel = byProducts.sub(fdSym).norm().item<double>() / fdSym.norm().item<double>();
     var e1 = torch.linalg.eigvalsh(byProducts).data<double>().Reverse().ToArray();
     var e2 = torch.linalg.eigvalsh(fdSym).data<double>().Reverse().ToArray();

@@ -176,14 +176,14 @@ public static class CurvatureEngine
             {
                 using var scope = torch.NewDisposeScope();
                 var columns = h.DenseBlock(block);
-                var dense = columns.add(columns.t()).mul(0.5);
+                var dense = columns.add(columns.t()).MulScalar(0.5);
                 double[] spectrum;
                 Tensor? topVectors = null;
                 if (o.KeepVectors)
                 {
                     var (values, vectors) = torch.linalg.eigh(dense);
                     spectrum = values.to_type(ScalarType.Float64).data<double>().ToArray();
-                    topVectors = vectors.index_select(1, torch.arange(n - 1, n - 1 - o.Top, -1)).t().to_type(ScalarType.Float64).contiguous().MoveToOuterDisposeScope();
+                    topVectors = vectors.index_select(1, Scalars.Arange(n - 1, n - 1 - o.Top, -1)).t().to_type(ScalarType.Float64).contiguous().MoveToOuterDisposeScope();
                 }
                 else spectrum = torch.linalg.eigvalsh(dense).to_type(ScalarType.Float64).data<double>().ToArray();
                 r = new BlockCurvature

@@ -106,13 +106,13 @@ public sealed class KfacBlock : IDisposable
         if (n <= 256)
         {
             var (vals, vecs) = torch.linalg.eigh(m);
-            var idx = torch.arange(n - 1, n - 1 - k, -1);
+            var idx = Scalars.Arange(n - 1, n - 1 - k, -1);
             return (vals.index_select(0, idx).data<double>().ToArray(), vecs.index_select(1, idx).MoveToOuterDisposeScope());
         }
         var x = torch.randn(n, p, dtype: ScalarType.Float64, generator: new Generator((ulong)seed));
         for (int it = 0; it < iterations; it++) x = torch.linalg.qr(m.matmul(x)).Q;
         var (tv, tq) = torch.linalg.eigh(x.t().matmul(m).matmul(x));
-        var order = torch.arange(p - 1, p - 1 - k, -1);
+        var order = Scalars.Arange(p - 1, p - 1 - k, -1);
         return (tv.index_select(0, order).data<double>().ToArray(), x.matmul(tq.index_select(1, order)).MoveToOuterDisposeScope());
     }
 
@@ -135,7 +135,7 @@ public sealed class KfacBlock : IDisposable
             var a = layers.Select(l =>
             {
                 var x = probe.Inputs[l.Layer].to_type(ScalarType.Float64).reshape(-1, l.Layer.InFeatures);
-                return x.t().matmul(x).div(x.shape[0]);
+                return x.t().matmul(x).DivScalar(x.shape[0]);
             }).ToList();
             var g = layers.Select(l => torch.zeros(l.Layer.OutFeatures, l.Layer.OutFeatures, dtype: ScalarType.Float64)).ToList();
             var gen = new Generator((ulong)seed);
@@ -157,7 +157,7 @@ public sealed class KfacBlock : IDisposable
             for (int i = 0; i < layers.Count; i++)
             {
                 var layout = layers[i].Layer.Layout;
-                blocks.Add(new KfacBlock(layers[i].Name, a[i].MoveToOuterDisposeScope(), g[i].div(batch.Predictions).MoveToOuterDisposeScope(), layout));
+                blocks.Add(new KfacBlock(layers[i].Name, a[i].MoveToOuterDisposeScope(), g[i].DivScalar(batch.Predictions).MoveToOuterDisposeScope(), layout));
             }
             return blocks;
         }

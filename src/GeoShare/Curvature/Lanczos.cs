@@ -52,7 +52,7 @@ public static class Lanczos
             double scale = Math.Max(MaxAbs(t, p), 1e-300);
             if (p == 0 || beta > 1e-12 * scale)
             {
-                basis[p] = f.div(beta == 0 ? 1 : beta);
+                basis[p] = f.DivScalar(beta == 0 ? 1.0 : beta);
             }
             else
             {
@@ -147,7 +147,7 @@ public static class Lanczos
                 {
                     double beta = w.norm().to_type(ScalarType.Float64).item<double>();
                     if (beta <= 1e-12 * Math.Max(MaxAbs(t, p + 1), 1e-300)) { p++; break; }
-                    basis[p + 1] = w.div(beta);
+                    basis[p + 1] = w.DivScalar(beta);
                 }
             }
             var (theta, y) = SymmetricEigen(t, p);

@@ -58,7 +58,7 @@ public sealed class LanguageModelBatch(Tensor ids, string description) : LossBat
     {
         var flat = logits.reshape(-1, logits.shape[2]);
         var perToken = torch.logsumexp(flat, 1).sub(flat.gather(1, Targets.unsqueeze(1)).squeeze(1));
-        return perToken.mul(Mask).sum().div(Predictions);
+        return perToken.mul(Mask).sum().DivScalar(Predictions);
     }
 
     private Tensor Targets => (_targets ??= ShiftedTargets(Ids)).Targets;
@@ -152,7 +152,7 @@ public static class CrossEntropyCurvature
         using var scope = torch.NewDisposeScope();
         var probs = functional.softmax(logits, -1);
         var f = probs.neg();
-        f[TensorIndex.Colon, k] = f[TensorIndex.Colon, k].add(1.0);
+        f[TensorIndex.Colon, k] = f[TensorIndex.Colon, k].AddScalar(1.0);
         return f.mul(probs[TensorIndex.Colon, TensorIndex.Slice(k, k + 1)].sqrt()).MoveToOuterDisposeScope();
     }
 
@@ -162,7 +162,7 @@ public static class CrossEntropyCurvature
         using var scope = torch.NewDisposeScope();
         var probs = functional.softmax(logits, -1);
         var sampled = torch.multinomial(probs, 1, generator: generator).reshape(-1);
-        return probs.sub(functional.one_hot(sampled, logits.shape[1]).to_type(probs.dtype)).mul(1.0 / Math.Sqrt(samples)).MoveToOuterDisposeScope();
+        return probs.sub(functional.one_hot(sampled, logits.shape[1]).to_type(probs.dtype)).MulScalar(1.0 / Math.Sqrt(samples)).MoveToOuterDisposeScope();
     }
 }
 
@@ -175,7 +175,7 @@ public sealed class RegressionBatch(Tensor inputs, Tensor targets) : LossBatch
     public override string Description => $"{Predictions} regression rows";
 
     public override Tensor Output(Module<Tensor, Tensor> model) => model.call(Inputs);
-    public override Tensor Loss(Tensor y) => y.sub(Targets).pow(2).sum().mul(0.5 / Predictions);
+    public override Tensor Loss(Tensor y) => y.sub(Targets).PowScalar(2).sum().MulScalar(0.5 / Predictions);
 
     public override IEnumerable<Tensor> OutputCurvatureFactors(Tensor y, Generator generator, int samples)
     {

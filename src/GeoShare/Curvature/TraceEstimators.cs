@@ -10,7 +10,7 @@ public sealed record TraceEstimate(double Value, double StandardError, int Produ
 public static class TraceEstimators
 {
     public static Tensor Rademacher(long n, ScalarType dtype, Generator gen) =>
-        torch.randint(0, 2, [n], dtype: ScalarType.Int64, generator: gen).to_type(dtype).mul_(2).sub_(1);
+        torch.randint(0, 2, [n], dtype: ScalarType.Int64, generator: gen).to_type(dtype).MulScalar_(2).SubScalar_(1);
 
     /// <summary>Hutchinson: tr(H) ≈ mean of zᵀHz over Rademacher z; standard error = sample sd / √probes.</summary>
     public static TraceEstimate Hutchinson(Func<Tensor, Tensor> apply, long n, ScalarType dtype, int probes, long seed)

@@ -157,12 +157,12 @@ public sealed class RandomTensorSource : TensorSource
     }
 
     public override Tensor Take(string name, params long[] shape) =>
-        torch.randn(shape, dtype: DType, generator: _gen).mul_(_std);
+        torch.randn(shape, dtype: DType, generator: _gen).MulScalar_(_std);
 
     // Norm weights near one and small non-zero biases keep every parameter's gradient non-trivial.
     public override Tensor TakeOnes(string name, params long[] shape) =>
-        torch.randn(shape, dtype: DType, generator: _gen).mul_(0.1).add_(1.0);
+        torch.randn(shape, dtype: DType, generator: _gen).MulScalar_(0.1).AddScalar_(1.0);
 
     public override Tensor TakeZeros(string name, params long[] shape) =>
-        torch.randn(shape, dtype: DType, generator: _gen).mul_(0.05);
+        torch.randn(shape, dtype: DType, generator: _gen).MulScalar_(0.05);
 }

@@ -97,7 +97,7 @@ public sealed class Gpt2Model : Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor ids)
     {
-        using var positions = torch.arange(ids.shape[1], dtype: ScalarType.Int64, device: ids.device);
+        using var positions = Scalars.Arange(ids.shape[1], ScalarType.Int64, ids.device);
         var x = wte.call(ids).add(wpe.call(positions));
         foreach (var block in h) x = block.call(x);
         return ln_f.call(x);

@@ -162,7 +162,7 @@ public sealed class RmsNorm : Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) =>
-        x.mul(torch.rsqrt(x.pow(2).mean([-1L], keepdim: true).add(_eps))).mul(weight);
+        x.mul(torch.rsqrt(x.PowScalar(2).mean([-1L], keepdim: true).AddScalar(_eps))).mul(weight);
 }
 
 /// <summary>A lookup table [num, dim] named like the checkpoint's embedding.</summary>
@@ -193,7 +193,7 @@ public static class Activations
     {
         // GPT-2's tanh approximation 0.5·x·(1 + tanh(z)) written as x·sigmoid(2z): the same function, and its
         // double backward (Hessian-vector products) is 10% cheaper than that of libtorch's fused kernel.
-        "gelu_new" => x.mul(torch.sigmoid(x.add(x.pow(3).mul(0.044715)).mul(2 * Sqrt2OverPi))),
+        "gelu_new" => x.mul(torch.sigmoid(x.add(x.PowScalar(3).MulScalar(0.044715)).MulScalar(2 * Sqrt2OverPi))),
         "gelu" => functional.gelu(x),
         "relu" => functional.relu(x),
         "silu" => functional.silu(x),
@@ -219,7 +219,7 @@ public static class Attention
     {
         if (!torch.is_grad_enabled()) return functional.scaled_dot_product_attention(q, k, v, null!, 0.0, causal);
         // Scale q (T×D) rather than the scores (T×S): fewer large elementwise passes in double backward.
-        q = q.mul(1.0 / Math.Sqrt(q.shape[^1]));
+        q = q.MulScalar(1.0 / Math.Sqrt(q.shape[^1]));
         long t = q.shape[^2], s = k.shape[^2];
         if (!causal) return functional.softmax(q.matmul(k.transpose(-2, -1)), -1).matmul(v);
         if (t != s || t <= ChunkSize) return CausalBlock(q, k, v, 0);
@@ -239,6 +239,6 @@ public static class Attention
         var scores = q.matmul(k.transpose(-2, -1));
         long tq = q.shape[^2], sk = k.shape[^2];
         using var mask = torch.ones(tq, sk, dtype: ScalarType.Bool, device: q.device).triu(1 + offset);
-        return functional.softmax(scores.masked_fill(mask, double.NegativeInfinity), -1).matmul(v);
+        return functional.softmax(scores.MaskedFillScalar(mask, double.NegativeInfinity), -1).matmul(v);
     }
 }

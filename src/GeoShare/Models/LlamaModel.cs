@@ -130,8 +130,8 @@ public sealed class RotaryEmbedding(int headDim, double theta)
     public (Tensor Cos, Tensor Sin) CosSin(long length, ScalarType dtype, Device device)
     {
         // inv_freq in float32 then positions × inv_freq, as transformers computes them.
-        using var invFreq = torch.pow(theta, torch.arange(0, headDim, 2, dtype: ScalarType.Int64).to_type(ScalarType.Float32).div(headDim)).reciprocal();
-        using var pos = torch.arange(length, dtype: ScalarType.Int64).to_type(ScalarType.Float32);
+        using var invFreq = Scalars.Pow(theta, Scalars.Arange(0, headDim, 2, ScalarType.Int64).to_type(ScalarType.Float32).DivScalar(headDim)).reciprocal();
+        using var pos = Scalars.Arange(length, ScalarType.Int64).to_type(ScalarType.Float32);
         using var freqs = torch.outer(pos, invFreq);
         using var emb = torch.cat([freqs, freqs], -1);
         return (emb.cos().to_type(dtype).to(device), emb.sin().to_type(dtype).to(device));

@@ -50,7 +50,7 @@ public sealed class AlignedCoefficients : IDisposable
         int k = model.Corrections.Length;
         _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(model.TopVectors[i]).MoveToOuterDisposeScope()).ToArray();
         _vDotW = Enumerable.Range(0, k).Select(i => model.TopVectors[i].mul(weight).sum().item<double>()).ToArray();
-        _wNormSq = weight.pow(2).sum().item<double>();
+        _wNormSq = weight.PowScalar(2).sum().item<double>();
         _gDotW = model.Gradient.mul(weight).sum().item<double>();
         _bulkW = aw.mul(weight).mul(_gamma).sum().item<double>();
     }
@@ -73,7 +73,7 @@ public sealed class AlignedCoefficients : IDisposable
         var l = Cholesky(b.t().matmul(b));
         var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
         var mt = linv.matmul(m).matmul(linv.t());
-        var (theta, q) = torch.linalg.eigh(mt.add(mt.t()).mul(0.5));
+        var (theta, q) = torch.linalg.eigh(mt.add(mt.t()).MulScalar(0.5));
         var t = q.t().matmul(linv);
         Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
 
@@ -94,8 +94,8 @@ public sealed class AlignedCoefficients : IDisposable
 
         Tensor SolveHat(double nu)
         {
-            var d = d0.add(nu + eps).reshape(-1);
-            var x = y0h.add(y1h.mul(nu)).reshape(-1).div(d);
+            var d = d0.AddScalar(nu + eps).reshape(-1);
+            var x = y0h.add(y1h.MulScalar(nu)).reshape(-1).div(d);
             if (u is null) return x.reshape(y0h.shape);
             // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
             var dinvU = u.div(d);
@@ -103,10 +103,10 @@ public sealed class AlignedCoefficients : IDisposable
             var coef = torch.linalg.solve(small, u.matmul(x));
             return x.sub(coef.matmul(dinvU)).reshape(y0h.shape);
         }
-        double DeltaNorm(Tensor ch) => Math.Sqrt(Math.Max(0, ch.pow(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
+        double DeltaNorm(Tensor ch) => Math.Sqrt(Math.Max(0, ch.PowScalar(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
 
         // Trust radius from Basis Sharing's own perturbation: ΘĈ = Ĥ(BᵀAW).
-        double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).add(eps)));
+        double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).AddScalar(eps)));
         double radius = (1 + trust) * bsNorm;
 
         // ‖δ(ν)‖ falls as ν grows (ν → ∞ gives the unweighted least squares, ‖δ‖ ≤ ‖δ_BS‖ ≤ Δ). Find ‖δ(ν)‖ = Δ
@@ -151,7 +151,7 @@ public sealed class AlignedCoefficients : IDisposable
             nuUsed = Math.Exp(xhi);
         }
         double linear = useGradient ? chat.mul(hG).sum().item<double>() - _gDotW : 0;
-        double bulk = chat.pow(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).mul(2)).mul(_gamma).sum().item<double>() + _bulkW;
+        double bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
         double extra = 0, energy = 0;
         for (int i = 0; i < ph.Length; i++)
         {
@@ -168,7 +168,7 @@ public sealed class AlignedCoefficients : IDisposable
         double scale = Math.Max(r.diagonal().mean().item<double>(), 1e-300);
         for (double jitter = 0; ; jitter = jitter == 0 ? 1e-12 * scale : jitter * 100)
         {
-            try { return torch.linalg.cholesky(r.add(torch.eye(r.shape[0], dtype: ScalarType.Float64).mul(jitter))); }
+            try { return torch.linalg.cholesky(r.add(torch.eye(r.shape[0], dtype: ScalarType.Float64).MulScalar(jitter))); }
             catch (Exception) when (jitter < scale) { }
         }
     }

@@ -50,7 +50,7 @@ public sealed class BlockCurvatureModel : IDisposable
         double bulk = A.matmul(delta).mul(delta).mul(OutputWeights).sum().item<double>();
         if (Corrections.Length == 0) return bulk;
         var proj = TopVectors.mul(delta.unsqueeze(0)).sum([1L, 2L]);
-        return bulk + proj.pow(2).mul(torch.tensor(Corrections)).sum().item<double>();
+        return bulk + proj.PowScalar(2).mul(torch.tensor(Corrections)).sum().item<double>();
     }
 
     /// <summary>Σᵢ λᵢ ⟨Vᵢ, δ⟩²: the perturbation's energy in the high-curvature directions.</summary>
@@ -58,7 +58,7 @@ public sealed class BlockCurvatureModel : IDisposable
     {
         using var scope = torch.NewDisposeScope();
         var proj = TopVectors.mul(delta.unsqueeze(0)).sum([1L, 2L]);
-        return proj.pow(2).mul(torch.tensor(TopValues)).sum().item<double>();
+        return proj.PowScalar(2).mul(torch.tensor(TopValues)).sum().item<double>();
     }
 
     /// <summary>Predicted loss change ⟨g, δ⟩ + ½ δᵀĤδ.</summary>
@@ -98,7 +98,7 @@ public sealed class BlockCurvatureModel : IDisposable
             double floor = 1e-3 * Math.Max(values.Where(v => v > 0).DefaultIfEmpty(0).Average(), 1e-12) / Math.Max(trA / a.shape[0], 1e-300);
             beta = Math.Max(beta, floor);
         }
-        return Create(site, "exact", gradient, values, vectors, a, torch.full(dout, beta, dtype: ScalarType.Float64), trace, traceStandardError);
+        return Create(site, "exact", gradient, values, vectors, a, Scalars.Full(dout, beta, ScalarType.Float64), trace, traceStandardError);
     }
 
     /// <summary>The curvature engine's options for the planner's blocks: top pairs, gradients, and a trace for the bulk.</summary>
@@ -120,7 +120,7 @@ public sealed class BlockCurvatureModel : IDisposable
         var sites = model.Sites.ToList();
         if (sites.Any(s => model.GetProjection(s) is not DenseLinear)) throw new UsageException("curvature needs the dense model");
         var blocks = CurvatureEngine.Collect(model, batch, sites.Select(s => new[] { s.WeightName }).ToList(), EngineOptions(o), progress);
-        Tensor A(ProjectionSite s) => grams[s.Name].div(grams.Rows);
+        Tensor A(ProjectionSite s) => grams[s.Name].DivScalar(grams.Rows);
         var result = new Dictionary<string, BlockCurvatureModel>();
         for (int i = 0; i < sites.Count; i++)
         {

@@ -103,7 +103,7 @@ public sealed class CurvatureAlignedSolver(GroupCostEvaluator costs) : ICoeffici
 {
     public Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows)
     {
-        using var a = gram.div(rows);
+        using var a = gram.DivScalar(rows);
         using var aligned = new AlignedCoefficients(basis, weight, costs.Curvature(site.Name), a);
         return aligned.Coefficients((int)basis.shape[1], costs.Trust, costs.UseGradient);
     }
