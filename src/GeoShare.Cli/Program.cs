@@ -53,12 +53,12 @@ namespace GeoShare.Cli
             {
                 // The library names its parameters; the user knows them as this command's options.
                 string message = e is UsageException u ? u.MessageFor(command.Spec.OptionFor) : e.Message;
-                Console.Error.WriteLine($"geoshare {args[0]}: error: {message}");
+                Console.Error.WriteLine($"geoshare {args[0]}: error: {BoundedFile.OneLine(message)}");
                 return (int)e.Code;
             }
             catch (Exception e) when (Environment.GetEnvironmentVariable("GEOSHARE_DEBUG") != "1")
             {
-                Console.Error.WriteLine($"geoshare {args[0]}: internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]} (set GEOSHARE_DEBUG=1 for the trace)");
+                Console.Error.WriteLine($"geoshare {args[0]}: internal error: {e.GetType().Name}: {BoundedFile.OneLine(e.Message.Split('\n')[0])} (set GEOSHARE_DEBUG=1 for the trace)");
                 return (int)ExitCode.Failure;
             }
         }

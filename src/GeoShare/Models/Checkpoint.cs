@@ -87,8 +87,8 @@ public sealed class Checkpoint
                 if (p.Value.ValueKind != JsonValueKind.String)
                     throw BadInputException.For(index, $"weight_map entry for '{BoundedFile.Quote(p.Name)}' must be a file name (a string), got {BoundedFile.Quote(p.Value.GetRawText(), 40)}");
                 string file = p.Value.GetString() ?? "";
-                if (file.Length == 0 || file.Contains('/') || file.Contains('\\') || file.Contains(".."))
-                    throw BadInputException.For(index, $"weight_map entry for '{BoundedFile.Quote(p.Name)}' is not a plain file name");
+                if (file.Length == 0 || file.Length > 255 || file.Any(char.IsControl) || file.Contains('/') || file.Contains('\\') || file.Contains(".."))
+                    throw BadInputException.For(index, $"weight_map entry for '{BoundedFile.Quote(p.Name)}' is not a plain file name ('{BoundedFile.Quote(file, 40)}')");
                 map[p.Name] = file;
             }
             if (map.Count == 0) throw BadInputException.For(index, "weight_map is empty");

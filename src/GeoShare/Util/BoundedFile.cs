@@ -89,6 +89,22 @@ public static class BoundedFile
         return sb.ToString();
     }
 
+    /// <summary>
+    /// A message as one short line, whatever it quotes: control characters escaped, and any run of more than 160
+    /// characters without a space (a value echoed from a file) cut to 80. The last guard before an error is printed.
+    /// </summary>
+    public static string OneLine(string message)
+    {
+        var words = message.Split(' ');
+        for (int i = 0; i < words.Length; i++)
+        {
+            string w = words[i];
+            if (w.Any(c => c < 0x20 || c == 0x7F)) w = string.Concat(w.Select(c => c < 0x20 || c == 0x7F ? $"\\u{(int)c:x4}" : c.ToString()));
+            words[i] = w.Length > 160 ? w[..80] + "…" : w;
+        }
+        return string.Join(' ', words);
+    }
+
     /// <summary>A JSON parser's complaint for an error line: its first sentence and position, quoted short and escaped.</summary>
     public static string JsonProblem(System.Text.Json.JsonException e)
     {
