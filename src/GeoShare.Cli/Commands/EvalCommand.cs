@@ -17,7 +17,7 @@ public sealed class EvalCommand : ICommand
         new("--window", "N", "tokens per window", "256"),
         new("--batch-size", "N", "windows (or images) per forward pass", DefaultNote: "logits under 16 MB (LM) / 50 (ViT)"),
         new("--limit", "N", "evaluate only the first N windows (or images)"),
-        new("--dtype", "TYPE", "float32 or float64", "float32"),
+        new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16 (weights are converted on load)", "float32"),
         CommonOptions.Threads,
         CommonOptions.Json,
     ],
@@ -34,7 +34,7 @@ public sealed class EvalCommand : ICommand
         string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
         if ((data is null) == (fmnist is null)) throw new UsageException("give exactly one of --data FILE (language models) or --fashion-mnist DIR (ViT)");
         CommonOptions.CheckOutputs(a, ["--json"], [modelDir, data, fmnist]);
-        var dtype = a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+        var dtype = CalibrationOptions.DType(a, allowBFloat16: true);
         int? limit = a.OptionalInt("--limit", min: 1);
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
 

@@ -42,7 +42,8 @@ public sealed class ByteLevelBpeTokenizer
     public static ByteLevelBpeTokenizer Load(string path)
     {
         if (Directory.Exists(path)) path = Path.Combine(path, "tokenizer.json");
-        if (!File.Exists(path)) throw BadInputException.For(path, "tokenizer file not found");
+        if (!FileLinks.ExistsOrIsLink(path)) throw BadInputException.For(path, "tokenizer file not found");
+        FileLinks.CheckLink(path);
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllText(path));

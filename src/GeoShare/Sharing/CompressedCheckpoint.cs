@@ -24,9 +24,18 @@ public static class CompressedCheckpoint
 
     public static string SharedName(string type, int color, string what) => $"geoshare.shared.{type}.{color}.{what}";
 
-    /// <summary>Writes the folder atomically: built beside <paramref name="outDir"/>, then renamed into place.</summary>
-    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null)
+    /// <summary>The dtype a compressed copy of <paramref name="model"/> is saved in by default: its checkpoint's (F16 stays F16), else its own.</summary>
+    public static ScalarType DefaultSaveDType(PretrainedModel model) => model.CheckpointDType ?? model.DType;
+
+    /// <summary>
+    /// Writes the folder atomically: built beside <paramref name="outDir"/>, then renamed into place. Every floating-point
+    /// tensor is stored in <paramref name="saveDType"/>, by default <see cref="DefaultSaveDType"/>.
+    /// </summary>
+    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, ScalarType? saveDType = null)
     {
+        var stored = saveDType ?? DefaultSaveDType(model);
+        if (stored is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64))
+            throw new UsageException("save_dtype", $"must be float32, float16, bfloat16 or float64, got {stored}");
         var tensors = new List<(string, Tensor)>();
         var compressed = new HashSet<string>();
         foreach (var (type, tp) in plan.Types)
@@ -65,7 +74,7 @@ public static class CompressedCheckpoint
         try
         {
             SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(),
-                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag });
+                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag }, stored);
             plan.Save(Path.Combine(staging, PlanFile));
             if (report is not null) JsonOutput.Write(Path.Combine(staging, ReportFile), report);
             foreach (var f in CopiedFiles)
@@ -84,7 +93,7 @@ public static class CompressedCheckpoint
     }
 
     /// <summary>Replaces an existing output folder (the user asked for it with --force), atomically for readers of the new one.</summary>
-    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null)
+    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, ScalarType? saveDType = null)
     {
         string full = Path.GetFullPath(outDir);
         string old = full + $".old-{Environment.ProcessId}";
@@ -94,7 +103,7 @@ public static class CompressedCheckpoint
             Directory.Move(full, old);
             moved = true;
         }
-        try { Save(model, plan, sourceDir, outDir, report); }
+        try { Save(model, plan, sourceDir, outDir, report, saveDType); }
         catch
         {
             if (moved && !Directory.Exists(full)) Directory.Move(old, full);
@@ -133,7 +142,9 @@ public static class CompressedCheckpoint
                             var site = model.Site(type, l);
                             var coeff = src.Take(site.Name + ".coeff", tp.Ranks[c], dout);
                             var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", dout) : null;
+                            var placeholder = model.GetProjection(site);
                             model.SetProjection(site, new SharedBasisLinear(basis, coeff, bias));
+                            placeholder.Dispose(); // its tensors were never filled; free them now, not at some finalizer
                         }
                     }
                     else
@@ -145,13 +156,16 @@ public static class CompressedCheckpoint
                         {
                             var site = model.Site(type, l);
                             var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", dout) : null;
+                            var placeholder = model.GetProjection(site);
                             model.SetProjection(site, new DenseLinear(weight, bias, layout));
+                            placeholder.Dispose(); // its tensors were never filled; free them now, not at some finalizer
                         }
                     }
                 }
             }
         var unused = checkpoint.TensorNames.Where(n => !src.Used.Contains(n)).Order(StringComparer.Ordinal).ToList();
         if (unused.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {unused.Count} tensor(s) the plan does not use, e.g. '{unused[0]}'");
+        model.CheckpointDType = checkpoint.StorageDType;
         return model;
     }
 
