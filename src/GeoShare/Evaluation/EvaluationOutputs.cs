@@ -36,8 +36,13 @@ public sealed record EvalOutput
     public EvalMemory? Memory { get; init; }
 }
 
-/// <summary>Resident memory of an evaluation: what loading the model added, and the peak over the whole run.</summary>
-public sealed record EvalMemory(long ResidentBytesBeforeLoad, long ResidentBytesAfterLoad, long ModelResidentBytes, long PeakResidentBytes, string Allocator);
+/// <summary>
+/// Resident memory of an evaluation: what loading the model added, and the peak over the whole run. With
+/// --memory-warmup the model was loaded and freed once before, and <see cref="FirstLoadResidentBytes"/> is what that
+/// first load added (one-time code and pools included); otherwise null.
+/// </summary>
+public sealed record EvalMemory(long ResidentBytesBeforeLoad, long ResidentBytesAfterLoad, long ModelResidentBytes, long PeakResidentBytes, string Allocator,
+    long? FirstLoadResidentBytes = null);
 
 /// <summary>The `evaluation` part of `geoshare compress --json`: the compressed model on the test data.</summary>
 public sealed record CompressedModelEvaluation

@@ -146,12 +146,33 @@ public sealed class CheckpointTensorSource(Checkpoint checkpoint, ScalarType dty
         if (!SafetensorsFile.IsFloat(entry.DType))
             throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' has dtype {entry.DType}; a weight must be F64, F32, F16 or BF16");
         var t = checkpoint.Read(name, DType);
-        bool finite;
-        using (var f = torch.isfinite(t)) using (var all = f.all()) finite = all.item<bool>(); // named, so neither is finalized mid-call (TensorLifetime)
-        if (!finite)
+        if (!AllFinite(t))
             throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' contains NaN or infinite values");
         _used.Add(name);
         return t;
+    }
+
+    /// <summary>
+    /// Whether every element is finite. The sum is NaN or infinite when any element is, and costs no memory; only then
+    /// (or if the sum of finite weights overflowed) are the elements checked, a piece at a time. An isfinite mask per
+    /// tensor left freed blocks of every size behind: 4 MB more resident after loading compressed GPT-2.
+    /// </summary>
+    private static bool AllFinite(Tensor t)
+    {
+        using (var sum = t.sum())
+        using (var wide = sum.to_type(ScalarType.Float64))
+            if (double.IsFinite(wide.item<double>())) return true;
+        const long piece = 1L << 20;
+        using var flat = t.reshape(-1);
+        for (long start = 0; start < flat.numel(); start += piece)
+        {
+            // Each temporary named, so none is finalized mid-call (TensorLifetime).
+            using var chunk = flat.narrow(0, start, Math.Min(piece, flat.numel() - start));
+            using var f = torch.isfinite(chunk);
+            using var all = f.all();
+            if (!all.item<bool>()) return false;
+        }
+        return true;
     }
 }
 

@@ -185,7 +185,14 @@ public static class CompressedCheckpoint
 
         public override bool Has(string name) => checkpoint.Contains(name);
         public override Tensor Take(string name, params long[] shape) =>
-            IsPlaceholder(name) ? torch.empty(shape, dtype: DType) : _inner.Take(name, shape);
+            IsPlaceholder(name) ? Placeholder(shape) : _inner.Take(name, shape);
+
+        /// <summary>A tensor of the right shape that takes no memory: one zero broadcast (stride 0); never read, replaced after construction.</summary>
+        private Tensor Placeholder(long[] shape)
+        {
+            using var zero = torch.zeros([], dtype: DType);
+            return zero.expand(shape);
+        }
         public override Tensor TakeOnes(string name, params long[] shape) => Take(name, shape);
         public override Tensor TakeZeros(string name, params long[] shape) => Take(name, shape);
     }
