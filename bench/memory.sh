@@ -8,13 +8,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/memory
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-rm -rf "$out"; mkdir -p "$out"
+# MEMORY_BENCH_DIR=DIR keeps the compressed folders there (and reuses them: a folder with its compress JSON is not redone).
+if [ -n "${MEMORY_BENCH_DIR:-}" ]; then tmp=$MEMORY_BENCH_DIR; mkdir -p "$tmp"; else tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; fi
+mkdir -p "$out"
 dense=assets/models/gpt2-kjv-brown
 test=assets/data/corpus/test.txt
-limit=64
-for ratio in 0.3 0.5; do
+limit=16
+ratios=${RATIOS:-0.3 0.5}
+for ratio in $ratios; do
+  [ -f "$tmp/geo-$ratio/model.safetensors" ] && [ -f "$out/compress-geo-$ratio.json" ] && continue
   ./geoshare compress --model $dense --data assets/data/corpus/valid.txt --ratio $ratio --method geo --out "$tmp/geo-$ratio" \
     --eval $test --eval-limit $limit --json "$out/compress-geo-$ratio.json"
 done
@@ -22,10 +24,9 @@ dir() { case $1 in dense) echo $dense;; *) echo "$tmp/$1";; esac; }
 run() { # name model dtype allocator
   GEOSHARE_ALLOCATOR=$4 ./geoshare eval --model "$(dir $2)" --data $test --limit $limit --dtype $3 --memory-warmup --json "$out/$1.json"
 }
-rows=(dense geo-0.3 geo-0.5 dense-bf16 geo-0.3-bf16 dense-jemalloc geo-0.3-jemalloc)
+rows=(dense); for ratio in $ratios; do rows+=(geo-$ratio); done; rows+=(dense-bf16 geo-0.3-bf16 dense-jemalloc geo-0.3-jemalloc)
 run dense dense float32 glibc
-run geo-0.3 geo-0.3 float32 glibc
-run geo-0.5 geo-0.5 float32 glibc
+for ratio in $ratios; do run geo-$ratio geo-$ratio float32 glibc; done
 run dense-bf16 dense bfloat16 glibc
 run geo-0.3-bf16 geo-0.3 bfloat16 glibc
 # jemalloc: the command preloads it itself when GEOSHARE_ALLOCATOR is not set (an empty value counts as set)
@@ -52,9 +53,9 @@ dense_of() { case $1 in *-bf16) echo dense-bf16;; *-jemalloc) echo dense-jemallo
       '"| \($r) | \(.dtype) | \(.memory.allocator) | \(.parameter_bytes) | \($f) | \(($f|tonumber)/($df|tonumber)*1000|round/1000)× | \(.memory.model_resident_bytes/1048576*10|round/10) | \(.memory.model_resident_bytes/.parameter_bytes*1000|round/1000)× | \(.memory.model_resident_bytes/$d[0].memory.model_resident_bytes*1000|round/1000) | \(.parameter_bytes/$d[0].parameter_bytes*1000|round/1000) | \(.memory.first_load_resident_bytes/1048576|round) | \(.memory.peak_resident_bytes/1048576|round) | \(.tokens_per_second|round) | \(.perplexity*10000|round/10000) |"' "$out/$r.json"
   done
   echo
-  echo "Perplexity of the compressed models in memory, before saving (\`compress --eval-limit $limit\`, float32):"
-  for ratio in 0.3 0.5; do
-    echo "geo-$ratio $(jq -r '.evaluation.perplexity*10000|round/10000' $out/compress-geo-$ratio.json) (checkpoint $(jq -r '.checkpoint_bytes' $out/compress-geo-$ratio.json) bytes, $(jq -r .save_dtype $out/compress-geo-$ratio.json));"
+  echo "The compressed models in memory, before saving (\`geoshare compress --eval --eval-limit\`, float32):"
+  for ratio in $ratios; do
+    echo "geo-$ratio perplexity $(jq -r '.evaluation.perplexity*10000|round/10000' $out/compress-geo-$ratio.json) on the first $(jq -r '.evaluation.predicted_tokens/255' $out/compress-geo-$ratio.json) windows, checkpoint $(jq -r '.checkpoint_bytes' $out/compress-geo-$ratio.json) bytes ($(jq -r .save_dtype $out/compress-geo-$ratio.json));"
   done
   echo
   echo "Reading the numbers: loading reads each tensor from the file straight into a tensor of the compute dtype (an F16"
