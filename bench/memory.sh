@@ -59,11 +59,13 @@ dense_of() { case $1 in *-bf16) echo dense-bf16;; *-jemalloc) echo dense-jemallo
   done
   echo
   echo "Reading the numbers: loading reads each tensor from the file straight into a tensor of the compute dtype (an F16"
-  echo "tensor passes through one fixed 2 MB staging buffer), so the resident set grows by the parameter bytes and little"
-  echo "more, dense or compressed, and the compressed/dense resident ratio follows the parameter-bytes ratio. Under jemalloc"
-  echo "a compressed model takes a few MB more: its tensors have odd sizes (ranks such as 197), which jemalloc rounds up to"
-  echo "its size classes (2.6 MB over the 183 tensors of geo-0.3), and freed blocks stay cached for 5 s. The compressed"
-  echo "checkpoints keep the source's F16, so they are smaller files than the dense one; computing in bfloat16 halves the"
-  echo "parameter bytes and the resident set. Tokens/s under glibc are slower than under jemalloc (bench/allocator.md)."
+  echo "tensor passes through one fixed 2 MB staging buffer). Float32 on glibc: resident growth 1.025× (dense) and 0.977×"
+  echo "(geo-0.3) the parameter bytes, compressed/dense resident 0.721 against a parameter-bytes ratio of 0.756. Below 1×"
+  echo "means the second load reused pages the freed first load left resident (small tensors live in the heap), so these"
+  echo "are within a few MB, not exact. The same reuse is larger under jemalloc, which caches freed blocks for 5 s: its rows"
+  echo "read 0.80-0.85× and are not a measure of the model. In bfloat16 the few MB of reuse weigh more against half the"
+  echo "bytes (geo-0.3: 0.645 against 0.756: not within 0.05). Without the warm-up (a fresh process) the first load adds"
+  echo "the \"first load MB\": 15-25 MB of one-time code and pools on top of the model. The compressed checkpoints keep the"
+  echo "source's F16, so they are smaller files than the dense one (0.757×). Tokens/s: this run shared 2 cores with other work."
 } > bench/memory.md
 cat bench/memory.md
