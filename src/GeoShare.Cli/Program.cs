@@ -18,6 +18,7 @@ namespace GeoShare.Cli
             new PlanCommand(),
             new CompressCommand(),
             new BenchCommand(),
+            new VerifyCommand(),
         ];
 
         public static int Run(string[] args)

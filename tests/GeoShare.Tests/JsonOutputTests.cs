@@ -20,6 +20,7 @@ public class JsonOutputTests
         ["plan"] = p => JsonOutput.Read<PlanOutput>(p),
         ["demo"] = p => JsonOutput.Read<DemoOutput>(p),
         ["bench"] = p => JsonOutput.Read<BenchOutput>(p),
+        ["verify"] = p => JsonOutput.Read<VerifyOutput>(p),
     };
 
     public static IEnumerable<object[]> CommittedCommandOutputs() =>

@@ -50,6 +50,25 @@ public static class CalibrationOptions
         return GeoShare.Sharing.CalibrationSet.FromImages(train, ImagePreprocessor.Load(modelDir), train.Select(count, stride));
     }
 
-    public static torch.ScalarType DType(ParsedArgs a) =>
-        a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+    /// <summary>--dtype: the element type the model computes in (bfloat16 only where the command offers it: eval, compress).</summary>
+    public static torch.ScalarType DType(ParsedArgs a, bool allowBFloat16 = false) =>
+        (allowBFloat16 ? a.Choice("--dtype", "float32", "float64", "bfloat16") : a.Choice("--dtype", "float32", "float64")) switch
+        {
+            "float64" => torch.ScalarType.Float64,
+            "bfloat16" => torch.ScalarType.BFloat16,
+            _ => torch.ScalarType.Float32,
+        };
+
+    /// <summary>--save-dtype: the element type a compressed checkpoint is written in; null keeps the source checkpoint's.</summary>
+    public static torch.ScalarType? SaveDType(ParsedArgs a) => a.Has("--save-dtype")
+        ? a.Choice("--save-dtype", "float32", "float16", "bfloat16") switch
+        {
+            "float16" => torch.ScalarType.Float16,
+            "bfloat16" => torch.ScalarType.BFloat16,
+            _ => torch.ScalarType.Float32,
+        }
+        : null;
+
+    /// <summary>A dtype as the JSON outputs and messages name it (float32, bfloat16, float16, …).</summary>
+    public static string Name(torch.ScalarType dtype) => dtype.ToString().ToLowerInvariant();
 }

@@ -31,7 +31,8 @@ public sealed class CompressCommand : ICommand
         new("--force", null, "replace a non-empty --out folder"),
         new("--eval", "FILE", "evaluate the compressed language model on this text file (for the ViT: --eval t10k)"),
         new("--eval-limit", "N", "evaluate only the first N windows (images)"),
-        new("--dtype", "TYPE", "float32 or float64", "float32"),
+        new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16", "float32"),
+        new("--save-dtype", "TYPE", "element type of the --out checkpoint: float32, float16 or bfloat16", DefaultNote: "the input checkpoint's (F16 stays F16, BF16 stays BF16)"),
         CommonOptions.Seed,
         CommonOptions.Threads,
         CommonOptions.Json,
@@ -59,7 +60,9 @@ public sealed class CompressCommand : ICommand
         // A plan with curvature-aligned coefficients records what they need; its model is rebuilt from that.
         var loadedPlan = planPath is null ? null : SharingPlan.Load(planPath);
         var recipe = loadedPlan?.Coefficients;
-        var dtype = recipe is null ? CalibrationOptions.DType(a) : PlannerCliOptions.RecordedDType(a, recipe, planPath!);
+        var dtype = recipe is null ? CalibrationOptions.DType(a, allowBFloat16: true) : PlannerCliOptions.RecordedDType(a, recipe, planPath!);
+        var saveDType = CalibrationOptions.SaveDType(a);
+        if (saveDType is not null && outDir is null) throw new UsageException("--save-dtype: give --out DIR (it sets the dtype of the saved checkpoint)");
 
         ConsoleProgress.Status($"loading {modelDir}");
         var model = ModelFolder.Load(modelDir, dtype);
@@ -129,8 +132,9 @@ public sealed class CompressCommand : ICommand
         if (outDir is not null)
         {
             var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
-            CompressedCheckpoint.Save(model, plan, modelDir, outDir, saved, replace: a.Flag("--force"));
-            ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights)");
+            var stored = saveDType ?? CompressedCheckpoint.DefaultSaveDType(model);
+            CompressedCheckpoint.Save(model, plan, modelDir, outDir, saved, stored, replace: a.Flag("--force"));
+            ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights, {CalibrationOptions.Name(stored)})");
         }
         if (a.String("--json") is { } jsonPath)
         {
@@ -138,7 +142,9 @@ public sealed class CompressCommand : ICommand
             {
                 Model = modelDir, ModelType = model.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
                 Calibration = calibration.Description, Refit = report.Refitted, Report = report, AchievedRatio = report.Ratio,
-                ParameterBytes = model.ParameterBytes(), Evaluation = evalResult, OutDir = outDir, Plan = plan,
+                ParameterBytes = model.ParameterBytes(), Evaluation = evalResult, OutDir = outDir,
+                SaveDtype = outDir is null ? null : CalibrationOptions.Name(saveDType ?? CompressedCheckpoint.DefaultSaveDType(model)),
+                CheckpointBytes = outDir is null ? null : new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
                 Planner = planner is null ? null : PlannerCliOptions.Summary(planner),
                 Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds,
             });

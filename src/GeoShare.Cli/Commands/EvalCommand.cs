@@ -17,7 +17,8 @@ public sealed class EvalCommand : ICommand
         new("--window", "N", "tokens per window", "256"),
         new("--batch-size", "N", "windows (or images) per forward pass", DefaultNote: "logits under 16 MB (LM) / 50 (ViT)"),
         new("--limit", "N", "evaluate only the first N windows (or images)"),
-        new("--dtype", "TYPE", "float32 or float64", "float32"),
+        new("--memory-warmup", null, "load the model once and free it before measuring what loading adds to the resident set (excludes one-time costs: JIT-compiled code, libtorch kernels, thread pools; bench/memory.sh)"),
+        new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16 (weights are converted on load)", "float32"),
         CommonOptions.Threads,
         CommonOptions.Json,
     ],
@@ -34,7 +35,7 @@ public sealed class EvalCommand : ICommand
         string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
         if ((data is null) == (fmnist is null)) throw new UsageException("give exactly one of --data FILE (language models) or --fashion-mnist DIR (ViT)");
         CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"]);
-        var dtype = a.Choice("--dtype", "float32", "float64") == "float64" ? torch.ScalarType.Float64 : torch.ScalarType.Float32;
+        var dtype = CalibrationOptions.DType(a, allowBFloat16: true);
         int? limit = a.OptionalInt("--limit", min: 1);
         a.RefuseUnless(data is not null, "--window", "applies to language models (--data), not to --fashion-mnist");
         if (data is not null) a.Int("--window", min: 2);
@@ -42,10 +43,17 @@ public sealed class EvalCommand : ICommand
 
         ConsoleProgress.Status($"loading {modelDir}");
         torch.zeros(1).Dispose(); // libtorch's own code and pools are resident before the model: not the model's
-        GC.Collect();
+        long? firstLoad = null;
+        if (a.Flag("--memory-warmup"))
+        {
+            // The first load also pages in code that any model needs once; what a second load adds is the model's.
+            long start = ResidentMemory.CurrentBytes;
+            using (ModelFolder.Load(modelDir, dtype)) firstLoad = ResidentMemory.CurrentBytes - start;
+        }
+        CollectGarbage();
         long residentBefore = ResidentMemory.CurrentBytes;
         var model = ModelFolder.Load(modelDir, dtype);
-        GC.Collect();
+        CollectGarbage();
         long residentLoaded = ResidentMemory.CurrentBytes;
         var progress = new ConsoleProgress();
         EvalOutput json;
@@ -68,7 +76,7 @@ public sealed class EvalCommand : ICommand
                 Windows = s.Windows, PredictedTokens = s.PredictedTokens, MeanNll = s.MeanNll, Perplexity = s.Perplexity,
                 Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
                 WallSeconds = s.Seconds, TokensPerSecond = s.TokensPerSecond, Threads = torch.get_num_threads(),
-                Memory = Memory(residentBefore, residentLoaded),
+                Memory = Memory(residentBefore, residentLoaded, firstLoad),
             };
         }
         else
@@ -88,7 +96,7 @@ public sealed class EvalCommand : ICommand
                 Images = s.Images, Correct = s.Correct, Accuracy = s.Accuracy, MeanNll = s.MeanNll,
                 Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
                 WallSeconds = s.Seconds, ImagesPerSecond = s.ImagesPerSecond, Threads = torch.get_num_threads(),
-                Memory = Memory(residentBefore, residentLoaded),
+                Memory = Memory(residentBefore, residentLoaded, firstLoad),
             };
         }
         progress.EndLine();
@@ -102,6 +110,14 @@ public sealed class EvalCommand : ICommand
     }
 
     /// <summary>Resident memory: what loading the model added, and the peak over the whole evaluation.</summary>
-    private static EvalMemory Memory(long before, long loaded) =>
-        new(before, loaded, loaded - before, ResidentMemory.PeakBytes, NativeAllocator.Name);
+    private static EvalMemory Memory(long before, long loaded, long? firstLoad) =>
+        new(before, loaded, loaded - before, ResidentMemory.PeakBytes, NativeAllocator.Name, firstLoad);
+
+    /// <summary>Managed garbage and the native tensors its finalizers free, gone before the resident set is read.</summary>
+    private static void CollectGarbage()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+    }
 }

@@ -81,9 +81,10 @@ public static class PlannerCliOptions
         {
             "float32" => torch.ScalarType.Float32,
             "float64" => torch.ScalarType.Float64,
-            _ => throw BadInputException.For(planPath, $"model_dtype '{recipe.ModelDtype}' is not float32 or float64"),
+            "bfloat16" => torch.ScalarType.BFloat16,
+            _ => throw BadInputException.For(planPath, $"model_dtype '{recipe.ModelDtype}' is not float32, float64 or bfloat16"),
         };
-        if (a.Has("--dtype") && a.Choice("--dtype", "float32", "float64") != recipe.ModelDtype)
+        if (a.Has("--dtype") && a.Choice("--dtype", "float32", "float64", "bfloat16") != recipe.ModelDtype)
             throw new UsageException($"--dtype {a.String("--dtype")} conflicts with {planPath}, planned on the {recipe.ModelDtype} model (leave --dtype out to use the plan's)");
         return dtype;
     }

@@ -48,7 +48,8 @@ public sealed class ByteLevelBpeTokenizer
     public static ByteLevelBpeTokenizer Load(string path)
     {
         if (Directory.Exists(path)) path = System.IO.Path.Combine(path, "tokenizer.json");
-        if (!File.Exists(path)) throw BadInputException.For(path, "tokenizer file not found");
+        if (!FileLinks.ExistsOrIsLink(path)) throw BadInputException.For(path, "tokenizer file not found");
+        FileLinks.CheckLink(path);
         int Id(JsonElement v, string token)
         {
             if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out long id) || id < 0 || id > MaxTokenId)

@@ -131,7 +131,8 @@ public sealed record ImagePreprocessor(double RescaleFactor, float Mean, float S
     public static ImagePreprocessor Load(string modelDir)
     {
         string path = Path.Combine(modelDir, "preprocessor_config.json");
-        if (!File.Exists(path)) throw BadInputException.For(path, "missing (the ViT's normalisation comes from it)");
+        if (!FileLinks.ExistsOrIsLink(path)) throw BadInputException.For(path, "missing (the ViT's normalisation comes from it)");
+        FileLinks.CheckLink(path);
         try
         {
             using var doc = JsonDocument.Parse(BoundedFile.ReadAllText(path, BoundedFile.JsonLimit, "preprocessor config"));

@@ -36,8 +36,13 @@ public sealed record EvalOutput
     public EvalMemory? Memory { get; init; }
 }
 
-/// <summary>Resident memory of an evaluation: what loading the model added, and the peak over the whole run.</summary>
-public sealed record EvalMemory(long ResidentBytesBeforeLoad, long ResidentBytesAfterLoad, long ModelResidentBytes, long PeakResidentBytes, string Allocator);
+/// <summary>
+/// Resident memory of an evaluation: what loading the model added, and the peak over the whole run. With
+/// --memory-warmup the model was loaded and freed once before, and <see cref="FirstLoadResidentBytes"/> is what that
+/// first load added (one-time code and pools included); otherwise null.
+/// </summary>
+public sealed record EvalMemory(long ResidentBytesBeforeLoad, long ResidentBytesAfterLoad, long ModelResidentBytes, long PeakResidentBytes, string Allocator,
+    long? FirstLoadResidentBytes = null);
 
 /// <summary>The `evaluation` part of `geoshare compress --json`: the compressed model on the test data.</summary>
 public sealed record CompressedModelEvaluation
@@ -69,6 +74,9 @@ public sealed record CompressOutput
     /// <summary>Null without --eval.</summary>
     public CompressedModelEvaluation? Evaluation { get; init; }
     public string? OutDir { get; init; }
+    /// <summary>With --out: the dtype the checkpoint was written in (float16, bfloat16, float32) and its weights file's bytes.</summary>
+    public string? SaveDtype { get; init; }
+    public long? CheckpointBytes { get; init; }
     public required SharingPlan Plan { get; init; }
     /// <summary>The planner's summary (method geo only).</summary>
     public PlannerSummary? Planner { get; init; }
@@ -97,3 +105,23 @@ public sealed record DemoOutput
 
 /// <summary>One of the demo's models (dense, the heuristic, geo) on the test windows.</summary>
 public sealed record DemoModelResult(string Model, long Parameters, long ParameterBytes, double Perplexity, double MeanNll, int Windows, double TokensPerSecond);
+
+/// <summary>`geoshare verify --json`: a model's logits against a reference file's.</summary>
+public sealed record VerifyOutput
+{
+    public string Command { get; init; } = "verify";
+    public required string Model { get; init; }
+    public required string ModelType { get; init; }
+    public required bool Compressed { get; init; }
+    public required string Reference { get; init; }
+    /// <summary>input_ids or pixel_values.</summary>
+    public required string Input { get; init; }
+    public required long[] InputShape { get; init; }
+    public required long[] LogitsShape { get; init; }
+    public required double RelativeError { get; init; }
+    public required double MaxAbsDifference { get; init; }
+    public required double Tolerance { get; init; }
+    public required bool Matches { get; init; }
+    public required string Dtype { get; init; }
+    public required double WallSeconds { get; init; }
+}

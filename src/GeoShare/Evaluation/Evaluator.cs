@@ -48,15 +48,22 @@ public static class Evaluator
             seconds, windows.Count * (double)data.WindowLength / seconds);
     }
 
-    /// <summary>Sum over the batch of next-token cross-entropy: logits at t predict the token at t + 1.</summary>
+    /// <summary>
+    /// Sum over the batch of next-token cross-entropy: logits at t predict the token at t + 1. Logits of a 16-bit model
+    /// (--dtype bfloat16) are widened to float32 first, so the log-softmax and the sum over tokens are not rounded to 8 bits.
+    /// </summary>
     public static Tensor SummedNextTokenNll(PretrainedModel model, Tensor ids)
     {
-        var logits = model.call(ids);
+        var logits = Widened(model.call(ids));
         long v = logits.shape[2];
         var pred = logits[TensorIndex.Colon, TensorIndex.Slice(0, -1)].reshape(-1, v);
         var target = ids[TensorIndex.Colon, TensorIndex.Slice(1)].reshape(-1);
         return torch.nn.functional.cross_entropy(pred, target, reduction: nn.Reduction.Sum);
     }
+
+    /// <summary>16-bit logits as float32 (the loss of a bfloat16 model is computed in float32); others unchanged.</summary>
+    public static Tensor Widened(Tensor logits) =>
+        logits.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? logits.to_type(ScalarType.Float32) : logits;
 
     /// <summary>Checks the windows against the model before any native call sees them.</summary>
     public static void CheckFits(PretrainedModel model, TokenWindows data)
@@ -92,7 +99,7 @@ public static class Evaluator
                 using var scope = torch.NewDisposeScope();
                 var batch = indices.Skip(start).Take(batchSize).ToArray();
                 var (pixels, labels) = data.Batch(batch, pre, model.DType);
-                var logits = model.call(pixels);
+                var logits = Widened(model.call(pixels));
                 correct += (int)logits.argmax(1).eq(labels).sum().item<long>();
                 nll += torch.nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to_type(ScalarType.Float64).item<double>();
                 progress?.Report(new ProgressTick("eval", start + batch.Length, indices.Count, "images"));

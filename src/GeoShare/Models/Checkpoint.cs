@@ -38,20 +38,31 @@ public sealed class Checkpoint
     public string FileOf(string name) => _fileOf[name].Path;
     public Tensor Read(string name, ScalarType dtype) => _fileOf[name].Read(name, dtype);
 
+    /// <summary>
+    /// The dtype the checkpoint stores its weights in: that of its floating-point tensors (the one holding the most
+    /// elements where they differ), e.g. Float16 for the bundled GPT-2. A compressed copy is saved in it by default.
+    /// </summary>
+    public ScalarType StorageDType =>
+        TensorNames.Select(Entry).Where(e => SafetensorsFile.IsFloat(e.DType)).GroupBy(e => e.DType)
+            .OrderByDescending(g => g.Sum(e => e.Elements)).ThenBy(g => g.Key, StringComparer.Ordinal)
+            .Select(g => SafetensorsFile.ScalarTypeOf(g.Key)).DefaultIfEmpty(ScalarType.Float32).First();
+
     public static Checkpoint Open(string dir)
     {
+        FileLinks.CheckLink(Path.Combine(dir, "config.json")); // a config.json link loop is named as such, not "missing"
         var config = ModelConfig.Load(dir);
         var fileOf = new Dictionary<string, SafetensorsFile>();
         string index = Path.Combine(dir, IndexFile);
         string single = Path.Combine(dir, SingleFile);
-        if (File.Exists(index))
+        if (FileLinks.ExistsOrIsLink(index))
         {
+            FileLinks.CheckLink(index);
             var map = ReadWeightMap(index);
             var shards = new Dictionary<string, SafetensorsFile>();
             foreach (var shardName in map.Values.Distinct().Order())
             {
                 string shardPath = Path.Combine(dir, shardName);
-                if (!File.Exists(shardPath)) throw BadInputException.For(shardPath, $"shard listed in {IndexFile} is missing");
+                if (!FileLinks.ExistsOrIsLink(shardPath)) throw BadInputException.For(shardPath, $"shard listed in {IndexFile} is missing");
                 shards[shardName] = SafetensorsFile.Open(shardPath);
             }
             foreach (var (tensor, shardName) in map)
@@ -62,7 +73,7 @@ public sealed class Checkpoint
                 fileOf[tensor] = shard;
             }
         }
-        else if (File.Exists(single))
+        else if (FileLinks.ExistsOrIsLink(single))
         {
             var file = SafetensorsFile.Open(single);
             foreach (var name in file.Entries.Keys) fileOf[name] = file;
@@ -134,13 +145,36 @@ public sealed class CheckpointTensorSource(Checkpoint checkpoint, ScalarType dty
         if (!entry.Shape.SequenceEqual(shape))
             throw BadInputException.For(checkpoint.FileOf(name),
                 $"tensor '{name}' has shape {SafetensorsFile.FormatShape(entry.Shape)}, config.json implies {SafetensorsFile.FormatShape(shape)}");
+        if (!SafetensorsFile.IsFloat(entry.DType))
+            throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' has dtype {entry.DType}; a weight must be F64, F32, F16 or BF16");
         var t = checkpoint.Read(name, DType);
-        bool finite;
-        using (var f = torch.isfinite(t)) using (var all = f.all()) finite = all.item<bool>(); // named, so neither is finalized mid-call (TensorLifetime)
-        if (!finite)
+        if (!AllFinite(t))
             throw BadInputException.For(checkpoint.FileOf(name), $"tensor '{name}' contains NaN or infinite values");
         _used.Add(name);
         return t;
+    }
+
+    /// <summary>
+    /// Whether every element is finite. The sum is NaN or infinite when any element is, and costs no memory; only then
+    /// (or if the sum of finite weights overflowed) are the elements checked, a piece at a time. An isfinite mask per
+    /// tensor left freed blocks of every size behind: 4 MB more resident after loading compressed GPT-2.
+    /// </summary>
+    private static bool AllFinite(Tensor t)
+    {
+        using (var sum = t.sum())
+        using (var wide = sum.to_type(ScalarType.Float64))
+            if (double.IsFinite(wide.item<double>())) return true;
+        const long piece = 1L << 20;
+        using var flat = t.reshape(-1);
+        for (long start = 0; start < flat.numel(); start += piece)
+        {
+            // Each temporary named, so none is finalized mid-call (TensorLifetime).
+            using var chunk = flat.narrow(0, start, Math.Min(piece, flat.numel() - start));
+            using var f = torch.isfinite(chunk);
+            using var all = f.all();
+            if (!all.item<bool>()) return false;
+        }
+        return true;
     }
 }
 

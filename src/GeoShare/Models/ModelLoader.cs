@@ -24,6 +24,7 @@ public static class ModelLoader
             .Order(StringComparer.Ordinal).ToList();
         if (unexpected.Count > 0)
             throw BadInputException.For(dir, $"checkpoint holds {unexpected.Count} tensor(s) config.json does not account for, e.g. '{unexpected[0]}'");
+        model.CheckpointDType = checkpoint.StorageDType;
         return model;
     }
 

@@ -143,4 +143,10 @@ public abstract class PretrainedModel : Module<Tensor, Tensor>
     public long ParameterBytes() => UniqueParameters().Sum(p => p.Parameter.numel() * p.Parameter.element_size());
 
     public ScalarType DType => named_parameters().First().parameter.dtype;
+
+    /// <summary>
+    /// The dtype of the checkpoint this model was loaded from (Float16 for an F16 file computed in float32); null for a
+    /// model built from random tensors. Saving a compressed copy keeps it unless told otherwise.
+    /// </summary>
+    public ScalarType? CheckpointDType { get; set; }
 }

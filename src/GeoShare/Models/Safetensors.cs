@@ -42,8 +42,8 @@ public sealed class SafetensorsFile
 
     public static SafetensorsFile Open(string path)
     {
-        if (!File.Exists(path)) throw BadInputException.For(path, "file not found");
-        long length = new FileInfo(path).Length;
+        // A symbolic link (the Hugging Face cache's snapshots/<rev>/x -> ../../blobs/<sha>) is checked by its target.
+        long length = FileLinks.Resolve(path).Length;
         if (length < 8) throw BadInputException.For(path, $"truncated safetensors file ({length} bytes, no header)");
         using var fs = File.OpenRead(path);
         Span<byte> lenBytes = stackalloc byte[8];
@@ -138,78 +138,114 @@ public sealed class SafetensorsFile
 
     public static string FormatShape(IEnumerable<long> shape) => "[" + string.Join(", ", shape) + "]";
 
-    /// <summary>Reads a tensor and converts it to <paramref name="dtype"/> (float types) or keeps its integer type (null).</summary>
+    /// <summary>The tensor type of a safetensors dtype string (F16 → Float16, BF16 → BFloat16, …).</summary>
+    public static ScalarType ScalarTypeOf(string dtype) => dtype switch
+    {
+        "F64" => ScalarType.Float64, "F32" => ScalarType.Float32, "F16" => ScalarType.Float16, "BF16" => ScalarType.BFloat16,
+        "I64" => ScalarType.Int64, "I32" => ScalarType.Int32, "I16" => ScalarType.Int16, "I8" => ScalarType.Int8,
+        "U8" => ScalarType.Byte, "BOOL" => ScalarType.Bool,
+        _ => throw new ArgumentException($"unsupported safetensors dtype {dtype}"),
+    };
+
+    /// <summary>The safetensors dtype string of a tensor type.</summary>
+    public static string DTypeOf(ScalarType type) => type switch
+    {
+        ScalarType.Float64 => "F64", ScalarType.Float32 => "F32", ScalarType.Float16 => "F16", ScalarType.BFloat16 => "BF16",
+        ScalarType.Int64 => "I64", ScalarType.Int32 => "I32", ScalarType.Int16 => "I16", ScalarType.Int8 => "I8",
+        ScalarType.Byte => "U8", ScalarType.Bool => "BOOL",
+        _ => throw new ArgumentException($"no safetensors dtype for {type}"),
+    };
+
+    public static bool IsFloat(string dtype) => dtype is "F64" or "F32" or "F16" or "BF16";
+
+    // Spans over tensor memory hold at most int.MaxValue bytes; larger tensors are copied in pieces of this size.
+    private const long ChunkBytes = 1L << 30;
+
+    // A float tensor stored in another dtype than asked for passes through a staging buffer of this many elements:
+    // the transient memory of a load is one such buffer, not a second copy of the tensor.
+    private const long StagingElements = 1L << 20;
+
+    /// <summary>
+    /// Reads a tensor into a tensor of <paramref name="dtype"/> (float tensors; default float32) or of its own integer
+    /// type. The bytes go from the file straight into the tensor's memory (no managed copy); a tensor stored in another
+    /// float dtype is read a piece at a time into a small staging tensor of the file's dtype and converted into place.
+    /// </summary>
     public Tensor Read(string name, ScalarType? dtype = null)
     {
         if (!Entries.TryGetValue(name, out var e)) throw BadInputException.For(Path, $"no tensor named '{name}'");
-        var bytes = new byte[e.End - e.Begin];
-        using (var fs = File.OpenRead(Path))
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors data is little-endian");
+        var stored = ScalarTypeOf(e.DType);
+        var target = IsFloat(e.DType) ? dtype ?? ScalarType.Float32 : stored;
+        var result = torch.empty(e.Shape, dtype: target);
+        try
         {
+            using var fs = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1);
             fs.Seek(_dataStart + e.Begin, SeekOrigin.Begin);
-            fs.ReadExactly(bytes);
+            if (stored == target) ForEachChunk(result, span => fs.ReadExactly(span));
+            else
+            {
+                using var flat = result.view(-1);
+                // One size for every tensor, so that the allocator hands the same block back each time (sizes that
+                // follow the tensors' left a trail of freed blocks of every size: 6 MB more resident for compressed GPT-2).
+                using var staging = torch.empty(StagingElements, dtype: stored);
+                for (long start = 0; start < e.Elements; start += StagingElements)
+                {
+                    long n = Math.Min(StagingElements, e.Elements - start);
+                    using var src = staging.narrow(0, 0, n);
+                    using var dst = flat.narrow(0, start, n);
+                    fs.ReadExactly(src.bytes);
+                    dst.copy_(src); // F16/BF16 → float32 and float32 → float64 are exact; F64 → F32 rounds to nearest
+                }
+            }
         }
-        return FromBytes(e, bytes, dtype);
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+        return result;
     }
 
-    private Tensor FromBytes(SafetensorsEntry e, byte[] bytes, ScalarType? dtype)
+    /// <summary>Calls <paramref name="action"/> on the bytes of a contiguous CPU tensor, in spans of at most <see cref="ChunkBytes"/>.</summary>
+    private static void ForEachChunk(Tensor t, SpanAction action)
     {
-        switch (e.DType)
+        long total = t.numel() * t.element_size();
+        if (total == 0) return;
+        if (total <= ChunkBytes) { action(t.bytes); return; }
+        using var flat = t.view(-1);
+        long perChunk = ChunkBytes / t.element_size();
+        for (long start = 0; start < flat.numel(); start += perChunk)
         {
-            case "I64": return torch.tensor(MemoryMarshal.Cast<byte, long>(bytes).ToArray(), e.Shape);
-            case "I32": return torch.tensor(MemoryMarshal.Cast<byte, int>(bytes).ToArray(), e.Shape);
-            case "U8": case "BOOL": return torch.tensor(bytes, e.Shape);
+            using var piece = flat.narrow(0, start, Math.Min(perChunk, flat.numel() - start));
+            action(piece.bytes);
         }
-        var target = dtype ?? ScalarType.Float32;
-        if (target == ScalarType.Float64)
-        {
-            var d = new double[e.Elements];
-            switch (e.DType)
-            {
-                case "F64": MemoryMarshal.Cast<byte, double>(bytes).CopyTo(d); break;
-                case "F32": { var s = MemoryMarshal.Cast<byte, float>(bytes); for (int i = 0; i < d.Length; i++) d[i] = s[i]; break; }
-                case "F16": { var s = MemoryMarshal.Cast<byte, Half>(bytes); for (int i = 0; i < d.Length; i++) d[i] = (double)s[i]; break; }
-                case "BF16": { var s = MemoryMarshal.Cast<byte, ushort>(bytes); for (int i = 0; i < d.Length; i++) d[i] = BitConverter.Int32BitsToSingle(s[i] << 16); break; }
-                default: throw BadInputException.For(Path, $"tensor '{e.Name}' of dtype {e.DType} cannot be read as float");
-            }
-            return torch.tensor(d, e.Shape);
-        }
-        var f = new float[e.Elements];
-        switch (e.DType)
-        {
-            case "F64": { var s = MemoryMarshal.Cast<byte, double>(bytes); for (int i = 0; i < f.Length; i++) f[i] = (float)s[i]; break; }
-            case "F32": MemoryMarshal.Cast<byte, float>(bytes).CopyTo(f); break;
-            case "F16": { var s = MemoryMarshal.Cast<byte, Half>(bytes); for (int i = 0; i < f.Length; i++) f[i] = (float)s[i]; break; }
-            case "BF16": { var s = MemoryMarshal.Cast<byte, ushort>(bytes); for (int i = 0; i < f.Length; i++) f[i] = BitConverter.Int32BitsToSingle(s[i] << 16); break; }
-            default: throw BadInputException.For(Path, $"tensor '{e.Name}' of dtype {e.DType} cannot be read as float");
-        }
-        var t = torch.tensor(f, e.Shape);
-        if (target == ScalarType.Float32) return t;
-        using (t) return t.to_type(target);
     }
+
+    private delegate void SpanAction(Span<byte> span);
 
     /// <summary>
-    /// Writes tensors (float32/float64/int64) to <paramref name="path"/> atomically: a temporary file in the
-    /// same folder, renamed over the target when complete.
+    /// Writes tensors to <paramref name="path"/> atomically (a temporary file in the same folder, renamed over the target
+    /// when complete), each in its own dtype (F64, F32, F16, BF16, integers), or every floating-point tensor converted to
+    /// <paramref name="floatDType"/>. Tensors are converted and written one at a time: no whole-file buffer.
     /// </summary>
-    public static void Write(string path, IReadOnlyList<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    public static void Write(string path, IReadOnlyList<(string Name, Tensor Tensor)> tensors, IReadOnlyDictionary<string, string>? metadata = null,
+        ScalarType? floatDType = null)
     {
+        if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors data is little-endian");
+        if (floatDType is { } fd && !torch.is_floating_point(fd)) throw new ArgumentException($"floatDType {fd} is not a floating-point type");
+        ScalarType Stored(Tensor t) => torch.is_floating_point(t.dtype) && floatDType is { } f ? f : t.dtype;
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
-        var blobs = new List<byte[]>();
         foreach (var (name, tensor) in tensors)
         {
-            using var c = tensor.detach().contiguous().cpu();
-            (string dtype, byte[] data) = c.dtype switch
-            {
-                ScalarType.Float32 => ("F32", MemoryMarshal.AsBytes(c.data<float>().ToArray().AsSpan()).ToArray()),
-                ScalarType.Float64 => ("F64", MemoryMarshal.AsBytes(c.data<double>().ToArray().AsSpan()).ToArray()),
-                ScalarType.Int64 => ("I64", MemoryMarshal.AsBytes(c.data<long>().ToArray().AsSpan()).ToArray()),
-                _ => throw new ArgumentException($"cannot write tensor '{name}' of type {c.dtype}"),
-            };
-            header[name] = new { dtype, shape = c.shape, data_offsets = new[] { offset, offset + data.Length } };
-            offset += data.Length;
-            blobs.Add(data);
+            var stored = Stored(tensor);
+            string dtype;
+            try { dtype = DTypeOf(stored); }
+            catch (ArgumentException) { throw new ArgumentException($"cannot write tensor '{name}' of type {stored}"); }
+            long bytes = tensor.numel() * stored.ElementSize();
+            header[name] = new { dtype, shape = tensor.shape, data_offsets = new[] { offset, offset + bytes } };
+            offset += bytes;
         }
         var json = JsonSerializer.SerializeToUtf8Bytes(header);
         int pad = (8 - json.Length % 8) % 8;
@@ -222,7 +258,12 @@ public sealed class SafetensorsFile
             BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)headerBytes.Length);
             stream.Write(len);
             stream.Write(headerBytes);
-            foreach (var b in blobs) stream.Write(b);
+            foreach (var (_, tensor) in tensors)
+            {
+                using var scope = torch.NewDisposeScope();
+                var c = tensor.detach().cpu().to_type(Stored(tensor)).contiguous();
+                ForEachChunk(c, span => stream.Write(span));
+            }
         });
     }
 }

@@ -24,13 +24,20 @@ public static class CompressedCheckpoint
 
     public static string SharedName(string type, int color, string what) => $"geoshare.shared.{type}.{color}.{what}";
 
+    /// <summary>The dtype a compressed copy of <paramref name="model"/> is saved in by default: its checkpoint's (F16 stays F16), else its own.</summary>
+    public static ScalarType DefaultSaveDType(PretrainedModel model) => model.CheckpointDType ?? model.DType;
+
     /// <summary>
     /// Writes the folder atomically: built in a staging folder beside <paramref name="outDir"/> (removed if this fails
-    /// or the process is interrupted), then renamed into place. With <paramref name="replace"/> an existing folder is
-    /// replaced, but only one that GeoShare wrote (<see cref="IsReplaceable"/>).
+    /// or the process is interrupted), then renamed into place. Every floating-point tensor is stored in
+    /// <paramref name="saveDType"/>, by default <see cref="DefaultSaveDType"/>. With <paramref name="replace"/> an
+    /// existing folder is replaced, but only one that GeoShare wrote (<see cref="IsReplaceable"/>).
     /// </summary>
-    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, bool replace = false)
+    public static void Save(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, ScalarType? saveDType = null, bool replace = false)
     {
+        var stored = saveDType ?? DefaultSaveDType(model);
+        if (stored is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64))
+            throw new UsageException("save_dtype", $"must be float32, float16, bfloat16 or float64, got {stored}");
         var tensors = new List<(string, Tensor)>();
         var compressed = new HashSet<string>();
         foreach (var (type, tp) in plan.Types)
@@ -60,12 +67,12 @@ public static class CompressedCheckpoint
             tensors.Add((name, p));
         }
 
-        Write(tensors, plan, sourceDir, outDir, report, replace);
+        Write(tensors, plan, sourceDir, outDir, report, stored, replace);
     }
 
     /// <summary>Replaces an existing output folder that GeoShare wrote (the user asked for it with --force), atomically for readers of the new one.</summary>
-    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null) =>
-        Save(model, plan, sourceDir, outDir, report, replace: true);
+    public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, ScalarType? saveDType = null) =>
+        Save(model, plan, sourceDir, outDir, report, saveDType, replace: true);
 
     /// <summary>Every file name a compressed folder may hold: what <see cref="Save"/> writes.</summary>
     public static IReadOnlyList<string> WrittenFiles { get; } = [Checkpoint.SingleFile, PlanFile, ReportFile, .. CopiedFiles];
@@ -103,7 +110,7 @@ public static class CompressedCheckpoint
 
     private static string Digest(byte[] planBytes) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(planBytes));
 
-    private static void Write(List<(string, Tensor)> tensors, SharingPlan plan, string sourceDir, string outDir, object? report, bool replace)
+    private static void Write(List<(string, Tensor)> tensors, SharingPlan plan, string sourceDir, string outDir, object? report, ScalarType stored, bool replace)
     {
         string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir));
         if (File.Exists(full) || (!Directory.Exists(full) && new FileInfo(full).LinkTarget is not null))
@@ -125,7 +132,7 @@ public static class CompressedCheckpoint
         {
             byte[] planBytes = System.Text.Encoding.UTF8.GetBytes(plan.ToJson() + "\n");
             PartialOutputs.Step(() => SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(),
-                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag, [PlanDigestKey] = Digest(planBytes) }));
+                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag, [PlanDigestKey] = Digest(planBytes) }, stored));
             PartialOutputs.Step(() => AtomicFile.WriteBytes(Path.Combine(staging, PlanFile), planBytes));
             if (report is not null) PartialOutputs.Step(() => JsonOutput.Write(Path.Combine(staging, ReportFile), report));
             foreach (var f in CopiedFiles)
@@ -192,7 +199,9 @@ public static class CompressedCheckpoint
                             var site = model.Site(type, l);
                             var coeff = TakePlanned(checkpoint, src, site.Name + ".coeff", planPath, tp.Ranks[c], dout);
                             var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", dout) : null;
+                            var placeholder = model.GetProjection(site);
                             model.SetProjection(site, new SharedBasisLinear(basis, coeff, bias));
+                            placeholder.Dispose(); // its tensors were never filled; free them now, not at some finalizer
                         }
                     }
                     else
@@ -204,13 +213,16 @@ public static class CompressedCheckpoint
                         {
                             var site = model.Site(type, l);
                             var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", dout) : null;
+                            var placeholder = model.GetProjection(site);
                             model.SetProjection(site, new DenseLinear(weight, bias, layout));
+                            placeholder.Dispose(); // its tensors were never filled; free them now, not at some finalizer
                         }
                     }
                 }
             }
         var unused = checkpoint.TensorNames.Where(n => !src.Used.Contains(n)).Order(StringComparer.Ordinal).ToList();
         if (unused.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {unused.Count} tensor(s) the plan does not use, e.g. '{unused[0]}'");
+        model.CheckpointDType = checkpoint.StorageDType;
         return model;
     }
 
@@ -269,7 +281,14 @@ public static class CompressedCheckpoint
 
         public override bool Has(string name) => checkpoint.Contains(name);
         public override Tensor Take(string name, params long[] shape) =>
-            IsPlaceholder(name) ? torch.empty(shape, dtype: DType) : _inner.Take(name, shape);
+            IsPlaceholder(name) ? Placeholder(shape) : _inner.Take(name, shape);
+
+        /// <summary>A tensor of the right shape that takes no memory: one zero broadcast (stride 0); never read, replaced after construction.</summary>
+        private Tensor Placeholder(long[] shape)
+        {
+            using var zero = torch.zeros([], dtype: DType);
+            return zero.expand(shape);
+        }
         public override Tensor TakeOnes(string name, params long[] shape) => Take(name, shape);
         public override Tensor TakeZeros(string name, params long[] shape) => Take(name, shape);
     }
