@@ -103,7 +103,7 @@ public static class OnnxExporter
     /// (mappable), written and renamed first; if the model file then fails, the data file is removed again.
     /// Returns the bytes written and the data file's name (null when none).
     /// </summary>
-    public static (long Bytes, string? ExternalData) WriteFile(ModelProto proto, string onnxPath, long externalThreshold = ProtobufLimit)
+    public static (long Bytes, string? ExternalData) WriteFile(ModelProto proto, string onnxPath, long externalThreshold = ProtobufLimit, int externalMinBytes = ExternalMinBytes)
     {
         string full = Path.GetFullPath(onnxPath);
         long weights = proto.Graph.Initializer.Sum(i => (long)i.RawData.Length);
@@ -115,7 +115,7 @@ public static class OnnxExporter
             string location = Path.GetFileName(dataPath);
             AtomicFile.Write(dataPath, stream =>
             {
-                foreach (var init in proto.Graph.Initializer.Where(i => i.RawData.Length >= ExternalMinBytes))
+                foreach (var init in proto.Graph.Initializer.Where(i => i.RawData.Length > 0 && i.RawData.Length >= externalMinBytes))
                 {
                     long pad = (4096 - stream.Position % 4096) % 4096;
                     stream.Write(new byte[pad]);
