@@ -210,6 +210,18 @@ public class OnnxExportTests
         Assert.Contains("opset", Assert.Throws<UsageException>(() => new OnnxExportOptions { Opset = 13 }.Validate()).Message);
         Assert.Contains("save_dtype", Assert.Throws<UsageException>(() => new OnnxExportOptions { SaveDType = ScalarType.Float64 }.Validate()).Message);
 
+        // A sequence past the rotary tables the file holds (max_position_embeddings 16) is refused before ONNX Runtime runs.
+        var llama = Tiny("llama");
+        string llamaPath = tmp.File("llama.onnx");
+        OnnxExporter.WriteFile(OnnxExporter.Build(llama, ScalarType.Float32, OnnxExportOptions.MinOpset).Proto, llamaPath);
+        using (var ort = OnnxRuntimeModel.Open(llamaPath, threads: 1))
+        {
+            Assert.Equal(16, ort.MaxSequence);
+            Assert.Contains("16 positions", Assert.Throws<UsageException>(() => ort.Forward(Input(llama, 1, 17, 4))).Message);
+            Assert.Equal(16, ort.Forward(Input(llama, 1, 16, 4)).shape[1]);
+        }
+        File.Delete(llamaPath);
+
         string dir = TinyModelFolders.Gpt2(tmp, 2);
         foreach (var (option, value) in new[] { ("--opset", "13"), ("--save-dtype", "float64") })
         {

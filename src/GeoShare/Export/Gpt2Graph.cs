@@ -15,6 +15,7 @@ public sealed class Gpt2Graph : ArchitectureGraph
         var ps = model.ParametersByName();
         int d = c.NEmbd, heads = c.NHead, hd = d / heads;
 
+        g.MaxSequence = c.NPositions;
         g.Input(Value("input_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
         var bt = g.Node("Shape", ["input_ids"]);
         var t = g.Slice(bt, 0, 1, 2);

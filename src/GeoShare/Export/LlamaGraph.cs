@@ -21,6 +21,7 @@ public sealed class LlamaGraph : ArchitectureGraph
         var lm = (LlamaForCausalLM)model;
         var ps = model.ParametersByName();
 
+        g.MaxSequence = c.MaxPositionEmbeddings;
         g.Input(Value("input_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
         var bt = g.Node("Shape", ["input_ids"]);
         var t = g.Slice(bt, 0, 1, 2);

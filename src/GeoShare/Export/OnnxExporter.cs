@@ -73,7 +73,8 @@ public static class OnnxExporter
 
     /// <summary>metadata_props keys: what the ONNX evaluation needs that the graph does not hold.</summary>
     public const string ConfigKey = "geoshare.config", SourceKey = "geoshare.source", FormatKey = "geoshare.format",
-        ParametersKey = "geoshare.parameters", ParameterBytesKey = "geoshare.parameter_bytes", DtypeKey = "geoshare.dtype";
+        ParametersKey = "geoshare.parameters", ParameterBytesKey = "geoshare.parameter_bytes", DtypeKey = "geoshare.dtype",
+        MaxSequenceKey = "geoshare.max_sequence";
 
     public static ExportOutput Export(string modelDir, string onnxPath, OnnxExportOptions? options = null)
     {
@@ -183,6 +184,7 @@ public static class OnnxExporter
         Meta(ParameterBytesKey, (model.ParameterCount() * stored.ElementSize()).ToString(System.Globalization.CultureInfo.InvariantCulture));
         Meta(DtypeKey, DTypeName(stored));
         if (source is not null) Meta(SourceKey, source);
+        if (g.MaxSequence is int max) Meta(MaxSequenceKey, max.ToString(System.Globalization.CultureInfo.InvariantCulture));
         return (proto, g);
     }
 

@@ -28,6 +28,9 @@ public sealed class OnnxGraphBuilder
     }
 
     public int Opset { get; }
+
+    /// <summary>The longest sequence the graph takes (position or rotary tables), set by language-model graphs.</summary>
+    public int? MaxSequence { get; set; }
     public ScalarType StoredDType { get; }
     public GraphProto Graph => _graph;
 

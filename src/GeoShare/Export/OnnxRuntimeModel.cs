@@ -24,6 +24,8 @@ public sealed class OnnxRuntimeModel : IDisposable
     /// <summary>The folder the file was exported from (tokenizer, preprocessor), as recorded at export; null if not recorded.</summary>
     public string? SourceFolder { get; }
     public int Threads { get; }
+    /// <summary>The longest sequence the graph's position tables cover; null for image models.</summary>
+    public int? MaxSequence { get; }
 
     private OnnxRuntimeModel(InferenceSession session, string path, int threads)
     {
@@ -40,12 +42,14 @@ public sealed class OnnxRuntimeModel : IDisposable
         ParameterBytes = long.Parse(Meta(OnnxExporter.ParameterBytesKey), CultureInfo.InvariantCulture);
         Dtype = Meta(OnnxExporter.DtypeKey);
         SourceFolder = meta.TryGetValue(OnnxExporter.SourceKey, out var s) ? s : null;
+        MaxSequence = meta.TryGetValue(OnnxExporter.MaxSequenceKey, out var m) ? int.Parse(m, CultureInfo.InvariantCulture) : null;
         _input = session.InputMetadata.Keys.Single();
     }
 
     /// <param name="threads">intra-op threads (ONNX Runtime's own pool); inter-op work runs sequentially.</param>
     public static OnnxRuntimeModel Open(string path, int threads)
     {
+        if (Directory.Exists(path)) throw BadInputException.For(path, "a folder; the ONNX runtime evaluates a file written by geoshare export");
         if (!File.Exists(path)) throw BadInputException.For(path, "ONNX file not found");
         var options = new SessionOptions
         {
@@ -70,6 +74,9 @@ public sealed class OnnxRuntimeModel : IDisposable
     /// </summary>
     public Tensor Forward(Tensor input)
     {
+        // The graph's tables end there; ONNX Runtime would fail on a broadcast deep inside instead.
+        if (MaxSequence is int max && input.dim() == 2 && input.shape[1] > max)
+            throw new UsageException($"sequences of {input.shape[1]} tokens exceed the {max} positions {Path} was exported with");
         using var cpu = input.contiguous();
         using var value = cpu.dtype switch
         {
