@@ -20,6 +20,7 @@ public class JsonOutputTests
         ["plan"] = p => JsonOutput.Read<PlanOutput>(p),
         ["demo"] = p => JsonOutput.Read<DemoOutput>(p),
         ["bench"] = p => JsonOutput.Read<BenchOutput>(p),
+        ["export"] = p => JsonOutput.Read<GeoShare.Export.ExportOutput>(p),
     };
 
     public static IEnumerable<object[]> CommittedCommandOutputs() =>
