@@ -162,6 +162,40 @@ public class OnnxExportTests
         return 2L * c.MaxPositionEmbeddings * (c.HeadDim / 2);
     }
 
+    /// <summary>
+    /// Weights stored in float16 or bfloat16 (cast to float32 in the graph) give the logits of the model whose weights
+    /// libtorch rounded to that dtype; and opsets 18 and 21 (ReduceMean's axes as an input, newer IR) run as 17 does.
+    /// </summary>
+    [Theory]
+    [InlineData("llama", "float16", 17)]
+    [InlineData("gpt2", "bfloat16", 17)]
+    [InlineData("llama", "float32", 18)]
+    [InlineData("vit", "float32", 21)]
+    public void StoredDtypesAndLaterOpsetsGiveTheLogitsOfTheRoundedModel(string arch, string dtype, int opset)
+    {
+        using var tmp = new TempDir();
+        var model = Tiny(arch);
+        var plan = Share(model, SharingMode.Basis);
+        var stored = OnnxExporter.ParseDType(dtype);
+        var (proto, builder) = OnnxExporter.Build(model, stored, opset, tmp.Path, plan);
+        string path = tmp.File("model.onnx");
+        OnnxExporter.WriteFile(proto, path);
+        Assert.All(builder.WeightInitializers.Where(n => !n.StartsWith("rotary")).Select(n => proto.Graph.Initializer.Single(i => i.Name == n)),
+            i => Assert.Equal((int)OnnxGraphBuilder.OnnxDType(stored), i.DataType));
+        var input = Input(model, 2, 6, 7);
+        var unrounded = Logits(model, input);
+        using (torch.no_grad())
+            foreach (var p in model.parameters()) p.copy_(p.to_type(stored).to_type(ScalarType.Float32));
+        var expected = Logits(model, input);
+        using var ort = OnnxRuntimeModel.Open(path, threads: 1);
+        var actual = ort.Forward(input);
+        double err = TensorAssert.RelativeError(actual, expected);
+        Assert.True(err < Tolerance, $"{arch} {dtype} opset {opset}: {err:E2} from the rounded model's logits");
+        if (stored != ScalarType.Float32)
+            Assert.True(TensorAssert.RelativeError(actual, unrounded) > 10 * err, "the rounding does not show: the test tells nothing");
+        if (opset == OnnxExportOptions.MinOpset) AssertCheckerPasses(path);
+    }
+
     [Fact]
     public void WeightsPastTheThresholdGoToAnExternalFileThatOnnxRuntimeAndTheCheckerRead()
     {
