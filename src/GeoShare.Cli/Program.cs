@@ -17,6 +17,7 @@ namespace GeoShare.Cli
             new AnalyzeCommand(),
             new PlanCommand(),
             new CompressCommand(),
+            new ExportCommand(),
             new BenchCommand(),
             new VerifyCommand(),
         ];

@@ -21,6 +21,7 @@ public class JsonOutputTests
         ["demo"] = p => JsonOutput.Read<DemoOutput>(p),
         ["bench"] = p => JsonOutput.Read<BenchOutput>(p),
         ["verify"] = p => JsonOutput.Read<VerifyOutput>(p),
+        ["export"] = p => JsonOutput.Read<GeoShare.Export.ExportOutput>(p),
     };
 
     public static IEnumerable<object[]> CommittedCommandOutputs() =>

@@ -19,6 +19,7 @@ public partial class LayeringTests
         ("Sharing", "GeoShare.Sharing"),
         ("Planning", "GeoShare.Planning"),
         ("Evaluation", "GeoShare.Evaluation"),
+        ("Export", "GeoShare.Export"),
         ("Reporting", "GeoShare.Reporting"),
     ];
 

@@ -1,5 +1,6 @@
 using GeoShare.Data;
 using GeoShare.Evaluation;
+using GeoShare.Export;
 using GeoShare.Models;
 using GeoShare.Sharing;
 using TorchSharp;
@@ -19,6 +20,8 @@ public sealed class EvalCommand : ICommand
         new("--limit", "N", "evaluate only the first N windows (or images)"),
         new("--memory-warmup", null, "load the model once and free it before measuring what loading adds to the resident set (excludes one-time costs: JIT-compiled code, libtorch kernels, thread pools; bench/memory.sh)"),
         new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16 (weights are converted on load)", "float32"),
+        new("--runtime", "NAME", "geoshare (this library, libtorch) or onnx (ONNX Runtime, CPU, on a file of `geoshare export`: --model FILE.onnx)", "geoshare"),
+        new("--source", "DIR", "with --runtime onnx: the folder with the tokenizer (or the ViT's preprocessor_config.json)", DefaultNote: "the folder the file was exported from"),
         CommonOptions.Threads,
         CommonOptions.Json,
     ],
@@ -26,6 +29,7 @@ public sealed class EvalCommand : ICommand
         "geoshare eval --model assets/models/gpt2-kjv-brown --data assets/data/corpus/test.txt",
         "geoshare eval --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --json llama-valid.json",
         "geoshare eval --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist",
+        "geoshare eval --runtime onnx --model gpt2.onnx --data assets/data/corpus/test.txt --threads 2",
     ]);
 
     public int Execute(ParsedArgs a)
@@ -41,6 +45,11 @@ public sealed class EvalCommand : ICommand
         if (data is not null) a.Int("--window", min: 2);
         int? batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : null;
 
+        bool onnx = a.Choice("--runtime", "geoshare", "onnx") == "onnx";
+        if (onnx && dtype != torch.ScalarType.Float32) throw new UsageException($"--dtype {a.String("--dtype")}: ONNX Runtime evaluates the exported graph in float32");
+        if (onnx && a.Has("--memory-warmup")) throw new UsageException("--memory-warmup is for --runtime geoshare (it loads a model folder)");
+        if (!onnx && a.Has("--source")) throw new UsageException("--source is for --runtime onnx (a model folder holds its own tokenizer)");
+
         ConsoleProgress.Status($"loading {modelDir}");
         torch.zeros(1).Dispose(); // libtorch's own code and pools are resident before the model: not the model's
         long? firstLoad = null;
@@ -52,53 +61,56 @@ public sealed class EvalCommand : ICommand
         }
         CollectGarbage();
         long residentBefore = ResidentMemory.CurrentBytes;
-        var model = ModelFolder.Load(modelDir, dtype);
+        var subject = onnx ? Subject.Onnx(OnnxRuntimeModel.Open(modelDir, torch.get_num_threads()), a.String("--source"), modelDir) : Subject.Library(ModelFolder.Load(modelDir, dtype), modelDir);
         CollectGarbage();
         long residentLoaded = ResidentMemory.CurrentBytes;
         var progress = new ConsoleProgress();
         EvalOutput json;
         TextTable table;
+        var task = subject.Config.Architecture.Task;
         if (data is not null)
         {
-            if (model.Task != ModelTask.CausalLanguageModel)
-                throw new UsageException($"{modelDir} is a {model.Config.ModelType} image classifier: evaluate it with --fashion-mnist DIR");
-            var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+            if (task != ModelTask.CausalLanguageModel)
+                throw new UsageException($"{modelDir} is a {subject.Config.ModelType} image classifier: evaluate it with --fashion-mnist DIR");
+            var tokenizer = ByteLevelBpeTokenizer.Load(subject.AssetsDir);
             ConsoleProgress.Status($"tokenizing {data}");
             var windows = TokenWindows.FromFile(data, tokenizer, a.Int("--window", min: 2));
             var selection = limit is int l ? Enumerable.Range(0, Math.Min(l, windows.Count)).ToArray() : null;
-            var s = Evaluator.Perplexity(model, windows, batch, progress, selection);
+            int perPass = batch ?? PretrainedModel.DefaultBatchSize(subject.Config, windows.WindowLength, dtype);
+            var s = Evaluator.Perplexity(subject.Forward, subject.Config, subject.Parameters, windows, perPass, progress, selection);
             table = new TextTable("model", "data", "windows", "predicted tokens", "mean NLL", "perplexity", "parameters", "tokens/s", "seconds")
                 .Add(modelDir, data, s.Windows, s.PredictedTokens, CommonOptions.Fmt(s.MeanNll, "0.000000"), CommonOptions.Fmt(s.Perplexity),
                      s.Parameters, CommonOptions.Fmt(s.TokensPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
             json = new EvalOutput
             {
-                Model = modelDir, ModelType = model.Config.ModelType, Data = data, Window = windows.WindowLength,
+                Model = modelDir, ModelType = subject.Config.ModelType, Data = data, Window = windows.WindowLength,
                 Windows = s.Windows, PredictedTokens = s.PredictedTokens, MeanNll = s.MeanNll, Perplexity = s.Perplexity,
-                Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
+                Parameters = s.Parameters, ParameterBytes = subject.ParameterBytes, Dtype = subject.Dtype,
                 WallSeconds = s.Seconds, TokensPerSecond = s.TokensPerSecond, Threads = torch.get_num_threads(),
-                Memory = Memory(residentBefore, residentLoaded, firstLoad),
+                Memory = Memory(residentBefore, residentLoaded, firstLoad), Runtime = subject.Runtime,
             };
         }
         else
         {
-            if (model.Task != ModelTask.ImageClassification)
-                throw new UsageException($"{modelDir} is a {model.Config.ModelType} language model: evaluate it with --data FILE");
-            var pre = ImagePreprocessor.Load(modelDir);
+            if (task != ModelTask.ImageClassification)
+                throw new UsageException($"{modelDir} is a {subject.Config.ModelType} language model: evaluate it with --data FILE");
+            var pre = ImagePreprocessor.Load(subject.AssetsDir);
             var images = ImageDataset.LoadFashionMnist(fmnist!, "t10k");
             var selection = limit is int l ? Enumerable.Range(0, Math.Min(l, images.Count)).ToArray() : null;
-            var s = Evaluator.Accuracy(model, images, pre, batch ?? 50, progress, selection);
+            var s = Evaluator.Accuracy(subject.Forward, subject.Config, subject.Parameters, dtype, images, pre, batch ?? 50, progress, selection);
             table = new TextTable("model", "images", "correct", "accuracy", "mean NLL", "parameters", "images/s", "seconds")
                 .Add(modelDir, s.Images, s.Correct, CommonOptions.Fmt(s.Accuracy), CommonOptions.Fmt(s.MeanNll, "0.000000"),
                      s.Parameters, CommonOptions.Fmt(s.ImagesPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0"));
             json = new EvalOutput
             {
-                Model = modelDir, ModelType = model.Config.ModelType, FashionMnist = fmnist, Split = "t10k",
+                Model = modelDir, ModelType = subject.Config.ModelType, FashionMnist = fmnist, Split = "t10k",
                 Images = s.Images, Correct = s.Correct, Accuracy = s.Accuracy, MeanNll = s.MeanNll,
-                Parameters = s.Parameters, ParameterBytes = model.ParameterBytes(), Dtype = dtype.ToString().ToLowerInvariant(),
+                Parameters = s.Parameters, ParameterBytes = subject.ParameterBytes, Dtype = subject.Dtype,
                 WallSeconds = s.Seconds, ImagesPerSecond = s.ImagesPerSecond, Threads = torch.get_num_threads(),
-                Memory = Memory(residentBefore, residentLoaded, firstLoad),
+                Memory = Memory(residentBefore, residentLoaded, firstLoad), Runtime = subject.Runtime,
             };
         }
+        subject.Dispose();
         progress.EndLine();
         Console.WriteLine(table);
         if (a.String("--json") is { } jsonPath)
@@ -107,6 +119,24 @@ public sealed class EvalCommand : ICommand
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
         return 0;
+    }
+
+    /// <summary>What is evaluated: GeoShare's model, or an exported file in ONNX Runtime; the protocol is the same.</summary>
+    private sealed record Subject(Func<torch.Tensor, torch.Tensor> Forward, ModelConfig Config, long Parameters, long ParameterBytes,
+        string Dtype, string AssetsDir, string? Runtime, IDisposable Owner) : IDisposable
+    {
+        public static Subject Library(PretrainedModel m, string dir) =>
+            new(x => m.call(x), m.Config, m.ParameterCount(), m.ParameterBytes(), m.DType.ToString().ToLowerInvariant(), dir, null, m);
+
+        public static Subject Onnx(OnnxRuntimeModel m, string? source, string file)
+        {
+            string assets = source ?? m.SourceFolder ?? throw new UsageException($"{file} records no source folder: give --source DIR (its tokenizer or preprocessor)");
+            if (source is null && !Directory.Exists(assets))
+                throw new UsageException($"{file} was exported from {assets}, which is not here: give --source DIR (its tokenizer or preprocessor)");
+            return new(m.Forward, m.Config, m.Parameters, m.ParameterBytes, m.Dtype, assets, "onnxruntime", m);
+        }
+
+        public void Dispose() => Owner.Dispose();
     }
 
     /// <summary>Resident memory: what loading the model added, and the peak over the whole evaluation.</summary>

@@ -34,6 +34,8 @@ public sealed record EvalOutput
     public required int Threads { get; init; }
     /// <summary>Absent in cells written before the memory was measured.</summary>
     public EvalMemory? Memory { get; init; }
+    /// <summary>"onnxruntime" for `eval --runtime onnx` (the model is then the ONNX file); absent for GeoShare's own.</summary>
+    public string? Runtime { get; init; }
 }
 
 /// <summary>

@@ -22,9 +22,18 @@ public static class Evaluator
     {
         if (model.Task != ModelTask.CausalLanguageModel)
             throw new UsageException("model", $"a {model.Config.ModelType} image classifier; perplexity evaluates language models (evaluate it by accuracy)");
-        CheckFits(model, data);
+        return Perplexity(ids => model.call(ids), model.Config, model.ParameterCount(), data, batchSize ?? model.DefaultBatchSize(data.WindowLength), progress, windows);
+    }
+
+    /// <summary>
+    /// The protocol over any forward pass: <paramref name="logits"/> maps int64 ids [B, T] to float logits [B, T, vocab]
+    /// (GeoShare's model, or another runtime's session on an exported file).
+    /// </summary>
+    public static LanguageModelScore Perplexity(Func<Tensor, Tensor> logits, ModelConfig config, long parameters, TokenWindows data, int perPass,
+        IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? windows = null)
+    {
+        CheckFits(config, data);
         windows ??= Enumerable.Range(0, data.Count).ToArray();
-        int perPass = batchSize ?? model.DefaultBatchSize(data.WindowLength);
         var sw = Stopwatch.StartNew();
         double nllSum = 0;
         long predicted = 0;
@@ -36,7 +45,7 @@ public static class Evaluator
                 using var scope = torch.NewDisposeScope();
                 var batch = windows.Skip(start).Take(perPass).ToArray();
                 var ids = data.Batch(batch);
-                nllSum += SummedNextTokenNll(model, ids).to_type(ScalarType.Float64).item<double>();
+                nllSum += SummedNextTokenNll(logits(ids), ids).to_type(ScalarType.Float64).item<double>();
                 predicted += batch.Length * (long)(data.WindowLength - 1);
                 progress?.Report(new ProgressTick("eval", start + batch.Length, windows.Count, "windows"));
             }
@@ -44,17 +53,20 @@ public static class Evaluator
         double seconds = sw.Elapsed.TotalSeconds;
         double mean = nllSum / predicted;
         if (!double.IsFinite(mean)) throw new NumericalException($"evaluation produced a non-finite loss ({mean})");
-        return new LanguageModelScore(mean, Math.Exp(mean), predicted, windows.Count, model.ParameterCount(),
+        return new LanguageModelScore(mean, Math.Exp(mean), predicted, windows.Count, parameters,
             seconds, windows.Count * (double)data.WindowLength / seconds);
     }
 
+    /// <summary>Sum over the batch of next-token cross-entropy: logits at t predict the token at t + 1.</summary>
+    public static Tensor SummedNextTokenNll(PretrainedModel model, Tensor ids) => SummedNextTokenNll(model.call(ids), ids);
+
     /// <summary>
-    /// Sum over the batch of next-token cross-entropy: logits at t predict the token at t + 1. Logits of a 16-bit model
+    /// The same from logits [B, T, vocab] already computed for <paramref name="ids"/>. Logits of a 16-bit model
     /// (--dtype bfloat16) are widened to float32 first, so the log-softmax and the sum over tokens are not rounded to 8 bits.
     /// </summary>
-    public static Tensor SummedNextTokenNll(PretrainedModel model, Tensor ids)
+    public static Tensor SummedNextTokenNll(Tensor modelLogits, Tensor ids)
     {
-        var logits = Widened(model.call(ids));
+        var logits = Widened(modelLogits);
         long v = logits.shape[2];
         var pred = logits[TensorIndex.Colon, TensorIndex.Slice(0, -1)].reshape(-1, v);
         var target = ids[TensorIndex.Colon, TensorIndex.Slice(1)].reshape(-1);
@@ -66,9 +78,11 @@ public static class Evaluator
         logits.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? logits.to_type(ScalarType.Float32) : logits;
 
     /// <summary>Checks the windows against the model before any native call sees them.</summary>
-    public static void CheckFits(PretrainedModel model, TokenWindows data)
+    public static void CheckFits(PretrainedModel model, TokenWindows data) => CheckFits(model.Config, data);
+
+    public static void CheckFits(ModelConfig config, TokenWindows data)
     {
-        if (model.Config is not ICausalLanguageModelConfig lm) throw new UsageException($"{model.Config.ModelType} is not a language model");
+        if (config is not ICausalLanguageModelConfig lm) throw new UsageException($"{config.ModelType} is not a language model");
         int vocab = lm.VocabSize, maxPositions = lm.MaxPositions;
         if (data.WindowLength > maxPositions)
             throw new UsageException($"window length {data.WindowLength} exceeds the model's {maxPositions} positions");
@@ -81,10 +95,15 @@ public static class Evaluator
     }
 
     public static ClassificationScore Accuracy(PretrainedModel model, ImageDataset data, ImagePreprocessor pre, int batchSize = 500,
-        IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? indices = null)
+        IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? indices = null) =>
+        Accuracy(pixels => model.call(pixels), model.Config, model.ParameterCount(), model.DType, data, pre, batchSize, progress, indices);
+
+    /// <summary>The protocol over any forward pass: <paramref name="logits"/> maps pixels [B, C, H, W] to logits [B, labels].</summary>
+    public static ClassificationScore Accuracy(Func<Tensor, Tensor> logits, ModelConfig config, long parameters, ScalarType dtype, ImageDataset data,
+        ImagePreprocessor pre, int batchSize = 500, IProgress<ProgressTick>? progress = null, IReadOnlyList<int>? indices = null)
     {
-        if (model.Config is not IImageClassifierConfig cfg)
-            throw new UsageException("model", $"a {model.Config.ModelType} language model; accuracy evaluates image classifiers (evaluate it by perplexity)");
+        if (config is not IImageClassifierConfig cfg)
+            throw new UsageException("model", $"a {config.ModelType} language model; accuracy evaluates image classifiers (evaluate it by perplexity)");
         if (data.Height != cfg.ImageSize || data.Width != cfg.ImageSize || cfg.NumChannels != 1)
             throw BadInputException.For(data.Source, $"images are {data.Height}×{data.Width}×1, the model expects {cfg.ImageSize}×{cfg.ImageSize}×{cfg.NumChannels}");
         indices ??= Enumerable.Range(0, data.Count).ToArray();
@@ -98,15 +117,15 @@ public static class Evaluator
             {
                 using var scope = torch.NewDisposeScope();
                 var batch = indices.Skip(start).Take(batchSize).ToArray();
-                var (pixels, labels) = data.Batch(batch, pre, model.DType);
-                var logits = Widened(model.call(pixels));
-                correct += (int)logits.argmax(1).eq(labels).sum().item<long>();
-                nll += torch.nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).to_type(ScalarType.Float64).item<double>();
+                var (pixels, labels) = data.Batch(batch, pre, dtype);
+                var output = Widened(logits(pixels));
+                correct += (int)output.argmax(1).eq(labels).sum().item<long>();
+                nll += torch.nn.functional.cross_entropy(output, labels, reduction: nn.Reduction.Sum).to_type(ScalarType.Float64).item<double>();
                 progress?.Report(new ProgressTick("eval", start + batch.Length, indices.Count, "images"));
             }
         }
         double seconds = sw.Elapsed.TotalSeconds;
         return new ClassificationScore((double)correct / indices.Count, correct, indices.Count, nll / indices.Count,
-            model.ParameterCount(), seconds, indices.Count / seconds);
+            parameters, seconds, indices.Count / seconds);
     }
 }

@@ -97,6 +97,9 @@ public sealed class LlamaForCausalLM : PretrainedModel
     }
 
     public override Tensor forward(Tensor ids) => lm_head.call(model.call(ids));
+
+    /// <summary>The rotary cos and sin [length, head_dim] (float32) this model applies at positions 0..length-1 (for the ONNX export).</summary>
+    public (Tensor Cos, Tensor Sin) RotaryTables(long length) => model.RotaryTables(length);
 }
 
 public sealed class LlamaModel : Module<Tensor, Tensor>
@@ -114,6 +117,8 @@ public sealed class LlamaModel : Module<Tensor, Tensor>
         _rotary = new RotaryEmbedding(c.HeadDim, c.RopeTheta);
         RegisterComponents();
     }
+
+    internal (Tensor Cos, Tensor Sin) RotaryTables(long length) => _rotary.CosSin(length, ScalarType.Float32, CPU);
 
     public override Tensor forward(Tensor ids)
     {

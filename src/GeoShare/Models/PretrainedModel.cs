@@ -62,10 +62,13 @@ public abstract class PretrainedModel : Module<Tensor, Tensor>
     /// Windows per forward pass: as many as keep the logits under 16 MB. Larger tensors exceed glibc's
     /// mmap threshold and are page-faulted in afresh on every pass (measured on GPT-2: 1.6× slower at 8 windows than at 2).
     /// </summary>
-    public int DefaultBatchSize(int windowLength)
+    public int DefaultBatchSize(int windowLength) => DefaultBatchSize(Config, windowLength, DType);
+
+    /// <summary>The same for a model of <paramref name="config"/> whose logits are <paramref name="dtype"/> (another runtime's).</summary>
+    public static int DefaultBatchSize(ModelConfig config, int windowLength, ScalarType dtype)
     {
-        long vocab = Config is ICausalLanguageModelConfig lm ? lm.VocabSize : 1;
-        long bytes = windowLength * vocab * DType.ElementSize();
+        long vocab = config is ICausalLanguageModelConfig lm ? lm.VocabSize : 1;
+        long bytes = windowLength * vocab * dtype.ElementSize();
         return (int)Math.Clamp((16L << 20) / Math.Max(1, bytes), 1, 64);
     }
 
