@@ -19,7 +19,7 @@ public static class TinyModels
 
     public static PretrainedModel Llama(long seed = 2, ScalarType dtype = ScalarType.Float64) =>
         ModelLoader.Build(new LlamaConfig(VocabSize: 11, Hidden: 8, IntermediateSize: 12, Layers: 2, NumAttentionHeads: 2,
-            NumKeyValueHeads: 1, HeadDim: 4, RmsNormEps: 1e-5, RopeTheta: 10000, TieWordEmbeddings: false, AttentionBias: false,
+            NumKeyValueHeads: 1, HeadDim: 4, RmsNormEps: 1e-5, Rope: new RotaryParameters(10000), TieWordEmbeddings: false, AttentionBias: false,
             MlpBias: false, MaxPositionEmbeddings: 16), new RandomTensorSource(seed, dtype));
 
     public static PretrainedModel Vit(long seed = 3, ScalarType dtype = ScalarType.Float64) =>

@@ -12,6 +12,9 @@ public sealed class Gpt2Graph : ArchitectureGraph
     public override void Build(PretrainedModel model, OnnxGraphBuilder g)
     {
         var c = (Gpt2Config)model.Config;
+        // The graph's attention scales by 1/√headDim; the other scalings of config.json are refused, not written wrong.
+        if (!c.ScaleAttnWeights || c.ScaleAttnByInverseLayerIdx)
+            throw new UsageException("model", $"config.json sets scale_attn_weights={c.ScaleAttnWeights.ToString().ToLowerInvariant()}, scale_attn_by_inverse_layer_idx={c.ScaleAttnByInverseLayerIdx.ToString().ToLowerInvariant()}: the exporter writes only GPT-2's default 1/√d attention scale");
         var ps = model.ParametersByName();
         int d = c.NEmbd, heads = c.NHead, hd = d / heads;
 

@@ -25,7 +25,7 @@ public sealed class LlamaGraph : ArchitectureGraph
         g.Input(Value("input_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
         var bt = g.Node("Shape", ["input_ids"]);
         var t = g.Slice(bt, 0, 1, 2);
-        var embed = g.Weight(Param(model, ps, LlamaArchitecture.EmbeddingPrefix + ".weight"), LlamaArchitecture.EmbeddingPrefix + ".weight");
+        var embed = g.Weight(Param(model, ps, LlamaFamilyLayout.EmbeddingPrefix + ".weight"), LlamaFamilyLayout.EmbeddingPrefix + ".weight");
         var x = g.Reshape(g.Node("Gather", [embed, "input_ids"]), g.Ints(-1, c.Hidden));
 
         // The tables hold cat(freqs, freqs): only the first half is stored, the graph concatenates it (half the bytes).
@@ -50,7 +50,7 @@ public sealed class LlamaGraph : ArchitectureGraph
             x = g.Add(x, Project(g, model, g.Mul(gate, Project(g, model, h, p, "mlp.up_proj")), p, "mlp.down_proj"));
         }
         x = g.RmsNorm(x, Param(model, ps, "model.norm.weight"), c.RmsNormEps, "model.norm");
-        var head = g.Weight(Param(model, ps, LlamaArchitecture.HeadPrefix + ".weight"), LlamaArchitecture.HeadPrefix + ".weight");
+        var head = g.Weight(Param(model, ps, LlamaFamilyLayout.HeadPrefix + ".weight"), LlamaFamilyLayout.HeadPrefix + ".weight");
         var logits = g.Node("Gemm", [x, head], [Attr("transB", 1L)]);
         g.Node("Reshape", [logits, g.Concat(0, bt, g.Ints(c.VocabSize))], output: "logits");
         g.Output(Value("logits", TensorProto.Types.DataType.Float, "batch", "sequence", c.VocabSize));

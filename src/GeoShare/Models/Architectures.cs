@@ -64,6 +64,9 @@ public static class Architectures
         Gpt2Architecture.Instance,
         LlamaArchitecture.Instance,
         VitArchitecture.Instance,
+        MistralArchitecture.Instance,
+        Qwen2Architecture.Instance,
+        Qwen3Architecture.Instance,
     ];
 
     public static IReadOnlyList<string> ModelTypes => All.Select(a => a.ModelType).ToList();

@@ -34,10 +34,16 @@ public sealed class Gpt2Architecture : Architecture<Gpt2Config>
     protected override PretrainedModel Build(Gpt2Config config, TensorSource src) => new Gpt2LMHeadModel(config, src);
 }
 
-/// <summary>GPT-2 (GPT2LMHeadModel): learned positions, pre-LayerNorm blocks, Conv1D projections.</summary>
+/// <summary>
+/// GPT-2 (GPT2LMHeadModel): learned positions, pre-LayerNorm blocks, Conv1D projections. Attention scores are
+/// q·k / √head_dim unless <paramref name="ScaleAttnWeights"/> is false (then q·k), and divided by layer index + 1
+/// when <paramref name="ScaleAttnByInverseLayerIdx"/> is true; <paramref name="ReorderAndUpcastAttn"/> computes
+/// scores and softmax in float32 when the model computes in half precision (in float32 it is the same function).
+/// </summary>
 public sealed record Gpt2Config(
     int VocabSize, int NPositions, int NEmbd, int NLayer, int NHead, int NInner,
-    double LayerNormEpsilon, string Activation, bool TieWordEmbeddings) : ModelConfig, ICausalLanguageModelConfig
+    double LayerNormEpsilon, string Activation, bool TieWordEmbeddings,
+    bool ScaleAttnWeights = true, bool ScaleAttnByInverseLayerIdx = false, bool ReorderAndUpcastAttn = false) : ModelConfig, ICausalLanguageModelConfig
 {
     public override Architecture Architecture => Gpt2Architecture.Instance;
     public int MaxPositions => NPositions;
@@ -50,8 +56,12 @@ public sealed record Gpt2Config(
         var c = new Gpt2Config(
             r.Int("vocab_size"), r.Int("n_positions"), nEmbd, r.Int("n_layer"), r.Int("n_head"),
             r.OptionalInt("n_inner") ?? 4 * nEmbd, r.OptionalPositive("layer_norm_epsilon") ?? 1e-5,
-            r.OptionalString("activation_function") ?? "gelu_new", r.OptionalBool("tie_word_embeddings") ?? true);
+            r.OptionalString("activation_function") ?? "gelu_new", r.OptionalBool("tie_word_embeddings") ?? true,
+            r.OptionalBool("scale_attn_weights") ?? true, r.OptionalBool("scale_attn_by_inverse_layer_idx") ?? false,
+            r.OptionalBool("reorder_and_upcast_attn") ?? false);
         r.Require(c.NEmbd % c.NHead == 0, "n_embd must be divisible by n_head");
+        // Cross-attention needs an encoder's states, which a causal LM evaluation does not have.
+        r.Require(r.OptionalBool("add_cross_attention") != true, "field 'add_cross_attention' is true: cross-attention is not supported");
         r.Require(c.Activation is "gelu_new" or "gelu" or "relu", $"unsupported activation_function '{c.Activation}' (supported: gelu_new, gelu, relu)");
         return c;
     }
@@ -90,7 +100,7 @@ public sealed class Gpt2Model : Module<Tensor, Tensor>
     {
         wte = new TokenEmbedding(src, Gpt2Architecture.EmbeddingPrefix, c.VocabSize, c.NEmbd);
         wpe = new TokenEmbedding(src, "transformer.wpe", c.NPositions, c.NEmbd);
-        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, c.NLayer).Select(i => new Gpt2Block(c, src, c.Architecture.LayerPrefix(i))).ToArray());
+        h = new ModuleList<Gpt2Block>(Enumerable.Range(0, c.NLayer).Select(i => new Gpt2Block(c, src, c.Architecture.LayerPrefix(i), i)).ToArray());
         ln_f = new LayerNorm(src, "transformer.ln_f", c.NEmbd, c.LayerNormEpsilon);
         RegisterComponents();
     }
@@ -111,10 +121,10 @@ public sealed class Gpt2Block : Module<Tensor, Tensor>
     private readonly LayerNorm ln_2;
     private readonly Gpt2Mlp mlp;
 
-    public Gpt2Block(Gpt2Config c, TensorSource src, string prefix) : base(nameof(Gpt2Block))
+    public Gpt2Block(Gpt2Config c, TensorSource src, string prefix, int layer) : base(nameof(Gpt2Block))
     {
         ln_1 = new LayerNorm(src, prefix + ".ln_1", c.NEmbd, c.LayerNormEpsilon);
-        attn = new Gpt2Attention(c, src, prefix + ".attn");
+        attn = new Gpt2Attention(c, src, prefix + ".attn", layer);
         ln_2 = new LayerNorm(src, prefix + ".ln_2", c.NEmbd, c.LayerNormEpsilon);
         mlp = new Gpt2Mlp(c, src, prefix + ".mlp");
         RegisterComponents();
@@ -134,12 +144,19 @@ public sealed class Gpt2Attention : ProjectionOwner
     private LinearMap c_attn;
     private LinearMap c_proj;
     private readonly int _heads;
+    private readonly double? _scale;
+    private readonly bool _upcast;
 
-    public Gpt2Attention(Gpt2Config c, TensorSource src, string prefix) : base(nameof(Gpt2Attention))
+    public Gpt2Attention(Gpt2Config c, TensorSource src, string prefix, int layer) : base(nameof(Gpt2Attention))
     {
         c_attn = DenseLinear.FromSource(src, prefix + ".c_attn", c.NEmbd, 3 * c.NEmbd, WeightLayout.InOut, hasBias: true);
         c_proj = DenseLinear.FromSource(src, prefix + ".c_proj", c.NEmbd, c.NEmbd, WeightLayout.InOut, hasBias: true);
         _heads = c.NHead;
+        // transformers' GPT2Attention: scores / √head_dim if scale_attn_weights, then / (layer_idx + 1) if
+        // scale_attn_by_inverse_layer_idx. Null keeps the default 1/√head_dim of the fused kernel.
+        if (!c.ScaleAttnWeights || c.ScaleAttnByInverseLayerIdx)
+            _scale = (c.ScaleAttnWeights ? 1.0 / Math.Sqrt(c.NEmbd / c.NHead) : 1.0) / (c.ScaleAttnByInverseLayerIdx ? layer + 1 : 1);
+        _upcast = c.ReorderAndUpcastAttn;
         RegisterComponents();
     }
 
@@ -148,8 +165,20 @@ public sealed class Gpt2Attention : ProjectionOwner
         long b = x.shape[0], t = x.shape[1], d = x.shape[2], hd = d / _heads;
         var qkv = c_attn.call(x).split(d, dim: 2);
         Tensor Heads(Tensor z) => z.view(b, t, _heads, hd).transpose(1, 2);
-        var y = Attention.Compute(Heads(qkv[0]), Heads(qkv[1]), Heads(qkv[2]), causal: true);
+        var y = _upcast && (x.dtype is ScalarType.Float16 or ScalarType.BFloat16)
+            ? UpcastAttention(Heads(qkv[0]), Heads(qkv[1]), Heads(qkv[2]))
+            : Attention.Compute(Heads(qkv[0]), Heads(qkv[1]), Heads(qkv[2]), causal: true, scale: _scale);
         return c_proj.call(y.transpose(1, 2).reshape(b, t, d));
+    }
+
+    /// <summary>reorder_and_upcast_attn: scores and softmax in float32, the weights cast back to v's dtype (transformers' _upcast_and_reordered_attn).</summary>
+    private Tensor UpcastAttention(Tensor q, Tensor k, Tensor v)
+    {
+        double scale = _scale ?? 1.0 / Math.Sqrt(q.shape[^1]);
+        var scores = q.to_type(ScalarType.Float32).mul(scale).matmul(k.to_type(ScalarType.Float32).transpose(-2, -1));
+        long t = q.shape[^2], s = k.shape[^2];
+        using var future = torch.ones(t, s, dtype: ScalarType.Bool, device: q.device).triu(1 + s - t);
+        return functional.softmax(scores.masked_fill(future, double.NegativeInfinity), -1).to_type(v.dtype).matmul(v);
     }
 
     public override LinearMap GetProjection(string localName) => localName switch

@@ -215,30 +215,52 @@ public static class Attention
     /// <param name="q">[B, H, T, D]</param>
     /// <param name="k">[B, H, S, D]</param>
     /// <param name="v">[B, H, S, D]</param>
-    public static Tensor Compute(Tensor q, Tensor k, Tensor v, bool causal)
+    /// <param name="window">causal only: query i sees key j when 0 ≤ i − j &lt; window (Mistral's sliding window); null: every j ≤ i</param>
+    /// <param name="scale">the factor on q·k; null: 1/√D</param>
+    public static Tensor Compute(Tensor q, Tensor k, Tensor v, bool causal, int? window = null, double? scale = null)
     {
-        if (!torch.is_grad_enabled()) return functional.scaled_dot_product_attention(q, k, v, null!, 0.0, causal);
+        if (window is not null && (!causal || window <= 0)) throw new ArgumentException($"a sliding window ({window}) needs causal attention and a positive width");
+        if (!torch.is_grad_enabled())
+        {
+            if (window is null && scale is null) return functional.scaled_dot_product_attention(q, k, v, null!, 0.0, causal);
+            long tq = q.shape[^2], sk = k.shape[^2];
+            // Boolean mask: true where a query may attend (libtorch's convention).
+            using var allowed = window is null ? null : torch.logical_not(Masked(tq, sk, 0, window, q.device));
+            // The fused kernel scales by 1/√D; a different factor is folded into q.
+            using var qs = scale is null ? null : q.MulScalar(scale.Value * Math.Sqrt(q.shape[^1]));
+            return functional.scaled_dot_product_attention(qs ?? q, k, v, allowed!, 0.0, causal && window is null);
+        }
         // Scale q (T×D) rather than the scores (T×S): fewer large elementwise passes in double backward.
-        q = q.MulScalar(1.0 / Math.Sqrt(q.shape[^1]));
+        q = q.MulScalar(scale ?? 1.0 / Math.Sqrt(q.shape[^1]));
         long t = q.shape[^2], s = k.shape[^2];
         if (!causal) return functional.softmax(q.matmul(k.transpose(-2, -1)), -1).matmul(v);
-        if (t != s || t <= ChunkSize) return CausalBlock(q, k, v, 0);
+        if (t != s || t <= ChunkSize) return CausalBlock(q, k, v, 0, window);
         var outputs = new List<Tensor>();
         for (long start = 0; start < t; start += ChunkSize)
         {
             long end = Math.Min(start + ChunkSize, t);
             var qc = q.narrow(-2, start, end - start);
-            outputs.Add(CausalBlock(qc, k.narrow(-2, 0, end), v.narrow(-2, 0, end), start));
+            outputs.Add(CausalBlock(qc, k.narrow(-2, 0, end), v.narrow(-2, 0, end), start, window));
         }
         return torch.cat(outputs, -2);
     }
 
-    /// <summary>Queries at positions offset.. attend to keys 0..offset + their own index.</summary>
-    private static Tensor CausalBlock(Tensor q, Tensor k, Tensor v, long offset)
+    /// <summary>Queries at positions offset.. attend to keys 0..offset + their own index (and, with a window, no further back than window − 1).</summary>
+    private static Tensor CausalBlock(Tensor q, Tensor k, Tensor v, long offset, int? window)
     {
         var scores = q.matmul(k.transpose(-2, -1));
-        long tq = q.shape[^2], sk = k.shape[^2];
-        using var mask = torch.ones(tq, sk, dtype: ScalarType.Bool, device: q.device).triu(1 + offset);
+        using var mask = Masked(q.shape[^2], k.shape[^2], offset, window, q.device);
         return functional.softmax(scores.MaskedFillScalar(mask, double.NegativeInfinity), -1).matmul(v);
+    }
+
+    /// <summary>[tq, sk], true where query offset + r may not see key j: j &gt; offset + r, or (with a window) offset + r − j ≥ window.</summary>
+    private static Tensor Masked(long tq, long sk, long offset, int? window, Device device)
+    {
+        using var ones = torch.ones(tq, sk, dtype: ScalarType.Bool, device: device);
+        var future = ones.triu(1 + offset);
+        if (window is null) return future;
+        using (future)
+        using (var past = ones.tril(offset - window.Value))
+            return future.logical_or(past);
     }
 }

@@ -83,6 +83,26 @@ internal sealed class ConfigReader(JsonElement root, string path)
         ? (v.ValueKind is JsonValueKind.True or JsonValueKind.False ? v.GetBoolean() : throw BadInputException.For(path, $"field '{key}' must be true or false"))
         : null;
 
+    /// <summary>Whether the key is written at all, even as null (where absent and null mean different things).</summary>
+    public bool Has(string key) => Root.TryGetProperty(key, out _);
+
+    /// <summary>The object under <paramref name="key"/>, or null when absent or null.</summary>
+    public JsonElement? OptionalObject(string key) => Get(key) is { } v
+        ? (v.ValueKind == JsonValueKind.Object ? v : throw BadInputException.For(path, $"field '{key}' must be an object or null"))
+        : null;
+
+    /// <summary>The strings of the array under <paramref name="key"/>, or null when absent or null.</summary>
+    public IReadOnlyList<string>? OptionalStrings(string key)
+    {
+        if (Get(key) is not { } v) return null;
+        if (v.ValueKind != JsonValueKind.Array || v.EnumerateArray().Any(e => e.ValueKind != JsonValueKind.String))
+            throw BadInputException.For(path, $"field '{key}' must be an array of strings");
+        return v.EnumerateArray().Select(e => e.GetString()!).ToList();
+    }
+
+    /// <summary>A refusal naming this config file: <paramref name="problem"/> should name the field.</summary>
+    public BadInputException Error(string problem) => BadInputException.For(path, problem);
+
     public void Require(bool condition, string problem)
     {
         if (!condition) throw BadInputException.For(path, problem);
