@@ -191,7 +191,8 @@ public sealed class CompressCommand : ICommand
         a.Int("--seed", min: 0);
         if (a.Has("--eval-limit")) a.Int("--eval-limit", min: 1);
         a.RefuseUnless(a.Has("--eval"), "--eval-limit", "limits --eval: give --eval FILE too");
-        if (planPath is null) CalibrationOptions.DType(a);
+        if (planPath is null) CalibrationOptions.DType(a, allowBFloat16: true);
+        CalibrationOptions.SaveDType(a);
         // The layer count, from config.json, bounds --group-size, --unique and the planner's layer options.
         int layers = GeoShare.Models.ModelConfig.Load(modelDir).NumLayers;
         if (a.Has("--group-size") && a.Int("--group-size", min: 1) is int g && g > layers)

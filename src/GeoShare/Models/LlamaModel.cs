@@ -183,6 +183,9 @@ public sealed record RotaryParameters(double Theta, string Type = RotaryParamete
         void Add(string key, JsonElement value, string field)
         {
             if (value.ValueKind == JsonValueKind.Null) return;
+            // Every numeric rope parameter is a positive finite number; checked where read, before any conflict.
+            if (value.ValueKind == JsonValueKind.Number && !(value.TryGetDouble(out double d) && double.IsFinite(d) && d > 0))
+                throw r.Error($"field '{field}' must be positive, got {value.GetRawText()}");
             if (keys.TryGetValue(key, out var prior) && !SameValue(prior.Value, value))
                 throw r.Error($"field '{field}' ({value.GetRawText()}) conflicts with '{prior.Field}' ({prior.Value.GetRawText()})");
             keys[key] = (value, field);
