@@ -41,7 +41,7 @@ public sealed class BlockHessian : IDisposable
     public Tensor Exact()
     {
         using var h = Operator.Dense();
-        return h.add(h.t()).MulScalar(0.5);
+        return h.add(h.t(), Scalars.One).MulScalar(0.5);
     }
 
     /// <summary>Residual tolerance reachable in the working precision.</summary>

@@ -176,7 +176,7 @@ public static class CurvatureEngine
             {
                 using var scope = torch.NewDisposeScope();
                 var columns = h.DenseBlock(block);
-                var dense = columns.add(columns.t()).MulScalar(0.5);
+                var dense = columns.add(columns.t(), Scalars.One).MulScalar(0.5);
                 double[] spectrum;
                 Tensor? topVectors = null;
                 if (o.KeepVectors)

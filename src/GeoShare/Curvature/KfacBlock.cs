@@ -149,7 +149,7 @@ public sealed class KfacBlock : IDisposable
                 {
                     if (grads[i] is null || grads[i].IsInvalid) continue;
                     var gi = grads[i].to_type(ScalarType.Float64).reshape(-1, layers[i].Layer.OutFeatures);
-                    g[i].add_(gi.t().matmul(gi));
+                    g[i].add_(gi.t().matmul(gi), Scalars.One);
                 }
                 progress?.Report(new ProgressTick("k-fac", ++done, factors.Count, "factors"));
             }

@@ -67,7 +67,7 @@ public static class Lanczos
             w = w.sub(vs.t().mv(h1));
             var h2 = vs.mv(w);                       // second pass: full re-orthogonalisation
             w = w.sub(vs.t().mv(h2));
-            var h = h1.add(h2).to_type(ScalarType.Float64).data<double>().ToArray();
+            var h = h1.add(h2, Scalars.One).to_type(ScalarType.Float64).data<double>().ToArray();
             if (h.Any(x => !double.IsFinite(x))) throw new NumericalException("a Hessian-vector product produced NaN or Inf");
             for (int i = 0; i <= p; i++) { t[i, p] = h[i]; t[p, i] = h[i]; }
             f.Dispose();
@@ -141,7 +141,7 @@ public static class Lanczos
                 w = w.sub(vs.t().mv(h1));
                 var h2 = vs.mv(w);
                 w = w.sub(vs.t().mv(h2));
-                var h = h1.add(h2).to_type(ScalarType.Float64).data<double>().ToArray();
+                var h = h1.add(h2, Scalars.One).to_type(ScalarType.Float64).data<double>().ToArray();
                 for (int i = 0; i <= p; i++) { t[i, p] = h[i]; t[p, i] = h[i]; }
                 if (p + 1 < m)
                 {

@@ -108,7 +108,7 @@ public sealed class Gpt2Model : Module<Tensor, Tensor>
     public override Tensor forward(Tensor ids)
     {
         using var positions = Scalars.Arange(ids.shape[1], ScalarType.Int64, ids.device);
-        var x = wte.call(ids).add(wpe.call(positions));
+        var x = wte.call(ids).add(wpe.call(positions), Scalars.One);
         foreach (var block in h) x = block.call(x);
         return ln_f.call(x);
     }
@@ -134,8 +134,8 @@ public sealed class Gpt2Block : Module<Tensor, Tensor>
     {
         // Free this layer's intermediates now (autograd keeps what backward needs).
         using var scope = torch.NewDisposeScope();
-        x = x.add(attn.call(ln_1.call(x)));
-        return x.add(mlp.call(ln_2.call(x))).MoveToOuterDisposeScope();
+        x = x.add(attn.call(ln_1.call(x)), Scalars.One);
+        return x.add(mlp.call(ln_2.call(x)), Scalars.One).MoveToOuterDisposeScope();
     }
 }
 

@@ -84,7 +84,7 @@ public sealed class DenseLinear : LinearMap
     public override Tensor WeightInOut() => Layout == WeightLayout.InOut ? weight : weight.t();
 
     protected override Tensor Apply(Tensor x) => Layout == WeightLayout.InOut
-        ? (bias is null ? x.matmul(weight) : torch.add(x.matmul(weight), bias))
+        ? (bias is null ? x.matmul(weight) : torch.add(x.matmul(weight), bias, Scalars.One))
         : functional.linear(x, weight, bias);
 }
 
@@ -121,7 +121,7 @@ public sealed class SharedBasisLinear : LinearMap
     protected override Tensor Apply(Tensor x)
     {
         var y = x.matmul(basis).matmul(coeff);
-        return bias is null ? y : y.add(bias);
+        return bias is null ? y : y.add(bias, Scalars.One);
     }
 }
 

@@ -164,7 +164,7 @@ public sealed record RotaryParameters(double Theta, string Type = RotaryParamete
         // Long wavelengths are divided by factor, short ones kept, the band between interpolated smoothly.
         var llama = torch.where(wavelen.gt(low), invFreq.DivScalar(Factor), invFreq);
         var smooth = wavelen.reciprocal().MulScalar(OriginalMaxPositionEmbeddings).AddScalar(-LowFreqFactor).DivScalar(HighFreqFactor - LowFreqFactor);
-        var smoothed = smooth.neg().AddScalar(1.0).mul(llama).DivScalar(Factor).add(smooth.mul(llama));
+        var smoothed = smooth.neg().AddScalar(1.0).mul(llama).DivScalar(Factor).add(smooth.mul(llama), Scalars.One);
         var medium = wavelen.lt(high).logical_not().logical_and(wavelen.gt(low).logical_not());
         return torch.where(medium, smoothed, llama).MoveToOuterDisposeScope();
     }
@@ -316,7 +316,7 @@ public sealed class RotaryEmbedding(int headDim, RotaryParameters rope)
     {
         long half = x.shape[^1] / 2;
         var rotated = torch.cat([x[TensorIndex.Ellipsis, TensorIndex.Slice(half)].neg(), x[TensorIndex.Ellipsis, TensorIndex.Slice(0, half)]], -1);
-        return x.mul(cos).add(rotated.mul(sin));
+        return x.mul(cos).add(rotated.mul(sin), Scalars.One);
     }
 }
 
@@ -339,8 +339,8 @@ public sealed class LlamaDecoderLayer : Module<Tensor, Tensor>
     public Tensor forward(Tensor x, Tensor cos, Tensor sin)
     {
         using var scope = torch.NewDisposeScope();
-        x = x.add(self_attn.forward(input_layernorm.call(x), cos, sin));
-        return x.add(mlp.call(post_attention_layernorm.call(x))).MoveToOuterDisposeScope();
+        x = x.add(self_attn.forward(input_layernorm.call(x), cos, sin), Scalars.One);
+        return x.add(mlp.call(post_attention_layernorm.call(x)), Scalars.One).MoveToOuterDisposeScope();
     }
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("LlamaDecoderLayer needs rotary cos/sin");

@@ -127,7 +127,7 @@ public sealed class VitEmbeddings : Module<Tensor, Tensor>
     {
         var patches = patch_embeddings.call(pixels);
         var cls = cls_token.expand(patches.shape[0], -1, -1);
-        return torch.cat([cls, patches], 1).add(position_embeddings);
+        return torch.cat([cls, patches], 1).add(position_embeddings, Scalars.One);
     }
 }
 
@@ -215,8 +215,8 @@ public sealed class VitLayer : Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = torch.NewDisposeScope();
-        x = x.add(attention.call(layernorm_before.call(x)));
-        return x.add(output.call(Activations.Apply(_activation, intermediate.call(layernorm_after.call(x))))).MoveToOuterDisposeScope();
+        x = x.add(attention.call(layernorm_before.call(x)), Scalars.One);
+        return x.add(output.call(Activations.Apply(_activation, intermediate.call(layernorm_after.call(x)))), Scalars.One).MoveToOuterDisposeScope();
     }
 }
 

@@ -73,7 +73,7 @@ public sealed class AlignedCoefficients : IDisposable
         var l = Cholesky(b.t().matmul(b));
         var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
         var mt = linv.matmul(m).matmul(linv.t());
-        var (theta, q) = torch.linalg.eigh(mt.add(mt.t()).MulScalar(0.5));
+        var (theta, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
         var t = q.t().matmul(linv);
         Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
 
@@ -84,7 +84,7 @@ public sealed class AlignedCoefficients : IDisposable
         var c = _m.Corrections;
         var y0h = hAw.mul(_gamma);
         if (useGradient) y0h = y0h.sub(hG);
-        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].mul(c[i] * _vDotW[i]));
+        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].mul(c[i] * _vDotW[i]), Scalars.One);
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
         double eps = 1e-12 * Math.Max(d0.abs().max().item<double>(), 1e-300);
         var active = Enumerable.Range(0, ph.Length).Where(i => c[i] > 0).ToArray();
@@ -99,7 +99,7 @@ public sealed class AlignedCoefficients : IDisposable
             if (u is null) return x.reshape(y0h.shape);
             // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
             var dinvU = u.div(d);
-            var small = u.matmul(dinvU.t()).add(invC!);
+            var small = u.matmul(dinvU.t()).add(invC!, Scalars.One);
             var coef = torch.linalg.solve(small, u.matmul(x));
             return x.sub(coef.matmul(dinvU)).reshape(y0h.shape);
         }

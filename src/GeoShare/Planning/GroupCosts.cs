@@ -62,7 +62,7 @@ public sealed class GroupCostEvaluator : IDisposable
         using var scope = torch.NewDisposeScope();
         var sites = layers.Select(l => _model.Site(type, l)).ToArray();
         var weights = sites.Select(Weight).ToArray();
-        var gram = sites.Select(s => _grams[s.Name]).Aggregate((a, b) => a.add(b));
+        var gram = sites.Select(s => _grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
         int maxRank = ranks.Max();
         var g = SharedBasis.Compute(weights, gram, maxRank);
         var totals = ranks.Select(_ => new double[4]).ToArray();

@@ -99,7 +99,7 @@ public sealed class ActivationGrams : IDisposable
             _counted ??= projection;
             if (ReferenceEquals(_counted, projection)) Rows += x.shape[0];
             using var xtx = x.t().matmul(x);
-            g.add_(xtx);
+            g.add_(xtx, Scalars.One);
         }
     }
 

@@ -82,7 +82,7 @@ public static class PlanCompressor
                     var biases = maps.Select(m => m.Bias is null ? null : m.Bias.detach().clone()).ToArray();
                     if (tp.Mode == SharingMode.Basis)
                     {
-                        var gram = members.Select(s => grams[s.Name]).Aggregate((a, b) => a.add(b));
+                        var gram = members.Select(s => grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
                         var g = SharedBasis.Compute(weights, gram, tp.Ranks![c]);
                         energy.Add(g.RetainedEnergy);
                         var basis = new Parameter(g.Basis.to_type(dtype).MoveToOuterDisposeScope(), requires_grad: false);

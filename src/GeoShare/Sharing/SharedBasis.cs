@@ -75,8 +75,8 @@ public static class SharedBasis
     {
         using var scope = torch.NewDisposeScope();
         if (grams is null) return torch.stack(weights.ToList()).mean([0L]).MoveToOuterDisposeScope();
-        var a = grams.Aggregate((x, y) => x.add(y));
-        var rhs = weights.Zip(grams, (w, g) => g.matmul(w)).Aggregate((x, y) => x.add(y));
+        var a = grams.Aggregate((x, y) => x.add(y, Scalars.One));
+        var rhs = weights.Zip(grams, (w, g) => g.matmul(w)).Aggregate((x, y) => x.add(y, Scalars.One));
         double damping = 1e-10 * Math.Max(a.diagonal().mean().item<double>(), 1e-300);
         return torch.linalg.solve(a.add(torch.eye(a.shape[0], dtype: ScalarType.Float64).MulScalar(damping)), rhs).MoveToOuterDisposeScope();
     }

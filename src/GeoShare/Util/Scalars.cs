@@ -13,6 +13,13 @@ namespace GeoShare;
 /// </summary>
 public static class Scalars
 {
+    /// <summary>
+    /// alpha = 1 for tensor + tensor and tensor − tensor: TorchSharp's one-argument add/sub pass an implicit Scalar 1 that
+    /// a collection on another thread can finalize mid-call (seen under GEOSHARE_STRESS_ALLOC in Calibration's add_).
+    /// A static field keeps this one alive for the process; a Scalar is immutable, so threads share it.
+    /// </summary>
+    public static readonly Scalar One = 1L.ToScalar();
+
     public static Tensor MulScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.mul(s); }
     public static Tensor MulScalar(this Tensor t, long v) { using var s = v.ToScalar(); return t.mul(s); }
     public static Tensor MulScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.mul_(s); }
