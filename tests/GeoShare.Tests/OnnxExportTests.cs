@@ -6,6 +6,7 @@ using GeoShare.Sharing;
 using Onnx;
 using TorchSharp;
 using TorchSharp.Modules;
+using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace GeoShare.Tests;
@@ -13,9 +14,10 @@ namespace GeoShare.Tests;
 /// <summary>
 /// `geoshare export` and `eval --runtime onnx`: ONNX Runtime's logits against GeoShare's on small models of every
 /// architecture, dense and compressed (shared basis, tied matrices); onnx.checker (Debian's python3-onnx) on each file;
-/// each shared tensor stored once; external data; refusals.
+/// each shared tensor stored once; external data; refusals. The LLaMA-style families (llama with Llama 3 rope scaling,
+/// mistral's sliding window, qwen2's q/k/v biases, qwen3's q/k norms) from their BF16 folders in assets/families.
 /// </summary>
-public class OnnxExportTests
+public class OnnxExportTests(ITestOutputHelper output)
 {
     private const double Tolerance = 1e-4;
 
@@ -158,8 +160,129 @@ public class OnnxExportTests
     /// <summary>The rotary cos and sin halves the LLaMA graph stores beside the parameters.</summary>
     private static long RotaryElements(PretrainedModel model)
     {
-        var c = (LlamaConfig)model.Config;
-        return 2L * c.MaxPositionEmbeddings * (c.HeadDim / 2);
+        var c = (LlamaFamilyConfig)model.Config;
+        return 2L * c.MaxPositionEmbeddings * (c.Decoder.HeadDim / 2);
+    }
+
+    public static TheoryData<string, string> FamilyCases()
+    {
+        var cases = new TheoryData<string, string>();
+        foreach (var family in new[] { "tiny-llama3", "tiny-mistral", "tiny-qwen2", "tiny-qwen3" })
+            foreach (var mode in new[] { "dense", "basis", "tie" })
+                cases.Add(family, mode);
+        return cases;
+    }
+
+    /// <summary>
+    /// The families' folders (BF16 checkpoints), dense and compressed into a folder as `compress` writes one (random
+    /// shared bases or tied matrices for the default-shared types, saved in the checkpoint's BF16): `geoshare export`'s
+    /// path keeps BF16, and ONNX Runtime's logits equal those of GeoShare's model loaded from the same folder within
+    /// 1e-4, at sequences shorter than, equal to and longer than Mistral's sliding window of 6; a dense file's logits
+    /// also equal transformers' reference logits; the checker passes; each shared tensor is one initializer.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(FamilyCases))]
+    public void TheLlamaFamiliesExportFromTheirFoldersAndOnnxRuntimeReproducesTheirLogits(string family, string mode)
+    {
+        using var tmp = new TempDir();
+        string source = Repo.Path("assets", "families", family), folder = source;
+        if (mode != "dense")
+        {
+            var original = ModelFolder.Load(source, ScalarType.Float32);
+            var shared = Share(original, mode == "basis" ? SharingMode.Basis : SharingMode.Tie);
+            folder = tmp.File("compressed");
+            CompressedCheckpoint.Save(original, shared, source, folder);
+        }
+        string path = tmp.File("model.onnx");
+        var export = OnnxExporter.Export(folder, path);
+        Assert.Equal("bfloat16", export.Dtype); // the checkpoint's dtype, as for the other graphs
+        Assert.Equal(mode != "dense", export.Compressed);
+        Assert.Null(export.ExternalData);
+
+        var model = ModelFolder.Load(folder, ScalarType.Float32);
+        var spec = ((LlamaFamilyConfig)model.Config).Decoder;
+        Assert.Equal(model.ParameterCount(), export.Parameters);
+        int[] lengths = [16, 6, 5, 40];
+        if (spec.SlidingWindow is int window)
+            Assert.True(lengths.Min() < window && lengths.Contains(window) && lengths.Max() > window, "the lengths miss the window's cases");
+        double worst = 0, worstMax = 0;
+        using (var ort = OnnxRuntimeModel.Open(path, threads: 1))
+        {
+            Assert.Equal(((LlamaFamilyConfig)model.Config).MaxPositionEmbeddings, ort.MaxSequence);
+            foreach (var (length, i) in lengths.Select((l, i) => (l, i)))
+            {
+                var input = Input(model, i == 0 ? 3 : 1, length, 5 + i);
+                var expected = Logits(model, input);
+                var actual = ort.Forward(input);
+                Assert.Equal(expected.shape, actual.shape);
+                double err = TensorAssert.RelativeError(actual, expected);
+                double max = actual.sub(expected).abs().max().item<float>() / expected.abs().max().item<float>();
+                worst = Math.Max(worst, err);
+                worstMax = Math.Max(worstMax, max);
+                Assert.True(err < Tolerance, $"{family} {mode} [×{length}]: ONNX Runtime's logits are {err:E2} from GeoShare's");
+                Assert.True(max < Tolerance, $"{family} {mode} [×{length}]: largest logit difference {max:E2} of the largest logit");
+            }
+            if (mode == "dense")
+            {
+                // transformers' logits on the reference input ([2, 16], past the window): an implementation not GeoShare's.
+                var refs = SafetensorsFile.Open(Path.Combine(source, "reference_logits.safetensors"));
+                using var ids = refs.Read("input_ids");
+                using var reference = refs.Read("logits", ScalarType.Float32);
+                double err = TensorAssert.RelativeError(ort.Forward(ids), reference);
+                output.WriteLine($"{family} dense: ONNX Runtime against transformers' reference logits {err:E3}");
+                Assert.True(err < Tolerance, $"{family}: ONNX Runtime's logits are {err:E2} from transformers' reference");
+            }
+        }
+        output.WriteLine($"{family} {mode}: ONNX Runtime against GeoShare, ||Δ||/||ref|| ≤ {worst:E3}, max |Δ|/max|ref| ≤ {worstMax:E3} ({export.FileBytes} bytes, {export.Initializers} initializers, {export.SharedInitializers} read by more than one module)");
+        AssertCheckerPasses(path);
+
+        var read = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
+        Assert.Equal(read.Graph.Initializer.Count, read.Graph.Initializer.Select(i => i.Name).Distinct().Count());
+        // The stored weights are the model's parameter bytes in BF16 (each shared tensor once) plus the float32 rotary halves.
+        var rotary = read.Graph.Initializer.Where(i => i.Name.StartsWith("rotary.")).ToList();
+        Assert.Equal(2, rotary.Count);
+        Assert.All(rotary, i => Assert.Equal((int)TensorProto.Types.DataType.Float, i.DataType));
+        Assert.All(read.Graph.Initializer.Where(i => i.RawData.Length > 0 && !i.Name.StartsWith("rotary.")),
+            i => Assert.Equal((int)TensorProto.Types.DataType.Bfloat16, i.DataType));
+        Assert.Equal(export.ParameterBytes + 4 * RotaryElements(model), read.Graph.Initializer.Sum(i => (long)i.RawData.Length));
+        if (spec.QkNorm) Assert.Equal(2 * spec.Layers, read.Graph.Initializer.Count(i => i.Name.EndsWith("_norm.weight") && i.Name.Contains(".self_attn.")));
+        if (spec.QkvBias) Assert.Equal(3 * spec.Layers, read.Graph.Initializer.Count(i => i.Name.EndsWith("_proj.bias") && i.Name.Contains(".self_attn.")));
+        Assert.Equal(spec.SlidingWindow is null ? 1 : 2, read.Graph.Node.Count(n => n.OpType == "Trilu"));
+        if (mode == "dense")
+        {
+            Assert.Equal(spec.TieWordEmbeddings ? 1 : 0, export.SharedInitializers);
+            return;
+        }
+        var plan = SharingPlan.Load(Path.Combine(folder, CompressedCheckpoint.PlanFile));
+        foreach (var (type, tp) in plan.Types.Where(t => t.Value.Mode != SharingMode.Dense))
+        {
+            string name = CompressedCheckpoint.SharedName(type, 0, tp.Mode == SharingMode.Basis ? "basis" : "weight");
+            Assert.Single(read.Graph.Initializer, i => i.Name == name);
+            Assert.Equal(model.Config.NumLayers, Readers(read, name));
+            Assert.DoesNotContain(read.Graph.Initializer, i => i.Name.StartsWith(model.LayerPrefix(0) + "." + type + ".") && !i.Name.EndsWith(".coeff") && !i.Name.EndsWith(".bias"));
+        }
+    }
+
+    /// <summary>
+    /// Every architecture the library loads has a graph; the LLaMA-style families' rotary tables cover config.json's
+    /// max_position_embeddings, or the family's transformers default when it is absent.
+    /// </summary>
+    [Fact]
+    public void EveryArchitectureHasAGraphAndEachFamilysRotaryTablesCoverItsMaxPositionEmbeddings()
+    {
+        Assert.All(Architectures.All, a => Assert.Same(a, ArchitectureGraphs.For(a)?.Architecture));
+        foreach (var (type, absent) in new[] { ("llama", 2048), ("mistral", 4096 * 32), ("qwen2", 32768), ("qwen3", 32768) })
+            foreach (int? written in new int?[] { null, 24 })
+            {
+                string max = written is int w ? $", \"max_position_embeddings\": {w}" : "";
+                string json = $$"""{"model_type": "{{type}}", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4{{max}}}""";
+                var model = ModelLoader.Build(ModelConfig.Parse(json, type + " test config"), new RandomTensorSource(3, ScalarType.Float32));
+                var (proto, _) = OnnxExporter.Build(model, ScalarType.Float32, OnnxExportOptions.MinOpset);
+                int expected = written ?? absent;
+                Assert.Equal(expected, ((LlamaFamilyConfig)model.Config).MaxPositionEmbeddings);
+                Assert.Equal(expected.ToString(System.Globalization.CultureInfo.InvariantCulture), proto.MetadataProps.Single(m => m.Key == OnnxExporter.MaxSequenceKey).Value);
+                Assert.All(proto.Graph.Initializer.Where(i => i.Name.StartsWith("rotary.")), i => Assert.Equal([expected, 2L], i.Dims));
+            }
     }
 
     /// <summary>

@@ -4,7 +4,8 @@ using TorchSharp.Modules;
 namespace GeoShare.Export;
 
 /// <summary>
-/// One architecture's ONNX graph, written in that architecture's own file (Gpt2Graph.cs, LlamaGraph.cs, VitGraph.cs) from
+/// One architecture's ONNX graph, written in that architecture's own file (Gpt2Graph.cs, VitGraph.cs; LlamaGraph.cs for
+/// the LLaMA-style families, one graph parameterised by the family's decoder spec, as Models builds them) from
 /// the shared <see cref="OnnxGraphBuilder"/>. The graph reads the model's tensors by their checkpoint names and its
 /// projections through <see cref="PretrainedModel.GetProjection(string)"/>, so dense, shared-basis and tied layers
 /// export alike.
@@ -36,7 +37,7 @@ public abstract class ArchitectureGraph
 /// <summary>The architectures the exporter writes, keyed by their descriptors (no model-type names here).</summary>
 public static class ArchitectureGraphs
 {
-    public static IReadOnlyList<ArchitectureGraph> All { get; } = [new Gpt2Graph(), new LlamaGraph(), new VitGraph()];
+    public static IReadOnlyList<ArchitectureGraph> All { get; } = [new Gpt2Graph(), .. LlamaGraph.Families, new VitGraph()];
 
     public static ArchitectureGraph? For(Architecture a) => All.FirstOrDefault(g => ReferenceEquals(g.Architecture, a));
 }

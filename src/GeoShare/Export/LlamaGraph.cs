@@ -5,20 +5,36 @@ using static GeoShare.Export.OnnxGraphBuilder;
 namespace GeoShare.Export;
 
 /// <summary>
-/// LlamaForCausalLM as ONNX: RMSNorm, rotary positions, grouped-query attention, SwiGLU. The rotary cos/sin are the
-/// model's own tables (<see cref="LlamaForCausalLM.RotaryTables"/>) stored as initializers, so whatever frequencies the
-/// model computes (scaled RoPE included) the graph applies unchanged; sequences are limited to max_position_embeddings.
-/// Biases come with the projections. Per-layer variations of the family (a sliding window, q/k norms) belong in
-/// <see cref="Layer"/>: one place that reads a layer's options and writes its attention.
+/// The LLaMA-style decoders as ONNX (llama, mistral, qwen2, qwen3: every family built on <see cref="LlamaDecoderSpec"/>):
+/// RMSNorm, rotary positions, grouped-query attention, SwiGLU, with what the family's spec adds: biases (they come with
+/// the projections: Qwen2's q/k/v, attention_bias and mlp_bias), q_norm/k_norm over head_dim before the rotation
+/// (Qwen3), a sliding-window causal mask (Mistral). One graph for the families, as Models has one decoder; each family
+/// is registered by its descriptor (<see cref="Families"/>). The rotary cos/sin are the model's own tables
+/// (<see cref="LlamaForCausalLM.RotaryTables"/>, from the family's rope parameters: default, linear, llama3 scaling)
+/// stored as initializers, so whatever frequencies the model computes the graph applies unchanged; sequences are
+/// limited to max_position_embeddings (<see cref="LlamaFamilyConfig.MaxPositionEmbeddings"/>).
 /// </summary>
-public sealed class LlamaGraph : ArchitectureGraph
+public sealed class LlamaGraph(Architecture architecture) : ArchitectureGraph
 {
-    public override Architecture Architecture => LlamaArchitecture.Instance;
+    /// <summary>The families this graph writes, one per descriptor in the registry.</summary>
+    public static IReadOnlyList<LlamaGraph> Families { get; } =
+    [
+        new(LlamaArchitecture.Instance),
+        new(MistralArchitecture.Instance),
+        new(Qwen2Architecture.Instance),
+        new(Qwen3Architecture.Instance),
+    ];
+
+    public override Architecture Architecture => architecture;
 
     public override void Build(PretrainedModel model, OnnxGraphBuilder g)
     {
-        var c = (LlamaConfig)model.Config;
+        var c = (LlamaFamilyConfig)model.Config;
         var lm = (LlamaForCausalLM)model;
+        var s = c.Decoder;
+        // Every field of the spec is written: these here; the intermediate size, the rope, tying and the biases by the
+        // tensors and projections the model holds; heads and q/k norms in Layer. A new field fails to compile here.
+        var (vocab, hidden, _, layers, _, _, headDim, eps, _, _, _, _, _, _, window) = s;
         var ps = model.ParametersByName();
 
         g.MaxSequence = c.MaxPositionEmbeddings;
@@ -26,11 +42,11 @@ public sealed class LlamaGraph : ArchitectureGraph
         var bt = g.Node("Shape", ["input_ids"]);
         var t = g.Slice(bt, 0, 1, 2);
         var embed = g.Weight(Param(model, ps, LlamaFamilyLayout.EmbeddingPrefix + ".weight"), LlamaFamilyLayout.EmbeddingPrefix + ".weight");
-        var x = g.Reshape(g.Node("Gather", [embed, "input_ids"]), g.Ints(-1, c.Hidden));
+        var x = g.Reshape(g.Node("Gather", [embed, "input_ids"]), g.Ints(-1, hidden));
 
         // The tables hold cat(freqs, freqs): only the first half is stored, the graph concatenates it (half the bytes).
         var (cosTable, sinTable) = lm.RotaryTables(c.MaxPositionEmbeddings);
-        int half = c.HeadDim / 2;
+        int half = headDim / 2;
         string Rotary(TorchSharp.torch.Tensor table, string name)
         {
             var stored = g.Table(table.narrow(1, 0, half).contiguous(), name);
@@ -38,34 +54,44 @@ public sealed class LlamaGraph : ArchitectureGraph
             return g.Concat(-1, rows, rows);
         }
         var rope = new Rope(Rotary(cosTable, "rotary.cos"), Rotary(sinTable, "rotary.sin"), half);
-        var mask = g.CausalMask(t);
+        var mask = g.CausalMask(t, window);
 
-        for (int l = 0; l < c.Layers; l++)
+        for (int l = 0; l < layers; l++)
         {
             string p = c.Architecture.LayerPrefix(l);
-            var h = g.RmsNorm(x, Param(model, ps, p + ".input_layernorm.weight"), c.RmsNormEps, p + ".input_layernorm");
-            x = g.Add(x, Layer(g, model, c, p, h, bt, rope, mask));
-            h = g.RmsNorm(x, Param(model, ps, p + ".post_attention_layernorm.weight"), c.RmsNormEps, p + ".post_attention_layernorm");
+            var h = g.RmsNorm(x, Param(model, ps, p + ".input_layernorm.weight"), eps, p + ".input_layernorm");
+            x = g.Add(x, Layer(g, model, s, ps, p, h, bt, rope, mask));
+            h = g.RmsNorm(x, Param(model, ps, p + ".post_attention_layernorm.weight"), eps, p + ".post_attention_layernorm");
             var gate = g.Activation("silu", Project(g, model, h, p, "mlp.gate_proj"));
             x = g.Add(x, Project(g, model, g.Mul(gate, Project(g, model, h, p, "mlp.up_proj")), p, "mlp.down_proj"));
         }
-        x = g.RmsNorm(x, Param(model, ps, "model.norm.weight"), c.RmsNormEps, "model.norm");
+        x = g.RmsNorm(x, Param(model, ps, "model.norm.weight"), eps, "model.norm");
         var head = g.Weight(Param(model, ps, LlamaFamilyLayout.HeadPrefix + ".weight"), LlamaFamilyLayout.HeadPrefix + ".weight");
         var logits = g.Node("Gemm", [x, head], [Attr("transB", 1L)]);
-        g.Node("Reshape", [logits, g.Concat(0, bt, g.Ints(c.VocabSize))], output: "logits");
-        g.Output(Value("logits", TensorProto.Types.DataType.Float, "batch", "sequence", c.VocabSize));
+        g.Node("Reshape", [logits, g.Concat(0, bt, g.Ints(vocab))], output: "logits");
+        g.Output(Value("logits", TensorProto.Types.DataType.Float, "batch", "sequence", vocab));
     }
 
     /// <summary>cos and sin [T, headDim] for the current sequence.</summary>
     private sealed record Rope(string Cos, string Sin, int Half);
 
-    /// <summary>One layer's self-attention on the normed input <paramref name="h"/> [N, hidden]; returns o_proj's output.</summary>
-    private static string Layer(OnnxGraphBuilder g, PretrainedModel model, LlamaConfig c, string p, string h, string bt, Rope rope, string mask)
+    /// <summary>
+    /// One layer's self-attention on the normed input <paramref name="h"/> [N, hidden]; returns o_proj's output.
+    /// The spec's per-layer options are read here: q/k norms, the mask (sliding or not) built once by the caller.
+    /// </summary>
+    private static string Layer(OnnxGraphBuilder g, PretrainedModel model, LlamaDecoderSpec s, IReadOnlyDictionary<string, TorchSharp.Modules.Parameter> ps,
+        string p, string h, string bt, Rope rope, string mask)
     {
-        int heads = c.NumAttentionHeads, kv = c.NumKeyValueHeads, hd = c.HeadDim;
+        int heads = s.Heads, kv = s.KvHeads, hd = s.HeadDim;
         var q = g.SplitHeads(Project(g, model, h, p, "self_attn.q_proj"), bt, heads, hd);
         var k = g.SplitHeads(Project(g, model, h, p, "self_attn.k_proj"), bt, kv, hd);
         var v = g.SplitHeads(Project(g, model, h, p, "self_attn.v_proj"), bt, kv, hd);
+        if (s.QkNorm)
+        {
+            // Qwen3: each head of q and k normalised over head_dim ([B, H, T, D], last axis), before the rotation.
+            q = g.RmsNorm(q, Param(model, ps, p + ".self_attn.q_norm.weight"), s.RmsNormEps, p + ".self_attn.q_norm");
+            k = g.RmsNorm(k, Param(model, ps, p + ".self_attn.k_norm.weight"), s.RmsNormEps, p + ".self_attn.k_norm");
+        }
         q = ApplyRotary(g, q, rope);
         k = ApplyRotary(g, k, rope);
         k = g.RepeatKv(k, bt, kv, heads / kv, hd);

@@ -261,13 +261,22 @@ public sealed class OnnxGraphBuilder
         }
     }
 
-    /// <summary>The -inf-above-the-diagonal mask [T, T] of causal attention, for a 1-element int64 T.</summary>
-    public string CausalMask(string t)
+    /// <summary>
+    /// The additive mask [T, T] of causal attention, for a 1-element int64 T: -inf where key j is after query i
+    /// (j &gt; i) and, with a sliding <paramref name="window"/>, where it is window or more behind (i − j ≥ window), as
+    /// GeoShare's attention masks them; 0 where query i sees key j (0 ≤ i − j &lt; window). The two -inf regions are
+    /// disjoint; when T ≤ window the second is empty (Trilu's k = −window selects nothing) and the mask is the causal one.
+    /// </summary>
+    public string CausalMask(string t, int? window = null)
     {
+        if (window is <= 0) throw new ArgumentException($"a sliding window must be positive, got {window}");
         var minusInf = new TensorProto { DataType = (int)TensorProto.Types.DataType.Float, Dims = { 1 } };
         minusInf.FloatData.Add(float.NegativeInfinity);
         var full = Node("ConstantOfShape", [Concat(0, t, t)], [Attr("value", minusInf)]);
-        return Node("Trilu", [full, Scalar(1)], [Attr("upper", 1L)]);
+        var future = Node("Trilu", [full, Scalar(1)], [Attr("upper", 1L)]);
+        if (window is not int w) return future;
+        var past = Node("Trilu", [full, Scalar(-w)], [Attr("upper", 0L)]);
+        return Add(future, past);
     }
 
     /// <summary>

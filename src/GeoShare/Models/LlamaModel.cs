@@ -31,6 +31,7 @@ public sealed record LlamaConfig(
     int MaxPositionEmbeddings) : LlamaFamilyConfig, ICausalLanguageModelConfig
 {
     public override Architecture Architecture => LlamaArchitecture.Instance;
+    public override int MaxPositionEmbeddings { get; init; } = MaxPositionEmbeddings;
 
     /// <summary>Rotary positions have no table to run past: evaluation does not limit the window (max_position_embeddings is advisory).</summary>
     public int MaxPositions => int.MaxValue;
@@ -57,6 +58,12 @@ public abstract record LlamaFamilyConfig : ModelConfig
 {
     /// <summary>The decoder this config describes.</summary>
     public abstract LlamaDecoderSpec Decoder { get; }
+
+    /// <summary>
+    /// config.json's max_position_embeddings (absent: the family's transformers default). Advisory for evaluation
+    /// (rotary positions have no table to run past); the ONNX export's rotary tables cover this many positions.
+    /// </summary>
+    public abstract int MaxPositionEmbeddings { get; init; }
 
     public override int NumLayers => Decoder.Layers;
     public override int HiddenSize => Decoder.Hidden;
