@@ -157,12 +157,8 @@ public class OnnxExportTests(ITestOutputHelper output)
         }
     }
 
-    /// <summary>The rotary cos and sin halves the LLaMA graph stores beside the parameters.</summary>
-    private static long RotaryElements(PretrainedModel model)
-    {
-        var c = (LlamaFamilyConfig)model.Config;
-        return 2L * c.MaxPositionEmbeddings * (c.Decoder.HeadDim / 2);
-    }
+    /// <summary>The rotary inv_freq [head_dim/2] the LLaMA graph stores beside the parameters (it computes cos and sin from it).</summary>
+    private static long RotaryElements(PretrainedModel model) => ((LlamaFamilyConfig)model.Config).Decoder.HeadDim / 2;
 
     public static TheoryData<string, string> FamilyCases()
     {
@@ -208,7 +204,7 @@ public class OnnxExportTests(ITestOutputHelper output)
         double worst = 0, worstMax = 0;
         using (var ort = OnnxRuntimeModel.Open(path, threads: 1))
         {
-            Assert.Equal(((LlamaFamilyConfig)model.Config).MaxPositionEmbeddings, ort.MaxSequence);
+            Assert.Null(ort.MaxSequence); // the rotary tables are computed for any length: no position limit
             foreach (var (length, i) in lengths.Select((l, i) => (l, i)))
             {
                 var input = Input(model, i == 0 ? 3 : 1, length, 5 + i);
@@ -238,13 +234,15 @@ public class OnnxExportTests(ITestOutputHelper output)
 
         var read = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
         Assert.Equal(read.Graph.Initializer.Count, read.Graph.Initializer.Select(i => i.Name).Distinct().Count());
-        // The stored weights are the model's parameter bytes in BF16 (each shared tensor once) plus the float32 rotary halves.
+        // The stored weights are the model's parameter bytes in BF16 (each shared tensor once) plus the float32 inv_freq.
         var rotary = read.Graph.Initializer.Where(i => i.Name.StartsWith("rotary.")).ToList();
-        Assert.Equal(2, rotary.Count);
+        Assert.Single(rotary);
         Assert.All(rotary, i => Assert.Equal((int)TensorProto.Types.DataType.Float, i.DataType));
         Assert.All(read.Graph.Initializer.Where(i => i.RawData.Length > 0 && !i.Name.StartsWith("rotary.")),
             i => Assert.Equal((int)TensorProto.Types.DataType.Bfloat16, i.DataType));
         Assert.Equal(export.ParameterBytes + 4 * RotaryElements(model), read.Graph.Initializer.Sum(i => (long)i.RawData.Length));
+        // The bound: the file within 2% of the parameter bytes (float32 rotary tables of 256 positions took up to 4.3%).
+        Assert.True(export.SizeOverhead < 0.02, $"{family} {mode}: the file is {export.FileBytes} bytes, {export.SizeOverhead:P2} over the parameters' {export.ParameterBytes}");
         if (spec.QkNorm) Assert.Equal(2 * spec.Layers, read.Graph.Initializer.Count(i => i.Name.EndsWith("_norm.weight") && i.Name.Contains(".self_attn.")));
         if (spec.QkvBias) Assert.Equal(3 * spec.Layers, read.Graph.Initializer.Count(i => i.Name.EndsWith("_proj.bias") && i.Name.Contains(".self_attn.")));
         Assert.Equal(spec.SlidingWindow is null ? 1 : 2, read.Graph.Node.Count(n => n.OpType == "Trilu"));
@@ -264,11 +262,12 @@ public class OnnxExportTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Every architecture the library loads has a graph; the LLaMA-style families' rotary tables cover config.json's
-    /// max_position_embeddings, or the family's transformers default when it is absent.
+    /// Every architecture the library loads has a graph; the LLaMA-style families read config.json's
+    /// max_position_embeddings (or the family's transformers default when it is absent), but their graphs store no table
+    /// of that many positions: only the model's inv_freq [head_dim/2], bit for bit, and no sequence limit.
     /// </summary>
     [Fact]
-    public void EveryArchitectureHasAGraphAndEachFamilysRotaryTablesCoverItsMaxPositionEmbeddings()
+    public void EveryArchitectureHasAGraphAndEachFamilysGraphStoresTheModelsInverseFrequenciesNotPositionTables()
     {
         Assert.All(Architectures.All, a => Assert.Same(a, ArchitectureGraphs.For(a)?.Architecture));
         foreach (var (type, absent) in new[] { ("llama", 2048), ("mistral", 4096 * 32), ("qwen2", 32768), ("qwen3", 32768) })
@@ -280,8 +279,11 @@ public class OnnxExportTests(ITestOutputHelper output)
                 var (proto, _) = OnnxExporter.Build(model, ScalarType.Float32, OnnxExportOptions.MinOpset);
                 int expected = written ?? absent;
                 Assert.Equal(expected, ((LlamaFamilyConfig)model.Config).MaxPositionEmbeddings);
-                Assert.Equal(expected.ToString(System.Globalization.CultureInfo.InvariantCulture), proto.MetadataProps.Single(m => m.Key == OnnxExporter.MaxSequenceKey).Value);
-                Assert.All(proto.Graph.Initializer.Where(i => i.Name.StartsWith("rotary.")), i => Assert.Equal([expected, 2L], i.Dims));
+                Assert.DoesNotContain(proto.MetadataProps, m => m.Key == OnnxExporter.MaxSequenceKey);
+                var inv = proto.Graph.Initializer.Single(i => i.Name.StartsWith("rotary."));
+                Assert.Equal([2L], inv.Dims);
+                using var modelInv = ((LlamaFamilyConfig)model.Config).Decoder.Rope.InverseFrequencies(4);
+                Assert.Equal(modelInv.data<float>().ToArray(), System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(inv.RawData.Span).ToArray());
             }
     }
 
@@ -367,15 +369,31 @@ public class OnnxExportTests(ITestOutputHelper output)
         Assert.Contains("opset", Assert.Throws<UsageException>(() => new OnnxExportOptions { Opset = 13 }.Validate()).Message);
         Assert.Contains("save_dtype", Assert.Throws<UsageException>(() => new OnnxExportOptions { SaveDType = ScalarType.Float64 }.Validate()).Message);
 
-        // A sequence past the rotary tables the file holds (max_position_embeddings 16) is refused before ONNX Runtime runs.
+        // GPT-2's learned position table (n_positions 8) ends: a longer sequence is refused before ONNX Runtime runs.
+        string gpt2Path = tmp.File("gpt2.onnx");
+        var gpt2 = Tiny("gpt2");
+        OnnxExporter.WriteFile(OnnxExporter.Build(gpt2, ScalarType.Float32, OnnxExportOptions.MinOpset).Proto, gpt2Path);
+        using (var ort = OnnxRuntimeModel.Open(gpt2Path, threads: 1))
+        {
+            Assert.Equal(8, ort.MaxSequence);
+            Assert.Contains("8 positions", Assert.Throws<UsageException>(() => ort.Forward(Input(gpt2, 1, 9, 4))).Message);
+            Assert.Equal(8, ort.Forward(Input(gpt2, 1, 8, 4)).shape[1]);
+        }
+        File.Delete(gpt2Path);
+
+        // The LLaMA graph computes its rotary tables for the input's length: past max_position_embeddings (16), as the
+        // model does, it is not refused and gives the model's logits.
         var llama = Tiny("llama");
         string llamaPath = tmp.File("llama.onnx");
         OnnxExporter.WriteFile(OnnxExporter.Build(llama, ScalarType.Float32, OnnxExportOptions.MinOpset).Proto, llamaPath);
         using (var ort = OnnxRuntimeModel.Open(llamaPath, threads: 1))
         {
-            Assert.Equal(16, ort.MaxSequence);
-            Assert.Contains("16 positions", Assert.Throws<UsageException>(() => ort.Forward(Input(llama, 1, 17, 4))).Message);
-            Assert.Equal(16, ort.Forward(Input(llama, 1, 16, 4)).shape[1]);
+            Assert.Null(ort.MaxSequence);
+            var longInput = Input(llama, 1, 40, 4);
+            var longLogits = ort.Forward(longInput);
+            Assert.Equal(40, longLogits.shape[1]);
+            double err = TensorAssert.RelativeError(longLogits, Logits(llama, longInput));
+            Assert.True(err < Tolerance, $"llama past max_position_embeddings: {err:E2} from GeoShare's logits");
         }
         File.Delete(llamaPath);
 

@@ -9,10 +9,11 @@ namespace GeoShare.Export;
 /// RMSNorm, rotary positions, grouped-query attention, SwiGLU, with what the family's spec adds: biases (they come with
 /// the projections: Qwen2's q/k/v, attention_bias and mlp_bias), q_norm/k_norm over head_dim before the rotation
 /// (Qwen3), a sliding-window causal mask (Mistral). One graph for the families, as Models has one decoder; each family
-/// is registered by its descriptor (<see cref="Families"/>). The rotary cos/sin are the model's own tables
-/// (<see cref="LlamaForCausalLM.RotaryTables"/>, from the family's rope parameters: default, linear, llama3 scaling)
-/// stored as initializers, so whatever frequencies the model computes the graph applies unchanged; sequences are
-/// limited to max_position_embeddings (<see cref="LlamaFamilyConfig.MaxPositionEmbeddings"/>).
+/// is registered by its descriptor (<see cref="Families"/>). The rotary cos/sin are computed in the graph as the model
+/// computes them (<see cref="RotaryEmbedding.CosSin"/>): only inv_freq is stored (float32, [head_dim/2], from the
+/// family's rope parameters by <see cref="RotaryParameters.InverseFrequencies"/>: default, linear, llama3 scaling), the
+/// positions 0..T−1 come from the input's shape, so the graph takes any sequence length, as the model does
+/// (max_position_embeddings is advisory there too; it stays in the file's config metadata).
 /// </summary>
 public sealed class LlamaGraph(Architecture architecture) : ArchitectureGraph
 {
@@ -30,30 +31,31 @@ public sealed class LlamaGraph(Architecture architecture) : ArchitectureGraph
     public override void Build(PretrainedModel model, OnnxGraphBuilder g)
     {
         var c = (LlamaFamilyConfig)model.Config;
-        var lm = (LlamaForCausalLM)model;
         var s = c.Decoder;
-        // Every field of the spec is written: these here; the intermediate size, the rope, tying and the biases by the
+        // Every field of the spec is written: these and the rope here; the intermediate size, tying and the biases by the
         // tensors and projections the model holds; heads and q/k norms in Layer. A new field fails to compile here.
         var (vocab, hidden, _, layers, _, _, headDim, eps, _, _, _, _, _, _, window) = s;
         var ps = model.ParametersByName();
 
-        g.MaxSequence = c.MaxPositionEmbeddings;
         g.Input(Value("input_ids", TensorProto.Types.DataType.Int64, "batch", "sequence"));
         var bt = g.Node("Shape", ["input_ids"]);
         var t = g.Slice(bt, 0, 1, 2);
         var embed = g.Weight(Param(model, ps, LlamaFamilyLayout.EmbeddingPrefix + ".weight"), LlamaFamilyLayout.EmbeddingPrefix + ".weight");
         var x = g.Reshape(g.Node("Gather", [embed, "input_ids"]), g.Ints(-1, hidden));
 
-        // The tables hold cat(freqs, freqs): only the first half is stored, the graph concatenates it (half the bytes).
-        var (cosTable, sinTable) = lm.RotaryTables(c.MaxPositionEmbeddings);
+        // The model's rotary tables, computed in the graph with the model's operations: positions arange(T) in int64 cast
+        // to float32, times inv_freq (one float32 multiply per element, torch.outer's), so the angles are the model's
+        // bit for bit; cos and sin of those [T, head_dim/2] angles (the runtime's Cos/Sin, which may differ from libtorch's
+        // in the last bit), then cat(·, ·) along the last axis as the model's cat(freqs, freqs) lays them out (an
+        // elementwise function commutes with the concatenation). rotate_half is the model's too (ApplyRotary).
         int half = headDim / 2;
-        string Rotary(TorchSharp.torch.Tensor table, string name)
-        {
-            var stored = g.Table(table.narrow(1, 0, half).contiguous(), name);
-            var rows = g.Node("Slice", [stored, g.Ints(0), t, g.Ints(0)]);
-            return g.Concat(-1, rows, rows);
-        }
-        var rope = new Rope(Rotary(cosTable, "rotary.cos"), Rotary(sinTable, "rotary.sin"), half);
+        string invFreq;
+        using (var inv = s.Rope.InverseFrequencies(headDim)) invFreq = g.Table(inv, "rotary.inv_freq");
+        var positions = g.Node("Cast", [g.Node("Range", [g.Scalar(0), g.Node("Gather", [bt, g.Scalar(1)]), g.Scalar(1)])],
+            [Attr("to", (long)TensorProto.Types.DataType.Float)]);
+        var freqs = g.Mul(g.Node("Unsqueeze", [positions, g.Ints(1)]), invFreq);  // [T, 1] × [half] → [T, half]
+        string Rotary(string op) { var values = g.Node(op, [freqs]); return g.Concat(-1, values, values); }
+        var rope = new Rope(Rotary("Cos"), Rotary("Sin"), half);
         var mask = g.CausalMask(t, window);
 
         for (int l = 0; l < layers; l++)

@@ -29,7 +29,7 @@ public sealed class OnnxGraphBuilder
 
     public int Opset { get; }
 
-    /// <summary>The longest sequence the graph takes (position or rotary tables), set by language-model graphs.</summary>
+    /// <summary>The longest sequence the graph takes (a learned position table's rows: GPT-2), set by graphs that have one.</summary>
     public int? MaxSequence { get; set; }
     public ScalarType StoredDType { get; }
     public GraphProto Graph => _graph;
@@ -79,7 +79,7 @@ public sealed class OnnxGraphBuilder
     /// </summary>
     public string Weight(Tensor t, string name) => Store(t, name, StoredDType);
 
-    /// <summary>A table the model computes in float32 (rotary cos/sin): stored in float32 whatever the weights' dtype.</summary>
+    /// <summary>A constant the model computes in float32 (rotary inv_freq): stored in float32 whatever the weights' dtype.</summary>
     public string Table(Tensor t, string name) => Store(t, name, ScalarType.Float32);
 
     private string Store(Tensor t, string name, ScalarType dtype)

@@ -24,7 +24,7 @@ public sealed class OnnxRuntimeModel : IDisposable
     /// <summary>The folder the file was exported from (tokenizer, preprocessor), as recorded at export; null if not recorded.</summary>
     public string? SourceFolder { get; }
     public int Threads { get; }
-    /// <summary>The longest sequence the graph's position tables cover; null for image models.</summary>
+    /// <summary>The longest sequence the graph's learned position table covers (GPT-2); null for rotary decoders and image models.</summary>
     public int? MaxSequence { get; }
 
     private OnnxRuntimeModel(InferenceSession session, string path, int threads)
@@ -74,7 +74,7 @@ public sealed class OnnxRuntimeModel : IDisposable
     /// </summary>
     public Tensor Forward(Tensor input)
     {
-        // The graph's tables end there; ONNX Runtime would fail on a broadcast deep inside instead.
+        // The graph's position table ends there; ONNX Runtime would fail on a broadcast deep inside instead.
         if (MaxSequence is int max && input.dim() == 2 && input.shape[1] > max)
             throw new UsageException($"sequences of {input.shape[1]} tokens exceed the {max} positions {Path} was exported with");
         using var cpu = input.contiguous();

@@ -61,7 +61,8 @@ public abstract record LlamaFamilyConfig : ModelConfig
 
     /// <summary>
     /// config.json's max_position_embeddings (absent: the family's transformers default). Advisory for evaluation
-    /// (rotary positions have no table to run past); the ONNX export's rotary tables cover this many positions.
+    /// (rotary positions have no table to run past), and for the ONNX export, which computes the rotary tables in its
+    /// graph for any length; kept as the config's information.
     /// </summary>
     public abstract int MaxPositionEmbeddings { get; init; }
 
@@ -272,9 +273,6 @@ public sealed class LlamaForCausalLM : PretrainedModel
     }
 
     public override Tensor forward(Tensor ids) => lm_head.call(model.call(ids));
-
-    /// <summary>The rotary cos and sin [length, head_dim] (float32) this model applies at positions 0..length-1 (for the ONNX export).</summary>
-    public (Tensor Cos, Tensor Sin) RotaryTables(long length) => model.RotaryTables(length);
 }
 
 public sealed class LlamaModel : Module<Tensor, Tensor>
@@ -292,8 +290,6 @@ public sealed class LlamaModel : Module<Tensor, Tensor>
         _rotary = new RotaryEmbedding(s.HeadDim, s.Rope);
         RegisterComponents();
     }
-
-    internal (Tensor Cos, Tensor Sin) RotaryTables(long length) => _rotary.CosSin(length, ScalarType.Float32, CPU);
 
     public override Tensor forward(Tensor ids)
     {
