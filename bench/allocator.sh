@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The native allocator, side by side in one run: the fresh-machine path (`geoshare` re-executes itself under
 # jemalloc, which the README and .ci/run install) against jemalloc preloaded by hand (the launcher's old setting),
-# tuned glibc (what a program using the library gets: GEOSHARE_ALLOCATOR=glibc) and glibc's defaults with the old
-# 512 MB top pad, for eval, a float64 analyze of two blocks and (WORKLOADS) a K-FAC plan of the bundled GPT-2; eval
-# also through `dotnet run` and a library host (GeoShare.Bench eval-library). Every run is its own process, timed by
-# /usr/bin/time (wall, CPU, peak resident set, minor page faults); ROUNDS rounds, the order reversed in every
-# other round. Writes bench/results/allocator/*.json and bench/allocator.md.
+# the library's caching allocator (what a program using the library gets; the CLI with GEOSHARE_ALLOCATOR=caching
+# stays in-process on it) and tuned glibc (libtorch's own allocator, GEOSHARE_ALLOCATOR=glibc: the library's path
+# before the caching allocator), for eval, a float64 analyze of two blocks and (WORKLOADS) a K-FAC plan of the
+# bundled GPT-2; eval also through `dotnet run` and a library host (GeoShare.Bench eval-library). Every run is its
+# own process, timed by /usr/bin/time (wall, CPU, peak resident set, minor page faults); ROUNDS rounds, the order
+# reversed in every other round. Writes bench/results/allocator/*.json and bench/allocator.md.
+# OMP_NUM_THREADS, when set, applies to every run (on a loaded machine libgomp's spinning threads inflate CPU time).
 #   ROUNDS (2)  EVAL_WINDOWS (16)  ANALYZE_WINDOWS (1)  ANALYZE_TOP (2)  PLAN_CALIB_WINDOWS (16)
 #   WORKLOADS ("eval analyze plan")
 set -euo pipefail
@@ -31,11 +33,11 @@ run() { # workload entry round
   local w=$1 e=$2 r=$3 cmd
   case $e in
     fresh)     cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR "$cli") ;;          # re-executes itself under jemalloc (installed)
-    glibc)     cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=glibc "$cli") ;;         # tuned glibc: what a program using the library gets
+    caching)   cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=caching "$cli") ;;       # the library's caching allocator: what a program using the library gets
+    glibc)     cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=glibc "$cli") ;;         # tuned glibc: the library's path before
     jemalloc)  cmd=(env LD_PRELOAD=$jemalloc MALLOC_CONF=dirty_decay_ms:5000,muzzy_decay_ms:0 "$cli") ;;
-    old)       cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=default MALLOC_TOP_PAD_=536870912 "$cli") ;;
     dotnet-run) cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR dotnet run --project src/GeoShare.Cli -c Release --no-build --) ;;
-    library)   cmd=(env -u LD_PRELOAD dotnet bench/GeoShare.Bench/bin/Release/net10.0/linux-x64/GeoShare.Bench.dll eval-library $model assets/data/corpus/test.txt $ew) ;;
+    library)   cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR dotnet bench/GeoShare.Bench/bin/Release/net10.0/linux-x64/GeoShare.Bench.dll eval-library $model assets/data/corpus/test.txt $ew) ;;
   esac
   [ $e = library ] && set -- || set -- ${args[$w]}
   echo "round $r: $w $e" >&2
@@ -45,11 +47,11 @@ run() { # workload entry round
 }
 for r in $(seq 1 "$rounds"); do
   for w in $workloads; do
-    entries=(fresh jemalloc glibc old); [ $w = eval ] && entries+=(dotnet-run library)
+    entries=(fresh jemalloc caching glibc); [ $w = eval ] && entries+=(dotnet-run library)
     if (( r % 2 == 0 )); then mapfile -t entries < <(printf '%s\n' "${entries[@]}" | tac); fi
     for e in "${entries[@]}"; do run $w $e $r; done
   done
 done
 python3 bench/allocator_table.py "$out" "$(date -u +%Y-%m-%d)" "$(nproc --all)" "$(cut -d' ' -f1-3 /proc/loadavg)" \
-  "eval: ${args[eval]}" "analyze: ${args[analyze]/--plots $tmp\/plots/}" "plan: ${args[plan]/--out $tmp\/plan.json --plots $tmp\/plots/}" > bench/allocator.md
+  "threads per run: ${OMP_NUM_THREADS:-all cores, the libtorch default}" "eval: ${args[eval]}" "analyze: ${args[analyze]/--plots $tmp\/plots/}" "plan: ${args[plan]/--out $tmp\/plan.json --plots $tmp\/plots/}" > bench/allocator.md
 cat bench/allocator.md

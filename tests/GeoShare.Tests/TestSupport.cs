@@ -70,10 +70,14 @@ public static class GeoshareProcess
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static Result Run(params string[] args)
+    public static Result Run(params string[] args) => Run(new Dictionary<string, string>(), args);
+
+    /// <summary>With these environment variables set (or replaced) for the child.</summary>
+    public static Result Run(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         string dll = System.IO.Path.Combine(AppContext.BaseDirectory, "GeoShare.Cli.dll");
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Repo.Root };
+        foreach (var (k, v) in environment) psi.Environment[k] = v;
         psi.ArgumentList.Add(dll);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;

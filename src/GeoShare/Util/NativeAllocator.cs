@@ -4,27 +4,38 @@ using System.Runtime.InteropServices;
 namespace GeoShare;
 
 /// <summary>
-/// The native allocator under libtorch. The `geoshare` command runs under jemalloc where it is installed
-/// (<see cref="PreferJemalloc"/>: the same speed and memory as jemalloc preloaded by hand, bench/allocator.md); any other
-/// host (the tests, a user's program) runs on glibc, tuned with mallopt when the library loads: jemalloc's peak memory,
-/// but 1.5-2.5× its time, from page faults.
-/// <para>Set: M_MMAP_THRESHOLD = 128 KB, fixed. glibc's default starts there but raises the threshold to the largest
-/// freed mapping, so the multi-megabyte tensors of each pass land in the heap, where their holes fragment it: the
-/// resident set grew by about 25 MB per GPT-2 eval pass, linearly and without bound (as it did with any fixed
-/// threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set here before, whose large top chunk
-/// served them from the heap). Fixed at 128 KB (trimming at glibc's 128 KB too), a tensor of 128 KB or more that no
-/// free heap chunk fits gets its own mapping, returned when freed: the resident set stays at the live size, like
-/// jemalloc's, for page faults on each new tensor. Measured (bench/allocator.md, idle machine): peak resident
-/// 0.93-0.99× jemalloc's (the old top pad: 2.15× on eval), time 1.5-2.5× jemalloc's.</para>
-/// <para>GEOSHARE_ALLOCATOR=default skips the tuning (glibc's own defaults, for comparisons); so does a
-/// MALLOC_MMAP_THRESHOLD_ set by the user.</para>
+/// The native allocator under libtorch, chosen when the library loads (a module initializer, so the CLI, the tests
+/// and a user's program all get it; no LD_PRELOAD):
+/// <list type="bullet">
+/// <item>"caching" (the default): the library's own CPU allocator (native/geoshare_alloc.cpp, built with the library
+/// and copied next to it) installed into libtorch with c10::SetCPUAllocator. Tensors of 128 KB or more are anonymous
+/// mappings kept for reuse after they are freed, in size classes, instead of returned to the kernel and faulted in
+/// again; bounded: the mapped total never exceeds the peak in use plus 1/8 of it (oldest cached blocks are unmapped
+/// first), and a block unused for 5 s is unmapped. Smaller tensors come from glibc, tuned as below.</item>
+/// <item>"jemalloc": jemalloc is preloaded (the `geoshare` command re-executes itself under it where installed,
+/// <see cref="PreferJemalloc"/>); nothing is installed, jemalloc already keeps freed extents.</item>
+/// <item>"glibc" (GEOSHARE_ALLOCATOR=glibc, or when the caching allocator cannot be installed): libtorch's own CPU
+/// allocator on glibc with M_MMAP_THRESHOLD fixed at 128 KB: jemalloc's peak memory at 1.5-2.5× its time, from page
+/// faults (bench/allocator.md).</item>
+/// <item>"glibc defaults" (GEOSHARE_ALLOCATOR=default): nothing set, for comparisons.</item>
+/// </list>
+/// <para>The glibc tuning (every host but "glibc defaults" and jemalloc): M_MMAP_THRESHOLD = 128 KB, fixed. glibc's
+/// default starts there but raises the threshold to the largest freed mapping, so the multi-megabyte blocks of each
+/// pass land in the heap, where their holes fragment it: the resident set grew by about 25 MB per GPT-2 eval pass,
+/// without bound (as with any fixed threshold of 1 MB or more, with trimming off, and with the 512 MB M_TOP_PAD set
+/// here before). Fixed at 128 KB, a block of 128 KB or more gets its own mapping, returned when freed. A
+/// MALLOC_MMAP_THRESHOLD_ set by the user skips it.</para>
 /// </summary>
 public static partial class NativeAllocator
 {
-    /// <summary>"jemalloc" when preloaded, else "glibc" (with " defaults" when GEOSHARE_ALLOCATOR=default).</summary>
-    public static string Name { get; } =
-        File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc") ? "jemalloc"
-        : Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR") == "default" ? "glibc defaults" : "glibc";
+    /// <summary>"caching", "jemalloc", "glibc" or "glibc defaults" (see the class summary; "default" off Linux).</summary>
+    public static string Name { get; private set; } = "glibc";
+
+    /// <summary>Why the caching allocator is not in use: null when it is; else what happened.</summary>
+    public static string? CachingUnavailable { get; private set; } = "not tried";
+
+    /// <summary>The file name of the library's CPU allocator, next to GeoShare.dll.</summary>
+    public const string CachingLibraryName = "libgeoshare_alloc.so";
 
     /// <summary>Debian's libjemalloc2 (the README and .ci/run install it).</summary>
     public const string JemallocPath = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
@@ -35,14 +46,13 @@ public static partial class NativeAllocator
 
     /// <summary>
     /// For a program's entry point (the `geoshare` command): runs this process again, the same command line, with
-    /// jemalloc preloaded, when it is installed and not yet loaded. jemalloc keeps freed extents for reuse, which no
-    /// mallopt setting of glibc does: a float64 analyze of two GPT-2 blocks took 2.4× the time under glibc
-    /// (bench/allocator.md). Returns (doing nothing) when jemalloc is absent, already loaded, GEOSHARE_ALLOCATOR is
-    /// set, or the exec fails. Library code cannot switch allocators after start; there the glibc tuning applies.
+    /// jemalloc preloaded, when it is installed and not yet loaded (jemalloc also serves the small blocks and
+    /// .NET's and OpenMP's own). Returns (doing nothing) when jemalloc is absent, already loaded, GEOSHARE_ALLOCATOR
+    /// is set, or the exec fails; the process then goes on with the allocator chosen when the library loaded.
     /// </summary>
     public static void PreferJemalloc()
     {
-        if (!OperatingSystem.IsLinux() || Name != "glibc" || !File.Exists(JemallocPath)) return;
+        if (!OperatingSystem.IsLinux() || Name == "jemalloc" || !File.Exists(JemallocPath)) return;
         if (Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR") is not null || Environment.GetEnvironmentVariable(ReexecMarker) is not null) return;
         if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable("LD_PRELOAD"))) return;
         string[] argv;
@@ -61,7 +71,7 @@ public static partial class NativeAllocator
             ExecVe("/proc/self/exe", NullTerminated(argv), NullTerminated(env.Select(kv => $"{kv.Key}={kv.Value}")));
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
-        // execve returns only on failure: go on under glibc.
+        // execve returns only on failure: go on with the allocator chosen at load.
     }
 
     /// <summary>UTF-8 C strings and a terminating null pointer; never freed (execve replaces the process or we exit the path).</summary>
@@ -70,18 +80,96 @@ public static partial class NativeAllocator
     [LibraryImport("libc", EntryPoint = "execve", StringMarshalling = StringMarshalling.Utf8)]
     private static partial int ExecVe(string path, IntPtr[] argv, IntPtr[] envp);
 
+
     private const int M_MMAP_THRESHOLD = -3;
     private const int MmapThresholdBytes = 128 << 10;
 
     [LibraryImport("libc", EntryPoint = "mallopt")]
     private static partial int MallOpt(int param, int value);
 
+    /// <summary>SetCPUAllocator's priority: above the 0 of libtorch's static registrations, so none that runs later
+    /// (a library loaded after this one) replaces it; a user's allocator set with a higher priority wins.</summary>
+    private const int InstallPriority = 1;
+
+    private static IntPtr _caching;
+
     [ModuleInitializer]
     [System.Diagnostics.CodeAnalysis.SuppressMessage("Usage", "CA2255", Justification = "allocator policy must be set before the first tensor is allocated, in every host (CLI, tests, user code)")]
     internal static void Tune()
     {
-        if (!OperatingSystem.IsLinux() || Name != "glibc" || Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is not null) return;
-        try { MallOpt(M_MMAP_THRESHOLD, MmapThresholdBytes); }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { /* not glibc: nothing to tune */ }
+        bool jemalloc = File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc");
+        string? choice = Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR");
+        if (!OperatingSystem.IsLinux()) { Name = "default"; CachingUnavailable = "not Linux"; return; }
+        if (jemalloc) { Name = "jemalloc"; CachingUnavailable = "jemalloc is preloaded"; return; }
+        if (choice == "default") { Name = "glibc defaults"; CachingUnavailable = "GEOSHARE_ALLOCATOR=default"; return; }
+        if (Environment.GetEnvironmentVariable("MALLOC_MMAP_THRESHOLD_") is null)
+        {
+            try { MallOpt(M_MMAP_THRESHOLD, MmapThresholdBytes); }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { /* not glibc: nothing to tune */ }
+        }
+        Name = "glibc";
+        if (choice == "glibc") { CachingUnavailable = "GEOSHARE_ALLOCATOR=glibc"; return; }
+        CachingUnavailable = InstallCaching();
+        if (CachingUnavailable is null) Name = "caching";
     }
+
+    /// <summary>Loads libgeoshare_alloc.so and installs it as libtorch's CPU allocator (loading libc10.so, the one
+    /// TorchSharp loads later, if it is not loaded yet). Null on success, else the reason.</summary>
+    private static unsafe string? InstallCaching()
+    {
+        string[] dirs = [.. new[] { Path.GetDirectoryName(typeof(NativeAllocator).Assembly.Location), AppContext.BaseDirectory }
+            .Where(d => !string.IsNullOrEmpty(d)).Select(d => d!).Distinct()];
+        string? lib = dirs.Select(d => Path.Combine(d, CachingLibraryName)).FirstOrDefault(File.Exists);
+        if (lib is null) return $"{CachingLibraryName} not found next to GeoShare.dll";
+        if (!NativeLibrary.TryLoad(lib, out IntPtr handle)) return $"{lib} does not load";
+        if (!NativeLibrary.TryGetExport(handle, "geoshare_alloc_install", out IntPtr install)) return $"{lib} has no geoshare_alloc_install";
+        // libc10.so from the folders TorchSharp loads its natives from (flat in a RID-specific output, else runtimes/).
+        string? c10 = dirs.SelectMany(d => new[] { Path.Combine(d, "libc10.so"), Path.Combine(d, "runtimes", "linux-x64", "native", "libc10.so") })
+            .FirstOrDefault(File.Exists);
+        if (c10 is null && NativeLibrary.TryLoad("libc10.so", typeof(TorchSharp.torch).Assembly, null, out _)) c10 = "libc10.so";
+        IntPtr path = c10 is null ? IntPtr.Zero : Marshal.StringToCoTaskMemUTF8(c10);
+        int code;
+        try { code = ((delegate* unmanaged<IntPtr, int, int>)install)(path, InstallPriority); }
+        finally { Marshal.FreeCoTaskMem(path); }
+        if (code != 0)
+            return code switch
+            {
+                1 => "libc10.so not found",
+                2 => "libc10.so lacks c10::SetCPUAllocator",
+                3 => "libc10's CPU allocator does not match the declarations of libtorch 2.10",
+                4 => "libtorch kept an allocator of higher priority",
+                _ => $"install returned {code}",
+            };
+        _caching = handle;
+        return null;
+    }
+
+    /// <summary>Process-wide figures of the caching allocator (all zero when it is not in use).</summary>
+    public readonly record struct CachingStats(ulong Allocations, ulong LargeAllocations, ulong CacheHits, ulong Frees,
+        ulong Mappings, ulong Unmappings, ulong LargeBytesInUse, ulong CachedBytes, ulong PeakLargeBytesInUse);
+
+    /// <summary>The calling thread's figures of the caching allocator: its allocations, frees and cache hits, and the
+    /// data pointer and size of its last allocation.</summary>
+    public readonly record struct ThreadCachingStats(ulong Allocations, ulong Frees, ulong CacheHits, ulong LastData, ulong LastBytes);
+
+    public static unsafe CachingStats Stats()
+    {
+        var v = new ulong[9];
+        if (Export("geoshare_alloc_stats") is { } f) fixed (ulong* p = v) ((delegate* unmanaged<ulong*, int, int>)f)(p, v.Length);
+        return new(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+    }
+
+    public static unsafe ThreadCachingStats ThreadStats()
+    {
+        var v = new ulong[5];
+        if (Export("geoshare_alloc_thread_stats") is { } f) fixed (ulong* p = v) ((delegate* unmanaged<ulong*, int, int>)f)(p, v.Length);
+        return new(v[0], v[1], v[2], v[3], v[4]);
+    }
+
+    /// <summary>Unmaps every cached block now (blocks in use stay); returns the bytes released (0 when not in use).</summary>
+    public static unsafe ulong ReleaseCache() =>
+        Export("geoshare_alloc_release_cache") is { } f ? ((delegate* unmanaged<ulong>)f)() : 0;
+
+    private static IntPtr? Export(string name) =>
+        _caching != IntPtr.Zero && NativeLibrary.TryGetExport(_caching, name, out IntPtr f) ? f : null;
 }
