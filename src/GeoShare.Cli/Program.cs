@@ -2,7 +2,7 @@ using GeoShare;
 using GeoShare.Cli;
 using GeoShare.Cli.Commands;
 
-NativeAllocator.PreferJemalloc(); // re-executes this command under jemalloc where it is installed
+NativeAllocator.PreferJemalloc(); // only with GEOSHARE_ALLOCATOR=jemalloc: re-executes this command under jemalloc, for comparisons
 return Cli.Run(args);
 
 namespace GeoShare.Cli

@@ -12,8 +12,9 @@ namespace GeoShare;
 /// mappings kept for reuse after they are freed, in size classes, instead of returned to the kernel and faulted in
 /// again; bounded: the mapped total never exceeds the peak in use plus 1/8 of it (oldest cached blocks are unmapped
 /// first), and a block unused for 5 s is unmapped. Smaller tensors come from glibc, tuned as below.</item>
-/// <item>"jemalloc": jemalloc is preloaded (the `geoshare` command re-executes itself under it where installed,
-/// <see cref="PreferJemalloc"/>); nothing is installed, jemalloc already keeps freed extents.</item>
+/// <item>"jemalloc": jemalloc is preloaded (by the user, or by the `geoshare` command re-executing itself under it
+/// when GEOSHARE_ALLOCATOR=jemalloc, <see cref="PreferJemalloc"/>; the caching allocator is faster, bench/allocator.md);
+/// nothing is installed, jemalloc already keeps freed extents.</item>
 /// <item>"glibc" (GEOSHARE_ALLOCATOR=glibc, or when the caching allocator cannot be installed): libtorch's own CPU
 /// allocator on glibc with M_MMAP_THRESHOLD fixed at 128 KB: jemalloc's peak memory at 1.5-2.5× its time, from page
 /// faults (bench/allocator.md).</item>
@@ -45,15 +46,20 @@ public static partial class NativeAllocator
     private const string ReexecMarker = "GEOSHARE_ALLOCATOR_EXEC";
 
     /// <summary>
-    /// For a program's entry point (the `geoshare` command): runs this process again, the same command line, with
-    /// jemalloc preloaded, when it is installed and not yet loaded (jemalloc also serves the small blocks and
-    /// .NET's and OpenMP's own). Returns (doing nothing) when jemalloc is absent, already loaded, GEOSHARE_ALLOCATOR
-    /// is set, or the exec fails; the process then goes on with the allocator chosen when the library loaded.
+    /// For a program's entry point (the `geoshare` command), on request (GEOSHARE_ALLOCATOR=jemalloc, for
+    /// comparisons): runs this process again, the same command line, with jemalloc preloaded, when it is installed
+    /// and not yet loaded. Returns (doing nothing) otherwise, or when the exec fails; the process then goes on with
+    /// the allocator chosen when the library loaded (the caching allocator, which measured faster than jemalloc).
     /// </summary>
     public static void PreferJemalloc()
     {
-        if (!OperatingSystem.IsLinux() || Name == "jemalloc" || !File.Exists(JemallocPath)) return;
-        if (Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR") is not null || Environment.GetEnvironmentVariable(ReexecMarker) is not null) return;
+        if (!OperatingSystem.IsLinux() || Name == "jemalloc") return;
+        if (Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR") != "jemalloc" || Environment.GetEnvironmentVariable(ReexecMarker) is not null) return;
+        if (!File.Exists(JemallocPath))
+        {
+            Console.Error.WriteLine($"geoshare: warning: GEOSHARE_ALLOCATOR=jemalloc: {JemallocPath} is not installed (apt-get install libjemalloc2); using {Name}");
+            return;
+        }
         if (!string.IsNullOrEmpty(Environment.GetEnvironmentVariable("LD_PRELOAD"))) return;
         string[] argv;
         try { argv = File.ReadAllText("/proc/self/cmdline").TrimEnd('\0').Split('\0'); }
@@ -99,6 +105,9 @@ public static partial class NativeAllocator
     {
         bool jemalloc = File.Exists("/proc/self/maps") && File.ReadAllText("/proc/self/maps").Contains("libjemalloc");
         string? choice = Environment.GetEnvironmentVariable("GEOSHARE_ALLOCATOR");
+        // A module initializer cannot fail the program: an unknown value is named on stderr and the default taken.
+        if (choice is not null && choice is not ("caching" or "glibc" or "default" or "jemalloc"))
+            Console.Error.WriteLine($"geoshare: warning: GEOSHARE_ALLOCATOR: unknown value '{choice}' (caching, glibc, default or jemalloc); using caching");
         if (!OperatingSystem.IsLinux()) { Name = "default"; CachingUnavailable = "not Linux"; return; }
         if (jemalloc) { Name = "jemalloc"; CachingUnavailable = "jemalloc is preloaded"; return; }
         if (choice == "default") { Name = "glibc defaults"; CachingUnavailable = "GEOSHARE_ALLOCATOR=default"; return; }
