@@ -27,6 +27,14 @@ public sealed class GroupCostEvaluator : IDisposable
     public double Trust { get; }
     public bool UseGradient { get; }
     public int Evaluated { get { lock (_cache) return _cache.Count; } }
+    /// <summary>Costed groups are read from here when present and written here when computed; null: in memory only.</summary>
+    public GroupCostCells? Cells { get; init; }
+
+    /// <summary>Whether the group was costed already (in this run or read from the cells).</summary>
+    public bool IsCached(string type, int[] layers)
+    {
+        lock (_cache) return _cache.ContainsKey((type, Mask(layers)));
+    }
 
     public GroupCostEvaluator(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
     {
@@ -59,6 +67,19 @@ public sealed class GroupCostEvaluator : IDisposable
         var key = (type, Mask(layers));
         lock (_cache)
             if (_cache.TryGetValue(key, out var cached)) return cached;
+        if (Cells?.TryRead(type, layers, ranks) is { } stored)
+        {
+            lock (_cache) _cache[key] = stored;
+            return stored;
+        }
+        var computed = Compute(type, layers, ranks);
+        Cells?.Write(computed);
+        lock (_cache) _cache[key] = computed;
+        return computed;
+    }
+
+    private GroupCandidate Compute(string type, int[] layers, IReadOnlyList<int> ranks)
+    {
         using var scope = torch.NewDisposeScope();
         var sites = layers.Select(l => _model.Site(type, l)).ToArray();
         var weights = sites.Select(Weight).ToArray();
@@ -80,9 +101,7 @@ public sealed class GroupCostEvaluator : IDisposable
         }
         var options = ranks.Select((k, r) => new RankOption(k, SharedBasis.BasisParameters(sites[0].InFeatures, sites[0].OutFeatures, layers.Length, k),
             totals[r][0], totals[r][1], totals[r][2], totals[r][3])).ToList();
-        var candidate = new GroupCandidate(type, layers, options);
-        lock (_cache) _cache[key] = candidate;
-        return candidate;
+        return new GroupCandidate(type, layers, options);
     }
 
     /// <summary>Rank options of a group: the given kept fractions of its parameters, as distinct ranks.</summary>
