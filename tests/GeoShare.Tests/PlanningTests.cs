@@ -49,7 +49,7 @@ public class PlanningTests
     public void ExactSearchFindsTheBruteForceOptimumOverAllSetPartitions()
     {
         var (model, grams, batch) = TinyDeep(5);
-        var options = new PlannerOptions { Ratio = 0.4, Curvature = CurvatureMethod.Exact, TopK = 2, Tolerance = 1e-8, TraceProducts = 16 };
+        var options = new PlannerOptions { Ratio = 0.4, Curvature = CurvatureMethod.Exact, TopK = 2, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         using var costs = new GroupCostEvaluator(model, grams, curvature, trust: 0.5, useGradient: true);
         string[] types = ["attn.c_attn", "mlp.c_fc"];
@@ -117,7 +117,7 @@ public class PlanningTests
     public void AlignedCoefficientsAreOptimalWithinTheTrustRegionAndScoredConsistently()
     {
         var (model, grams, batch) = TinyDeep(3);
-        var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16 };
+        var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         var sites = new[] { model.Site("mlp.c_fc", 0), model.Site("mlp.c_fc", 2) };
         var weights = sites.Select(s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone()).ToArray();

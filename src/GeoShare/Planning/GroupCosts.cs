@@ -22,7 +22,6 @@ public sealed class GroupCostEvaluator : IDisposable
     private readonly PretrainedModel _model;
     private readonly ActivationGrams _grams;
     private readonly IReadOnlyDictionary<string, BlockCurvatureModel> _curvature;
-    private readonly Dictionary<string, Tensor> _weights = new();
     private readonly Dictionary<(string, long), GroupCandidate> _cache = new();
     public double Trust { get; }
     public bool UseGradient { get; }
@@ -47,17 +46,13 @@ public sealed class GroupCostEvaluator : IDisposable
 
     public BlockCurvatureModel Curvature(string site) => _curvature[site];
 
+    /// <summary>
+    /// The layer's matrix [in, out] in float64, made for each group that uses it (in the caller's scope): converting is exact
+    /// and cheap beside the group's SVD, and keeping every matrix in float64 for the whole plan cost twice the float32 model.
+    /// </summary>
     private Tensor Weight(ProjectionSite site)
     {
-        lock (_weights)
-        {
-            if (!_weights.TryGetValue(site.Name, out var w))
-            {
-                using (torch.no_grad()) w = _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone().DetachFromDisposeScope(); // cached past the caller's scope
-                _weights[site.Name] = w;
-            }
-            return w;
-        }
+        using (torch.no_grad()) return _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone(); // as the cache made it
     }
 
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
@@ -113,7 +108,6 @@ public sealed class GroupCostEvaluator : IDisposable
 
     public void Dispose()
     {
-        foreach (var w in _weights.Values) w.Dispose();
     }
 }
 
