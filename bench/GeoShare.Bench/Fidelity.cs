@@ -38,7 +38,7 @@ static class Fidelity
         foreach (var method in new[] { CurvatureMethod.Kfac, CurvatureMethod.Exact })
         {
             var sw = Stopwatch.StartNew();
-            var o = new PlannerOptions { Ratio = 0.3, Curvature = method };
+            var o = new PlannerOptions { Ratio = 0.3, Curvature = method, UseGradient = true }; // Predict includes ⟨g, δ⟩: keep the gradient
             models[Name(method)] = BlockCurvatureModel.Collect(dense, batch, grams, o, null);
             curvatureSeconds[Name(method)] = sw.Elapsed.TotalSeconds;
             Log($"{Name(method)} curvature {sw.Elapsed.TotalSeconds:F0} s");

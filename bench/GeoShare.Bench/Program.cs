@@ -18,6 +18,10 @@ using static TorchSharp.torch;
 //   paired-images JSON_OUT FASHION_MNIST_DIR PREPROCESSOR_DIR LABEL=MODEL_DIR...
 //                          per-image correctness and loss of image classifiers on the test split, McNemar per pair
 //   fidelity-by-ratio JSON the per-ratio Spearman table of fidelity.md from fidelity's JSON (markdown rows)
+//   fixture NAME OUT_DIR [SEED]
+//                          a random-weight checkpoint of a real shape (gpt2-124m, llama-1b, llama-32x1024, ...; bench/scale.sh)
+//   screening MODEL_DIR JSON_OUT RATIO...
+//                          geo plans with full and screened costing on one curvature; the screened one evaluated where it differs
 //   eval-library MODEL_DIR DATA WINDOWS
 //                          the CLI's `eval --limit WINDOWS` through the library alone (bench/allocator.sh: a library host)
 // Every benchmark in one outer dispose scope, as the CLI's commands (GeoShare.TensorLifetime).
@@ -28,6 +32,8 @@ static int Dispatch(string[] args)
     if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
     if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
     if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
+    if (args.Length >= 4 && args[0] == "screening") return Screening.Run(args[1], args[2], args[3..].Select(a => double.Parse(a, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+    if (args.Length >= 3 && args[0] == "fixture") return Fixtures.Write(args[1], args[2], args.Length >= 4 ? long.Parse(args[3]) : 13);
     if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));
     if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);
     return args.Length >= 2 && args[0] switch { "hvp-ratio" => true, "verify-fd" => true, _ => false }

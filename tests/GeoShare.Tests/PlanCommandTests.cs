@@ -116,7 +116,9 @@ public class PlanCommandTests
         string planFile = tmp.File("plan.json");
         // Ratio 0.4: the refit runs too, with the curvature-aligned solver.
         var planned = Ok(["plan", .. args, "--ratio", "0.4", "--out", planFile, "--plots", tmp.File("plots"), "--json", tmp.File("plan-report.json")]);
-        Assert.Contains("search: exact (auto: 2 layers per type is within the exact search's limit of 12)", planned.Stderr);
+        Assert.Contains("costing: full (auto: full costing is", planned.Stderr);
+        Assert.Contains("search: exact (auto: ", planned.Stderr);
+        Assert.Contains("group × rank choices is within the exact search's limit of 40,000)", planned.Stderr);
         var report = JsonNode.Parse(File.ReadAllText(tmp.File("plan-report.json")))!;
         Assert.Equal("auto", (string?)report["planner"]!["search"]!["requested"]);
         Assert.Equal("exact", (string?)report["planner"]!["search"]!["chosen"]);
@@ -160,22 +162,23 @@ public class PlanCommandTests
     }
 
     [Fact]
-    public void SearchExactIsRefusedBeyondItsLimitAndAutoSaysThatGreedyRan()
+    public void SearchExactRunsBeyondTwelveLayersAndAutoSaysWhichRan()
     {
         using var tmp = new TempDir();
         var args = Tiny(TinyGpt2Folder(tmp, 13), SmallData(tmp));
-        var refused = GeoshareProcess.Run(["plan", .. args, "--ratio", "0.3", "--search", "exact", "--out", tmp.File("p.json"), "--plots", tmp.File("plots")]);
-        Assert.Equal(2, refused.ExitCode);
-        Assert.Single(refused.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.Contains("error"));
-        Assert.Contains("at most 12 layers per type, the model has 13", refused.Stderr);
-        Assert.False(File.Exists(tmp.File("p.json")));
+        var exact = Ok(["plan", .. args, "--ratio", "0.3", "--search", "exact", "--out", tmp.File("p.json"), "--plots", tmp.File("plots")]);
+        Assert.Contains("search: exact (requested; 1,430 group × rank choices on 13 layers per type)", exact.Stderr);
+        Assert.True(File.Exists(tmp.File("p.json")));
 
+        // 13 layers, groups of 2: (3 × 91 + 13) groups × 5 ranks is within auto's limit.
         var auto = Ok(["plan", .. args, "--ratio", "0.3", "--out", tmp.File("p.json"), "--plots", tmp.File("plots"), "--json", tmp.File("r.json")]);
-        Assert.Contains("search: greedy (auto: 13 layers per type is beyond the exact search's limit of 12)", auto.Stderr);
+        Assert.Contains("search: exact (auto: 1,430 group × rank choices is within the exact search's limit of 40,000)", auto.Stderr);
         var search = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["search"]!;
-        Assert.Equal("greedy", (string?)search["method"]);
+        Assert.Equal("cp-sat", (string?)search["method"]);
         Assert.Equal("auto", (string?)search["requested"]);
-        Assert.Equal("greedy", (string?)search["chosen"]);
+        Assert.Equal("exact", (string?)search["chosen"]);
+        var costing = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["costing"]!;
+        Assert.Equal(("full", 286, 286), ((string?)costing["chosen"], (int)costing["allowed_groups"]!, (int)costing["costed_groups"]!));
     }
 
     [Fact]

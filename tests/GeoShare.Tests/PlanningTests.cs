@@ -49,7 +49,7 @@ public class PlanningTests
     public void ExactSearchFindsTheBruteForceOptimumOverAllSetPartitions()
     {
         var (model, grams, batch) = TinyDeep(5);
-        var options = new PlannerOptions { Ratio = 0.4, Curvature = CurvatureMethod.Exact, TopK = 2, Tolerance = 1e-8, TraceProducts = 16 };
+        var options = new PlannerOptions { Ratio = 0.4, Curvature = CurvatureMethod.Exact, TopK = 2, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         using var costs = new GroupCostEvaluator(model, grams, curvature, trust: 0.5, useGradient: true);
         string[] types = ["attn.c_attn", "mlp.c_fc"];
@@ -117,7 +117,7 @@ public class PlanningTests
     public void AlignedCoefficientsAreOptimalWithinTheTrustRegionAndScoredConsistently()
     {
         var (model, grams, batch) = TinyDeep(3);
-        var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16 };
+        var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         var sites = new[] { model.Site("mlp.c_fc", 0), model.Site("mlp.c_fc", 2) };
         var weights = sites.Select(s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone()).ToArray();
@@ -174,20 +174,36 @@ public class PlanningTests
         Assert.Equal(8, r.CandidateGroups);
         Assert.Equal(3, r.PictureGroups);
         Assert.Equal(3, r.PairwiseCost.Count);
-        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 2 layers per type is within the exact search's limit of 12"), r.SearchChoice);
+        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 40 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
+        Assert.Equal((CostingMethod.Full, 8, 0, 0), (r.Costing.Method, r.AllowedGroups, r.ScreenedGroups, r.CellGroups));
         var recipe = r.Plan.Coefficients!;
         Assert.Equal((CurvatureMethod.Kfac, 2, 0.5, "random tokens", "float64"), (recipe.Curvature, recipe.TopK, recipe.Trust, recipe.CurvatureBatch, recipe.ModelDtype));
     }
 
     [Fact]
-    public void SearchAutoIsExactUpToTwelveLayersAndExactBeyondIsRefused()
+    public void SearchAutoIsExactUpToItsChoiceLimitAndExactRunsAtAnyDepth()
     {
-        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Auto, 12).Method);
-        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Auto, 13).Method);
-        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4).Method);
-        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Exact, 12).Method);
-        var e = Assert.Throws<UsageException>(() => GeoPlanner.ChooseSearch(SearchMethod.Exact, 13));
-        Assert.Equal("search: exact runs on at most 12 layers per type, the model has 13 (use auto or greedy)", e.Message);
+        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Auto, 12, 1_560).Method);
+        Assert.Equal(SearchMethod.Exact, GeoPlanner.ChooseSearch(SearchMethod.Auto, 32, GeoPlanner.ExactSearchMaxVariables).Method);
+        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Auto, 32, GeoPlanner.ExactSearchMaxVariables + 1).Method);
+        Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4, 10).Method);
+        var deep = GeoPlanner.ChooseSearch(SearchMethod.Exact, 32, 1_000_000);
+        Assert.Equal((SearchMethod.Exact, "requested; 1,000,000 group × rank choices on 32 layers per type"), (deep.Method, deep.Reason));
+        // 12 layers, groups of 2, 5 ranks: 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 5.
+        Assert.Equal((3 * 78 + 12) * 5L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
+    }
+
+    [Fact]
+    public void CostingAutoIsFullForSmallWorkAndScreenedBeyond()
+    {
+        Assert.Equal(CostingMethod.Full, GeoPlanner.ChooseCosting(CostingMethod.Auto, GeoPlanner.FullCostingMaxWork, 2).Method);
+        Assert.Equal(CostingMethod.Screened, GeoPlanner.ChooseCosting(CostingMethod.Auto, 2 * GeoPlanner.FullCostingMaxWork, 2).Method);
+        Assert.Equal(CostingMethod.Full, GeoPlanner.ChooseCosting(CostingMethod.Screened, 1e20, 1).Method); // groups of one: nothing to screen
+        Assert.Equal(CostingMethod.Full, GeoPlanner.ChooseCosting(CostingMethod.Full, 1e20, 3).Method);
+        // The bundled GPT-2's shape (12 × d256): full costing's estimated work is within the limit, so its plans stay the full ones.
+        var allowed = GeoPlanner.AllowedGroups(TinyModels.Gpt2Deep(2), new PlannerOptions { Ratio = 0.3 });
+        Assert.Equal(3, allowed["attn.c_attn"].Count);
+        Assert.Equal(2, allowed["mlp.c_proj"].Count);
     }
 
     [Theory]

@@ -23,6 +23,8 @@ public sealed class PlanCommand : ICommand
         new("--calib-stride", "S", "calibration stride: windows 0, S, 2S, …", "16"),
         new("--out", "FILE", "the plan (geoshare-plan JSON), for `compress --plan`", "geoshare-plan.json"),
         new("--plots", "DIR", "folder for the pictures (coloring, pairwise sharing costs)", "geoshare-plots/plan"),
+        new("--cells", "DIR", "folder of costed groups (one file each, written atomically): read where present, written where computed"),
+        new("--shard", "I/N", "with --cells: cost only share I of N (0 ≤ I < N) of the groups into DIR and stop; a run without --shard finishes from the cells"),
         CommonOptions.Seed,
         CommonOptions.Threads,
         CommonOptions.Json,
@@ -32,6 +34,8 @@ public sealed class PlanCommand : ICommand
         "geoshare plan --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.3 --curvature exact --out gpt2-geo-30.json --json plan-report.json",
         "geoshare plan --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.4 --contiguous --private 0,7 --max-group 3",
         "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan gpt2-geo-30.json --eval assets/data/corpus/test.txt",
+        "geoshare plan --model M --data D --ratio 0.3 --cells cells --shard 0/3   # and 1/3, 2/3 on other machines; then:",
+        "geoshare plan --model M --data D --ratio 0.3 --cells cells --out plan.json",
     ]);
 
     public int Execute(ParsedArgs a)
@@ -47,6 +51,12 @@ public sealed class PlanCommand : ICommand
         a.Int("--seed", min: 0);
         a.NonEmptyList("--share", "Basis Sharing's choice");
         PlannerCliOptions.ValidateBeforeLoading(a, ModelConfig.Load(modelDir).NumLayers);
+        if (a.Has("--shard"))
+        {
+            if (!a.Has("--cells")) throw new UsageException("--shard: needs --cells DIR (the shard writes its costs there)");
+            if (a.Has("--json")) throw new UsageException("--shard: writes cells only, no --json (the run without --shard writes the plan and its JSON)");
+            PlannerCliOptions.Shard(a);
+        }
 
         ConsoleProgress.Status($"loading {modelDir}");
         var model = ModelFolder.Load(modelDir);
@@ -54,6 +64,18 @@ public sealed class PlanCommand : ICommand
             throw new UsageException($"{modelDir} is already compressed; plan on the original model");
         var options = PlannerCliOptions.Parse(a, model, ratio);
         var progress = new ConsoleProgress();
+        if (a.String("--cells") is { } cellsDir)
+        {
+            options = options with { Cells = new GroupCostCells(cellsDir, PlannerCliOptions.CellFingerprint(model, modelDir, a, options)) };
+            if (a.Has("--shard"))
+            {
+                var s = PlannerCliOptions.RunShard(model, modelDir, a, options, progress);
+                progress.EndLine();
+                Console.WriteLine($"shard {s.Shard}/{s.Shards}: {s.Share} of {s.Groups} groups ({s.Costing.Method.ToString().ToLowerInvariant()} costing, {s.ScreenedGroups} screened) into {cellsDir}: " +
+                    $"{s.Computed} costed here, {s.FromCells} already there; curvature {s.CurvatureSeconds:0} s, costs {s.CostSeconds:0} s");
+                return 0;
+            }
+        }
         using var result = PlannerCliOptions.Run(model, modelDir, a, options, progress);
         progress.EndLine();
 

@@ -26,7 +26,9 @@ public static class PlannerCliOptions
         new("--max-group", "N", "largest group of layers that may share (every group up to this size is costed: 12 layers give 78 groups at 2, 298 at 3, 793 at 4)", Text(Defaults.MaxGroupSize)),
         new("--contiguous", null, "only groups of consecutive layers"),
         new("--private", "LAYERS", "layers that never share (comma-separated indices)"),
-        new("--search", "auto|exact|greedy", $"exact: CP-SAT over all groups, optimal (up to {GeoPlanner.ExactSearchMaxLayers} layers per type; refused beyond); greedy: greedy merging + local search; auto: exact where it runs, greedy beyond", Name(Defaults.Search)),
+        new("--search", "auto|exact|greedy", $"exact: CP-SAT over the costed groups, optimal (any depth); greedy: greedy merging + local search; auto: exact up to {GeoPlanner.ExactSearchMaxVariables:N0} group × rank choices, greedy beyond", Name(Defaults.Search)),
+        new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: estimate every group cheaply (one [in, in] eigenvalue decomposition) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
+        new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing", Text(Defaults.ScreenPartners)),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
     ];
@@ -36,6 +38,8 @@ public static class PlannerCliOptions
     {
         a.Choice("--curvature", "exact", "kfac");
         a.Choice("--search", "auto", "exact", "greedy");
+        a.Choice("--costing", "auto", "full", "screened");
+        a.Int("--screen-partners", min: 1);
         a.Int("--top", min: 1);
         a.Int("--max-group", min: 1);
         a.Double("--trust", min: 0);
@@ -66,6 +70,8 @@ public static class PlannerCliOptions
             Trust = a.Double("--trust", min: 0),
             UseGradient = a.Flag("--gradient"),
             Seed = a.Int("--seed", min: 0),
+            Costing = a.Choice("--costing", "auto", "full", "screened") switch { "full" => CostingMethod.Full, "screened" => CostingMethod.Screened, _ => CostingMethod.Auto },
+            ScreenPartners = a.Int("--screen-partners", min: 1),
         };
         options.Validate(model); // before the calibration: e.g. an exact search the model is too deep for
         return options;
@@ -118,6 +124,50 @@ public static class PlannerCliOptions
             ? CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 4, defaultStride: 1)
             : CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 64, defaultStride: 16);
 
+    /// <summary>
+    /// What a cell's cost depends on, hashed: config.json, the weight files (names, sizes, the first MiB of each: header
+    /// and leading data), the data files' contents, the calibration and curvature batches, the model's dtype and the cost
+    /// model's options (ratio and kept offsets give the ranks).
+    /// </summary>
+    public static string CellFingerprint(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions o)
+    {
+        static string FileDigest(string path, long limit = long.MaxValue)
+        {
+            using var fs = File.OpenRead(path);
+            var buffer = new byte[(int)Math.Min(fs.Length, Math.Min(limit, 1L << 30))];
+            fs.ReadExactly(buffer);
+            return $"{Path.GetFileName(path)} {fs.Length} {Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(buffer))}";
+        }
+        var parts = new List<string> { "geoshare-cells v1", File.ReadAllText(Path.Combine(modelDir, "config.json")) };
+        parts.AddRange(Directory.GetFiles(modelDir, "*.safetensors").Order(StringComparer.Ordinal).Select(f => FileDigest(f, 1 << 20)));
+        if (a.String("--data") is { } data) parts.Add("data " + FileDigest(data));
+        if (a.String("--fashion-mnist") is { } fm) parts.Add("fashion-mnist " + Path.GetFullPath(fm));
+        parts.Add($"calibration {a.Int("--calib-windows", min: 1)} {a.Int("--calib-stride", min: 1)}");
+        parts.Add($"curvature batch {a.String("--curvature-windows")} {a.String("--curvature-stride")}");
+        parts.Add(string.Join(" ", "options", Name(o.Curvature), o.TopK, Text(o.Tolerance), o.TraceProducts, o.KfacSamples, Text(o.Trust), o.UseGradient, o.Seed,
+            Text(o.Ratio), string.Join(",", o.KeptOffsets.Select(Text)), CalibrationOptions.Name(model.DType)));
+        return GroupCostCells.FingerprintOf(parts);
+    }
+
+    /// <summary>`--shard i/n`: i within 0..n−1.</summary>
+    public static (int Shard, int Shards) Shard(ParsedArgs a)
+    {
+        string v = a.Required("--shard");
+        var parts = v.Split('/');
+        if (parts.Length == 2 && int.TryParse(parts[0], out int i) && int.TryParse(parts[1], out int n) && n >= 1 && i >= 0 && i < n) return (i, n);
+        throw new UsageException($"--shard: '{BoundedFile.Quote(v)}' is not i/n with 0 ≤ i < n (e.g. 0/3, 1/3, 2/3)");
+    }
+
+    /// <summary>`plan --cells DIR --shard i/n`: calibration, curvature and the screen, then this shard's share of the group costs into DIR.</summary>
+    public static GeoPlanner.ShardResult RunShard(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress)
+    {
+        var (shard, shards) = Shard(a);
+        var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
+        using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
+        using var batch = CurvatureBatch(model, modelDir, a);
+        return GeoPlanner.CostShard(model, grams, batch, options, shard, shards, progress);
+    }
+
     /// <summary>Calibration second moments (unless given), the curvature batch, and the planner.</summary>
     public static PlannerResult Run(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress,
         ActivationGrams? grams = null)
@@ -131,9 +181,10 @@ public static class PlannerCliOptions
         try
         {
             using var batch = CurvatureBatch(model, modelDir, a);
-            var choice = GeoPlanner.ChooseSearch(options.Search, model.Config.NumLayers);
-            ConsoleProgress.Status($"search: {Name(choice.Method)} ({choice.Reason})");
-            return GeoPlanner.Plan(model, grams, batch, options, progress);
+            var r = GeoPlanner.Plan(model, grams, batch, options, progress);
+            progress.EndLine();
+            ConsoleProgress.Status($"costing: {Name(r.Costing.Method)} ({r.Costing.Reason}); search: {Name(r.SearchChoice.Method)} ({r.SearchChoice.Reason})");
+            return r;
         }
         finally
         {
@@ -151,8 +202,10 @@ public static class PlannerCliOptions
                 groups.Sum(g => g.Option.Parameters), CommonOptions.Fmt(groups.Sum(g => g.Option.Predicted), "0.00000"));
         }
         table.Add("all", "", "", r.Search.Parameters, CommonOptions.Fmt(r.Search.Objective, "0.00000"));
-        Console.WriteLine($"Geo-Sharing plan at ratio {CommonOptions.Fmt(r.Plan.Ratio ?? 0, "0.00")}: budget {r.Budget:N0} parameters, {r.CandidateGroups} candidate groups costed; " +
-            $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s; curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
+        Console.WriteLine($"Geo-Sharing plan at ratio {CommonOptions.Fmt(r.Plan.Ratio ?? 0, "0.00")}: budget {r.Budget:N0} parameters; " +
+            $"costing {Name(r.Costing.Method)}: {r.AllowedGroups} groups allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed{(r.CellGroups > 0 ? $" ({r.CellGroups} read from cells)" : "")}; " +
+            $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s ({Name(r.SearchChoice.Method)}: {r.SearchChoice.Reason}); " +
+            $"curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, screen {CommonOptions.Fmt(r.ScreenSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
         Console.WriteLine(table);
         if (r.GreedyComparison is { } g)
             Console.WriteLine($"greedy search on the same costs: predicted ΔL {CommonOptions.Fmt(g.Objective, "0.00000")} " +
@@ -170,6 +223,7 @@ public static class PlannerCliOptions
         StoredParameters = r.Search.Parameters,
         CandidateGroups = r.CandidateGroups,
         PictureGroups = r.PictureGroups,
+        Costing = new(Name(r.Costing.Requested), Name(r.Costing.Method), r.Costing.Reason, r.AllowedGroups, r.ScreenedGroups, r.CandidateGroups, r.CellGroups, r.ScreenSeconds),
         CurvatureSeconds = r.CurvatureSeconds,
         CostSeconds = r.CostSeconds,
         Groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new PlannedGroup(

@@ -42,6 +42,11 @@ public sealed record CurvatureOptions
     public bool KeepVectors { get; init; }
     /// <summary>Keep each block's gradient in the result (K-FAC: one extra backward pass for all blocks).</summary>
     public bool KeepGradient { get; init; }
+    /// <summary>
+    /// K-FAC with <see cref="KeepVectors"/>: keep each top eigenvector as its two factors (a ⊗ g, [k, in] and [k, out])
+    /// instead of [k, parameters]; the planner multiplies them out when it uses them (the same numbers, a fraction of the memory).
+    /// </summary>
+    public bool FactoredVectors { get; init; }
 }
 
 /// <summary>Curvature of one block: what `geoshare analyze` reports per block, and what the planner's cost model is built from.</summary>
@@ -76,6 +81,9 @@ public sealed record BlockCurvature : IDisposable
     [JsonIgnore] public Tensor? Gradient { get; init; }
     /// <summary>K-FAC with <see cref="CurvatureOptions.KeepVectors"/>: the diagonal of the output factor G, [out], float64.</summary>
     [JsonIgnore] public Tensor? OutputFactorDiagonal { get; init; }
+    /// <summary>K-FAC with <see cref="CurvatureOptions.FactoredVectors"/>: top eigenvector i is outer(TopInputFactors[i], TopOutputFactors[i]), [in, out].</summary>
+    [JsonIgnore] public Tensor? TopInputFactors { get; init; }
+    [JsonIgnore] public Tensor? TopOutputFactors { get; init; }
 
     public void Dispose()
     {
@@ -261,13 +269,16 @@ public static class CurvatureEngine
         {
             using var k = kfac[i];
             var bs = Stopwatch.StartNew();
-            var top = o.Top > 0 ? k.Top(o.Top, o.Seed + i) : ((double[] Values, Tensor Vectors)?)null;
+            bool factored = o.FactoredVectors && o.KeepVectors && o.Top > 0;
+            var factors = factored ? KfacBlock.KroneckerTopFactors(k.A, k.G, o.Top, o.Seed + i) : ((double[] Values, Tensor A, Tensor G)?)null;
+            var top = o.Top > 0 && !factored ? k.Top(o.Top, o.Seed + i) : ((double[] Values, Tensor Vectors)?)null;
             double[]? bottom = o.Bottom > 0 ? k.BottomEigenvalues(o.Bottom) : null;
             results.Add(new BlockCurvature
             {
                 Name = k.Name, Shape = k.WeightShape, Parameters = k.WeightShape[0] * k.WeightShape[1], Method = "kfac",
                 Loss = loss, GradientNorm = gradients?[i].norm().item<double>(),
-                TopEigenvalues = top?.Values ?? [], BottomEigenvalues = bottom,
+                TopEigenvalues = factors?.Values ?? top?.Values ?? [], BottomEigenvalues = bottom,
+                TopInputFactors = factors?.A, TopOutputFactors = factors?.G,
                 Trace = k.Trace, TraceStandardError = 0, TraceMethod = "kfac",
                 TopVectors = o.KeepVectors ? top?.Vectors : null,
                 OutputFactorDiagonal = o.KeepVectors ? k.G.diagonal().clone() : null,

@@ -90,11 +90,21 @@ public sealed class KfacBlock : IDisposable
     public static (double[] Values, Tensor Vectors) KroneckerTop(Tensor a, Tensor g, int k, long seed)
     {
         using var scope = torch.NewDisposeScope();
+        var (values, fa, fg) = KroneckerTopFactors(a, g, k, seed);
+        var vectors = torch.stack(Enumerable.Range(0, values.Length).Select(i => torch.outer(fa[i], fg[i])).ToArray());
+        return (values, vectors.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The k largest eigenpairs of A ⊗ G as factors: eigenvector i is outer(A[i], G[i]) (A [k, in], G [k, out]).</summary>
+    public static (double[] Values, Tensor A, Tensor G) KroneckerTopFactors(Tensor a, Tensor g, int k, long seed)
+    {
+        using var scope = torch.NewDisposeScope();
         var (la, va) = SymmetricTop(a, Math.Min(k, (int)a.shape[0]), seed);
         var (lg, vg) = SymmetricTop(g, Math.Min(k, (int)g.shape[0]), seed + 7919);
         var pairs = la.SelectMany((x, i) => lg.Select((y, j) => (V: x * y, I: i, J: j))).OrderByDescending(p => p.V).Take(k).ToArray();
-        var vectors = torch.stack(pairs.Select(p => torch.outer(va[TensorIndex.Colon, p.I], vg[TensorIndex.Colon, p.J])).ToArray());
-        return (pairs.Select(p => p.V).ToArray(), vectors.MoveToOuterDisposeScope());
+        var fa = torch.stack(pairs.Select(p => va[TensorIndex.Colon, p.I]).ToArray()).contiguous();
+        var fg = torch.stack(pairs.Select(p => vg[TensorIndex.Colon, p.J]).ToArray()).contiguous();
+        return (pairs.Select(p => p.V).ToArray(), fa.MoveToOuterDisposeScope(), fg.MoveToOuterDisposeScope());
     }
 
     /// <summary>Top-k eigenpairs of a symmetric positive semi-definite matrix by subspace iteration with Rayleigh–Ritz.</summary>

@@ -27,7 +27,8 @@ public sealed record MemberSolution(double Linear, double Quadratic, double High
 public sealed class AlignedCoefficients : IDisposable
 {
     private readonly BlockCurvatureModel _m;
-    private readonly Tensor _b, _btA, _btW, _btAw, _btGr, _gamma;
+    private readonly Tensor _b, _btA, _btW, _btAw, _gamma;
+    private readonly Tensor? _btGr;
     private readonly Tensor[] _btV;
     private readonly double[] _vDotW;
     private readonly double _wNormSq, _gDotW, _bulkW;
@@ -46,12 +47,13 @@ public sealed class AlignedCoefficients : IDisposable
         _btA = basis.t().matmul(aa).MoveToOuterDisposeScope();
         _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
         _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
-        _btGr = basis.t().matmul(model.Gradient).MoveToOuterDisposeScope();
+        _btGr = model.Gradient is null ? null : basis.t().matmul(model.Gradient).MoveToOuterDisposeScope();
         int k = model.Corrections.Length;
-        _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(model.TopVectors[i]).MoveToOuterDisposeScope()).ToArray();
-        _vDotW = Enumerable.Range(0, k).Select(i => model.TopVectors[i].mul(weight).sum().item<double>()).ToArray();
+        var vectors = k == 0 ? null : model.TopVectors; // K-FAC's are multiplied out from their factors: once, here
+        _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(vectors![i]).MoveToOuterDisposeScope()).ToArray();
+        _vDotW = Enumerable.Range(0, k).Select(i => vectors![i].mul(weight).sum().item<double>()).ToArray();
         _wNormSq = weight.PowScalar(2).sum().item<double>();
-        _gDotW = model.Gradient.mul(weight).sum().item<double>();
+        _gDotW = model.Gradient is null ? 0 : model.Gradient.mul(weight).sum().item<double>();
         _bulkW = aw.mul(weight).mul(_gamma).sum().item<double>();
     }
 
@@ -78,12 +80,13 @@ public sealed class AlignedCoefficients : IDisposable
         Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
 
         var hAw = Hat(_btAw);
-        var hG = Hat(_btGr);
+        if (useGradient && _btGr is null) throw new InvalidOperationException($"{_m.Site}: the first-order term needs the gradient, which was not collected");
+        var hG = _btGr is null ? null : Hat(_btGr);
         var y1h = Hat(_btW);
         var ph = _btV.Select(Hat).ToArray();
         var c = _m.Corrections;
         var y0h = hAw.mul(_gamma);
-        if (useGradient) y0h = y0h.sub(hG);
+        if (useGradient) y0h = y0h.sub(hG!);
         for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].mul(c[i] * _vDotW[i]), Scalars.One);
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
         double eps = 1e-12 * Math.Max(d0.abs().max().item<double>(), 1e-300);
@@ -150,7 +153,7 @@ public sealed class AlignedCoefficients : IDisposable
             }
             nuUsed = Math.Exp(xhi);
         }
-        double linear = useGradient ? chat.mul(hG).sum().item<double>() - _gDotW : 0;
+        double linear = useGradient ? chat.mul(hG!).sum().item<double>() - _gDotW : 0;
         double bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
         double extra = 0, energy = 0;
         for (int i = 0; i < ph.Length; i++)
@@ -175,6 +178,7 @@ public sealed class AlignedCoefficients : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in new[] { _btA, _btW, _btAw, _btGr }.Concat(_btV)) t.Dispose();
+        foreach (var t in new[] { _btA, _btW, _btAw }.Concat(_btV)) t.Dispose();
+        _btGr?.Dispose();
     }
 }

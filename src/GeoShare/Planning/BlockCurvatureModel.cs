@@ -21,18 +21,30 @@ namespace GeoShare.Planning;
 public sealed class BlockCurvatureModel : IDisposable
 {
     public required string Site { get; init; }
-    /// <summary>∂L/∂W on the curvature batch, [in, out], float64.</summary>
-    public required Tensor Gradient { get; init; }
+    /// <summary>∂L/∂W on the curvature batch, [in, out], float64; null where the first-order term is not used (taken as zero).</summary>
+    public Tensor? Gradient { get; init; }
     /// <summary>Top eigenvalues of the block's curvature, descending.</summary>
     public required double[] TopValues { get; init; }
-    /// <summary>Their eigenvectors as [k, in, out], float64, orthonormal.</summary>
-    public required Tensor TopVectors { get; init; }
+    private readonly Tensor? _vectors;
+    /// <summary>
+    /// Their eigenvectors as [k, in, out], float64, orthonormal. Stored (exact curvature) or, for K-FAC, kept as factors
+    /// (<see cref="TopFactors"/>) and multiplied out on each read: a new tensor the caller's scope owns.
+    /// </summary>
+    public Tensor TopVectors
+    {
+        get => _vectors ?? (TopFactors is var (a, g)
+            ? torch.stack(Enumerable.Range(0, (int)a.shape[0]).Select(i => torch.outer(a[i], g[i])).ToArray())
+            : throw new InvalidOperationException("no top vectors"));
+        init => _vectors = value;
+    }
+    /// <summary>K-FAC: eigenvector i = outer(A[i], G[i]), A [k, in], G [k, out] (null: <see cref="TopVectors"/> is stored).</summary>
+    public (Tensor A, Tensor G)? TopFactors { get; init; }
     /// <summary>Input second moment E[xxᵀ], [in, in], float64.</summary>
     public required Tensor A { get; init; }
     /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
     public required Tensor OutputWeights { get; init; }
     /// <summary>cᵢ ≥ 0 for the top eigenvectors.</summary>
-    public required double[] Corrections { get; init; }
+    public required double[] Corrections { get; set; }
     public required string Method { get; init; }
     /// <summary>The block's curvature trace (exact: Hutchinson estimate; K-FAC: tr A · tr G).</summary>
     public double Trace { get; init; }
@@ -42,7 +54,12 @@ public sealed class BlockCurvatureModel : IDisposable
     public int InFeatures => (int)A.shape[0];
     public int OutFeatures => (int)OutputWeights.shape[0];
 
-    public double Linear(Tensor delta) => Gradient.mul(delta).sum().item<double>();
+    public double Linear(Tensor delta)
+    {
+        if (Gradient is null) return 0;
+        using var scope = torch.NewDisposeScope();
+        return Gradient.mul(delta).sum().item<double>();
+    }
 
     public double Quadratic(Tensor delta)
     {
@@ -65,30 +82,38 @@ public sealed class BlockCurvatureModel : IDisposable
     public double Predict(Tensor delta) => Linear(delta) + 0.5 * Quadratic(delta);
 
     /// <summary>A model from top eigenpairs and a bulk A ⊗ diag(γ); takes ownership of the tensors.</summary>
-    public static BlockCurvatureModel Create(string site, string method, Tensor gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace,
-        double? traceStandardError = null)
+    public static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace,
+        double? traceStandardError = null) => Create(site, method, gradient, values, vectors, null, a, gamma, trace, traceStandardError);
+
+    /// <summary>A K-FAC model whose top eigenvectors are kept as factors (outer(fa[i], fg[i])); takes ownership of the tensors.</summary>
+    public static BlockCurvatureModel CreateFactored(string site, Tensor? gradient, double[] values, Tensor fa, Tensor fg, Tensor a, Tensor gamma, double trace) =>
+        Create(site, "kfac", gradient, values, null, (fa, fg), a, gamma, trace, null);
+
+    private static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor? vectors, (Tensor, Tensor)? factors,
+        Tensor a, Tensor gamma, double trace, double? traceStandardError)
     {
-        double[] corrections;
+        var model = new BlockCurvatureModel
+        {
+            Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors!, TopFactors = factors, A = a, OutputWeights = gamma,
+            Corrections = [], Trace = trace, TraceStandardError = traceStandardError,
+        };
         using (var scope = torch.NewDisposeScope())
         {
-            var along = a.unsqueeze(0).matmul(vectors).mul(vectors).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
-            corrections = values.Select((v, i) => Math.Max(0, v - along[i])).ToArray();
+            var v = model.TopVectors;
+            var along = a.unsqueeze(0).matmul(v).mul(v).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
+            model.Corrections = values.Select((x, i) => Math.Max(0, x - along[i])).ToArray();
         }
-        return new BlockCurvatureModel
-        {
-            Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors, A = a, OutputWeights = gamma,
-            Corrections = corrections, Trace = trace, TraceStandardError = traceStandardError,
-        };
+        return model;
     }
 
     /// <summary>
     /// The exact-curvature model: bulk β(A ⊗ I) with tr = trace − Σλᵢ spread like the inputs' second moment.
     /// β is kept positive (an indefinite remainder is not modelled).
     /// </summary>
-    public static BlockCurvatureModel FromEigenpairs(string site, Tensor gradient, double[] values, Tensor vectors, double trace, Tensor a,
+    public static BlockCurvatureModel FromEigenpairs(string site, Tensor? gradient, double[] values, Tensor vectors, double trace, Tensor a,
         double? traceStandardError = null)
     {
-        int dout = (int)gradient.shape[1];
+        int dout = (int)vectors.shape[2];
         double beta;
         using (var scope = torch.NewDisposeScope())
         {
@@ -107,7 +132,7 @@ public sealed class BlockCurvatureModel : IDisposable
         Method = o.Curvature, Top = o.TopK, Tolerance = o.Tolerance, KfacSamples = o.KfacSamples, Seed = o.Seed,
         // Exact: one joint probe set for all blocks' traces; every block by Lanczos (no dense small blocks).
         Trace = o.Curvature == CurvatureMethod.Exact ? TraceEstimator.BlockHutchinson : TraceEstimator.None, TraceProducts = o.TraceProducts,
-        DenseBelow = 0, KeepVectors = true, KeepGradient = true,
+        DenseBelow = 0, KeepVectors = true, KeepGradient = o.UseGradient, FactoredVectors = true,
     };
 
     /// <summary>
@@ -125,14 +150,19 @@ public sealed class BlockCurvatureModel : IDisposable
         for (int i = 0; i < sites.Count; i++)
         {
             var b = blocks[i];
-            var gradient = ToInOut(model, sites[i], b.Gradient!.unsqueeze(0))[0];
-            var vectors = ToInOut(model, sites[i], b.TopVectors!);
-            // The model takes over diag G; the flat gradient and vectors were copied (or viewed) into [in, out].
-            result[sites[i].Name] = o.Curvature == CurvatureMethod.Kfac
-                ? Create(sites[i].Name, "kfac", gradient, b.TopEigenvalues, vectors, A(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value)
-                : FromEigenpairs(sites[i].Name, gradient, b.TopEigenvalues, vectors, b.Trace!.Value, A(sites[i]), b.TraceStandardError);
-            b.Gradient!.Dispose();
-            b.TopVectors!.Dispose();
+            var gradient = b.Gradient is null ? null : ToInOut(model, sites[i], b.Gradient.unsqueeze(0))[0];
+            // The model takes over diag G (and K-FAC's vector factors); the flat gradient and vectors were copied (or viewed) into [in, out].
+            if (b.TopInputFactors is { } fa)
+                result[sites[i].Name] = CreateFactored(sites[i].Name, gradient, b.TopEigenvalues, fa, b.TopOutputFactors!, A(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value);
+            else
+            {
+                var vectors = ToInOut(model, sites[i], b.TopVectors!);
+                result[sites[i].Name] = o.Curvature == CurvatureMethod.Kfac
+                    ? Create(sites[i].Name, "kfac", gradient, b.TopEigenvalues, vectors, A(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value)
+                    : FromEigenpairs(sites[i].Name, gradient, b.TopEigenvalues, vectors, b.Trace!.Value, A(sites[i]), b.TraceStandardError);
+                b.TopVectors!.Dispose();
+            }
+            b.Gradient?.Dispose();
         }
         return result;
     }
@@ -150,8 +180,9 @@ public sealed class BlockCurvatureModel : IDisposable
 
     public void Dispose()
     {
-        Gradient.Dispose();
-        TopVectors.Dispose();
+        Gradient?.Dispose();
+        _vectors?.Dispose();
+        if (TopFactors is var (fa, fg)) { fa.Dispose(); fg.Dispose(); }
         A.Dispose();
         OutputWeights.Dispose();
     }

@@ -13,6 +13,12 @@ public enum SearchMethod { Auto, Exact, Greedy }
 /// <summary>The search that runs, what was asked for, and why that one runs.</summary>
 public sealed record SearchChoice(SearchMethod Method, SearchMethod Requested, string Reason);
 
+/// <summary>Which candidate groups are costed exactly: all of them, those that survive a cheap screen (<see cref="GroupScreen"/>), or whichever fits.</summary>
+public enum CostingMethod { Auto, Full, Screened }
+
+/// <summary>The costing that runs, what was asked for, and why.</summary>
+public sealed record CostingChoice(CostingMethod Method, CostingMethod Requested, string Reason);
+
 /// <summary>The planner's options; the defaults are the command line's.</summary>
 public sealed record PlannerOptions
 {
@@ -40,12 +46,18 @@ public sealed record PlannerOptions
     /// decrease that other data does not show).
     /// </summary>
     public bool UseGradient { get; init; }
-    /// <summary>Auto: exact up to <see cref="GeoPlanner.ExactSearchMaxLayers"/> layers per type, greedy beyond.</summary>
+    /// <summary>Auto: exact up to <see cref="GeoPlanner.ExactSearchMaxVariables"/> (group, rank) choices, greedy beyond; exact runs at any depth.</summary>
     public SearchMethod Search { get; init; } = SearchMethod.Auto;
     public double TimeLimitSeconds { get; init; } = 120;
     /// <summary>Rank options of a group: kept fractions 1 − ratio + these offsets.</summary>
     public double[] KeptOffsets { get; init; } = [-0.2, -0.1, 0, 0.1, 0.2];
     public long Seed { get; init; }
+    /// <summary>Auto: full costing up to <see cref="GeoPlanner.FullCostingMaxWork"/>, screened beyond.</summary>
+    public CostingMethod Costing { get; init; } = CostingMethod.Auto;
+    /// <summary>Screened costing: each layer keeps its best this many groups of each size (by the screen's estimate).</summary>
+    public int ScreenPartners { get; init; } = 3;
+    /// <summary>Costed groups are read from and written to this folder (shards, resumed runs); null: in memory only.</summary>
+    public GroupCostCells? Cells { get; init; }
 
     /// <summary>Checks every option against the model (the errors name the options in the library's terms); returns the search that will run.</summary>
     public SearchChoice Validate(PretrainedModel model)
@@ -64,11 +76,13 @@ public sealed record PlannerOptions
             Fail("shared_types", $"'{unknown}' is not a matrix type of the model ({string.Join(", ", model.ProjectionTypes)})");
         if (!(Trust >= 0)) Fail("trust", $"must be at least 0, got {Trust}");
         if (!(TimeLimitSeconds > 0)) Fail("time_limit", $"must be positive, got {TimeLimitSeconds} s");
+        if (!Enum.IsDefined(Costing)) Fail("costing", $"method {(int)Costing} is not auto, full or screened");
+        if (ScreenPartners < 1) Fail("screen_partners", $"must be at least 1, got {ScreenPartners}");
         if (GeoPlanner.KeptFractions(this).Length == 0)
             Fail("kept_offsets", $"[{string.Join(", ", KeptOffsets)}] leave no kept fraction within [0.02, 0.98] at ratio {Ratio}");
         // Group costs are cached under a 64-bit mask of the group's layers.
         if (n > 64) Fail("model", $"the planner handles at most 64 layers per type, the model has {n}");
-        return GeoPlanner.ChooseSearch(Search, n);
+        return GeoPlanner.ChooseSearch(Search, n, GeoPlanner.SearchVariables(model, this, null));
     }
 
     /// <summary>What the plan's curvature-aligned coefficients need to be computed again (see <see cref="GeoPlanner.AlignedCoefficients"/>).</summary>
@@ -101,6 +115,14 @@ public sealed class PlannerResult : IDisposable
     public required int CandidateGroups { get; init; }
     /// <summary>Groups costed only for <see cref="PairwiseCost"/> (pairs or single layers the search did not need).</summary>
     public required int PictureGroups { get; init; }
+    public required CostingChoice Costing { get; init; }
+    /// <summary>Groups the constraints allow (what full costing costs).</summary>
+    public required int AllowedGroups { get; init; }
+    /// <summary>Groups the screen estimated (screened costing; 0 under full costing).</summary>
+    public required int ScreenedGroups { get; init; }
+    /// <summary>Costed groups read from <see cref="PlannerOptions.Cells"/> rather than computed.</summary>
+    public required int CellGroups { get; init; }
+    public required double ScreenSeconds { get; init; }
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required long Budget { get; init; }
@@ -120,24 +142,58 @@ public sealed class PlannerResult : IDisposable
 public static class GeoPlanner
 {
     /// <summary>
-    /// Most layers per type the exact search runs on. It costs every candidate group up front (Σ_{k ≤ max group}
-    /// C(n, k): 78 per type at 12 layers and groups of 2) and CP-SAT proves the optimum; at 12 layers (GPT-2,
-    /// LLaMA, ViT here) that took at most 3 s in bench/. Deeper models are not measured, so they get the greedy search.
+    /// Most (group, rank) choices `--search auto` hands to CP-SAT. The search itself is small: 78 groups × 5 ranks × 4
+    /// types at 12 layers (groups of 2) took at most 3 s in bench/; 32 layers with groups of 2 are 528 × 5 per type.
+    /// Beyond this (e.g. every group of 3 of 32 layers, 5,488 per type, fully costed) auto runs the greedy search.
     /// </summary>
-    public const int ExactSearchMaxLayers = 12;
+    public const long ExactSearchMaxVariables = 40_000;
 
-    /// <summary>The search that runs for <paramref name="requested"/> on <paramref name="layers"/> layers per type; exact beyond its limit is refused.</summary>
-    public static SearchChoice ChooseSearch(SearchMethod requested, int layers) => requested switch
+    /// <summary>
+    /// Largest estimated work of full costing (Σ over candidate groups of in²·n·out, the stacked whitened SVD's
+    /// multiply-adds) that `--costing auto` costs in full: the bundled 12-layer models need about 2·10¹⁰ and keep their
+    /// exact plans; the GPT-2 124M shape needs 5·10¹¹ (950 s here) and is screened.
+    /// </summary>
+    public const double FullCostingMaxWork = 1e11;
+
+    /// <summary>The search that runs for <paramref name="requested"/> with <paramref name="variables"/> (group, rank) choices.</summary>
+    public static SearchChoice ChooseSearch(SearchMethod requested, int layers, long variables) => requested switch
     {
-        SearchMethod.Exact when layers > ExactSearchMaxLayers => throw new UsageException("search",
-            $"exact runs on at most {ExactSearchMaxLayers} layers per type, the model has {layers} (use auto or greedy)"),
-        SearchMethod.Exact => new(SearchMethod.Exact, requested, $"requested; {layers} layers per type is within its limit of {ExactSearchMaxLayers}"),
+        SearchMethod.Exact => new(SearchMethod.Exact, requested, $"requested; {variables:N0} group × rank choices on {layers} layers per type"),
         SearchMethod.Greedy => new(SearchMethod.Greedy, requested, "requested"),
-        SearchMethod.Auto when layers <= ExactSearchMaxLayers =>
-            new(SearchMethod.Exact, requested, $"auto: {layers} layers per type is within the exact search's limit of {ExactSearchMaxLayers}"),
-        SearchMethod.Auto => new(SearchMethod.Greedy, requested, $"auto: {layers} layers per type is beyond the exact search's limit of {ExactSearchMaxLayers}"),
+        SearchMethod.Auto when variables <= ExactSearchMaxVariables =>
+            new(SearchMethod.Exact, requested, $"auto: {variables:N0} group × rank choices is within the exact search's limit of {ExactSearchMaxVariables:N0}"),
+        SearchMethod.Auto => new(SearchMethod.Greedy, requested, $"auto: {variables:N0} group × rank choices is beyond the exact search's limit of {ExactSearchMaxVariables:N0}"),
         _ => throw new UsageException("search", $"{(int)requested} is not auto, exact or greedy"),
     };
+
+    /// <summary>The costing that runs: full or screened as asked; auto by the estimated work of full costing.</summary>
+    public static CostingChoice ChooseCosting(CostingMethod requested, double work, int maxGroupSize) => requested switch
+    {
+        _ when maxGroupSize < 2 => new(CostingMethod.Full, requested, "groups of one: nothing to screen"),
+        CostingMethod.Full => new(CostingMethod.Full, requested, "requested"),
+        CostingMethod.Screened => new(CostingMethod.Screened, requested, "requested"),
+        CostingMethod.Auto when work <= FullCostingMaxWork => new(CostingMethod.Full, requested, $"auto: full costing is {work:0.0e0} multiply-adds, within {FullCostingMaxWork:0e0}"),
+        CostingMethod.Auto => new(CostingMethod.Screened, requested, $"auto: full costing would be {work:0.0e0} multiply-adds, beyond {FullCostingMaxWork:0e0}"),
+        _ => throw new UsageException("costing", $"{(int)requested} is not auto, full or screened"),
+    };
+
+    /// <summary>The groups the constraints allow, per type (shared types: every group up to the largest size; others: single layers).</summary>
+    public static Dictionary<string, List<int[]>> AllowedGroups(PretrainedModel model, PlannerOptions o)
+    {
+        int n = model.Config.NumLayers;
+        var shared = o.SharedTypes ?? ShareableTypes.Default(model);
+        return model.ProjectionTypes.ToDictionary(t => t, t => shared.Contains(t)
+            ? SetPartitions.Candidates(n, o.MaxGroupSize, o.Contiguous, o.PrivateLayers).ToList()
+            : Enumerable.Range(0, n).Select(l => new[] { l }).ToList());
+    }
+
+    /// <summary>Estimated multiply-adds of costing <paramref name="groups"/> in full (the stacked whitened SVDs).</summary>
+    public static double CostingWork(PretrainedModel model, IReadOnlyDictionary<string, List<int[]>> groups) =>
+        groups.Sum(kv => kv.Value.Sum(g => (double)model.Site(kv.Key, 0).InFeatures * model.Site(kv.Key, 0).InFeatures * g.Length * model.Site(kv.Key, 0).OutFeatures));
+
+    /// <summary>(group, rank) choices of the exact search over <paramref name="groups"/> (null: every allowed group).</summary>
+    public static long SearchVariables(PretrainedModel model, PlannerOptions o, IReadOnlyDictionary<string, List<int[]>>? groups) =>
+        (groups ?? AllowedGroups(model, o)).Values.Sum(v => (long)v.Count) * Math.Max(1, KeptFractions(o).Length);
 
     /// <summary>
     /// Parameters the shareable matrices may store: the kept fraction 1 − ratio of every type's n·in·out
@@ -157,31 +213,67 @@ public static class GeoPlanner
         return o.KeptOffsets.Select(d => Math.Round(x0 + d, 6)).Where(x => x >= 0.02 && x <= 0.98).Distinct().ToArray();
     }
 
+    /// <summary>The groups that are costed exactly, per type, and how they were chosen.</summary>
+    private sealed record CandidateSet(Dictionary<string, List<int[]>> Groups, CostingChoice Costing, int Allowed, int Screened,
+        Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds);
+
+    private static CandidateSet Candidates(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+        PlannerOptions o, IProgress<ProgressTick>? progress)
+    {
+        var sw = Stopwatch.StartNew();
+        var allowed = AllowedGroups(model, o);
+        var costing = ChooseCosting(o.Costing, CostingWork(model, allowed), o.MaxGroupSize);
+        int allowedCount = allowed.Values.Sum(v => v.Count);
+        var gains = new Dictionary<string, IReadOnlyDictionary<long, double>>();
+        if (costing.Method == CostingMethod.Full) return new(allowed, costing, allowedCount, 0, gains, 0);
+        var groups = new Dictionary<string, List<int[]>>();
+        int screened = 0, done = 0;
+        progress?.Report(new ProgressTick("screen", 0, allowed.Count, "types"));
+        foreach (var t in model.ProjectionTypes)
+        {
+            if (allowed[t].All(g => g.Length == 1)) groups[t] = allowed[t];
+            else
+            {
+                var r = GroupScreen.Run(model, grams, curvature, t, allowed[t], 1 - o.Ratio, o.ScreenPartners);
+                groups[t] = r.Kept.ToList();
+                gains[t] = r.Gain;
+                screened += r.Screened;
+            }
+            progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types"));
+        }
+        return new(groups, costing, allowedCount, screened, gains, sw.Elapsed.TotalSeconds);
+    }
+
     /// <param name="curvature">Block models already collected (kept by the caller); null: collect them here.</param>
     public static PlannerResult Plan(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o,
         IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null)
     {
-        var choice = o.Validate(model);
+        o.Validate(model);
         var sw = Stopwatch.StartNew();
         bool owns = curvature is null;
         curvature ??= BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
         double curvatureSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
 
-        var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient);
+        var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
         try
         {
             var shared = o.SharedTypes ?? ShareableTypes.Default(model);
             var kept = KeptFractions(o);
             long budget = Budget(model, o.Ratio);
-            var (result, greedy, costSeconds) = Search(model, costs, o, shared, kept, budget, choice.Method == SearchMethod.Exact, sw, progress);
+            var candidates = Candidates(model, grams, curvature, o, progress);
+            var choice = ChooseSearch(o.Search, model.Config.NumLayers, SearchVariables(model, o, candidates.Groups));
+            var (result, greedy, costSeconds) = Search(model, costs, o, candidates.Groups, kept, budget, choice.Method == SearchMethod.Exact, sw, progress);
             int searched = costs.Evaluated;
-            var pairwise = shared.Where(model.ProjectionTypes.Contains).ToDictionary(t => t, t => Pairwise(costs, model, t, kept, 1 - o.Ratio));
+            var pairwise = shared.Where(model.ProjectionTypes.Contains).ToDictionary(t => t,
+                t => Pairwise(costs, model, t, kept, 1 - o.Ratio, candidates.Costing.Method == CostingMethod.Screened ? candidates.Gains.GetValueOrDefault(t) : null));
             var plan = ToPlan(model, result, o.Ratio) with { Coefficients = o.CoefficientRecipe(curvatureBatch, model.DType) };
             return new PlannerResult
             {
                 Plan = plan, Costs = costs, Curvature = curvature, OwnsCurvature = owns, SearchChoice = choice, Search = result, GreedyComparison = greedy,
                 PairwiseCost = pairwise, CandidateGroups = searched, PictureGroups = costs.Evaluated - searched,
+                Costing = candidates.Costing, AllowedGroups = candidates.Allowed, ScreenedGroups = candidates.Screened, CellGroups = o.Cells?.Read ?? 0,
+                ScreenSeconds = candidates.Seconds,
                 CurvatureSeconds = curvatureSeconds, CostSeconds = costSeconds, Budget = budget,
             };
         }
@@ -193,18 +285,64 @@ public static class GeoPlanner
         }
     }
 
+    /// <summary>What one shard did: its share of the groups to cost, how many it computed and how many were already in the folder.</summary>
+    public sealed record ShardResult(int Shard, int Shards, int Groups, int Share, int Computed, int FromCells, CostingChoice Costing, int ScreenedGroups,
+        double CurvatureSeconds, double CostSeconds);
+
+    /// <summary>
+    /// Costs shard <paramref name="shard"/> of <paramref name="shards"/> of the groups the plan needs into
+    /// <see cref="PlannerOptions.Cells"/>: the groups (after the screen, which every shard runs identically) in their
+    /// fixed order, every <paramref name="shards"/>-th from the <paramref name="shard"/>-th. No search: a run without a
+    /// shard finishes from the cells.
+    /// </summary>
+    public static ShardResult CostShard(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o, int shard, int shards,
+        IProgress<ProgressTick>? progress = null)
+    {
+        o.Validate(model);
+        if (o.Cells is null) throw new UsageException("cells", "a shard writes its costs into a cells folder");
+        if (shards < 1 || shard < 0 || shard >= shards) throw new UsageException("shard", $"shard {shard} of {shards} is not within 0..{shards - 1}");
+        var sw = Stopwatch.StartNew();
+        var curvature = BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
+        double curvatureSeconds = sw.Elapsed.TotalSeconds;
+        sw.Restart();
+        using var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
+        try
+        {
+            var kept = KeptFractions(o);
+            var candidates = Candidates(model, grams, curvature, o, progress);
+            var jobs = Jobs(model, candidates.Groups);
+            var mine = jobs.Where((_, i) => i % shards == shard).ToList();
+            int done = 0;
+            progress?.Report(new ProgressTick("group costs", 0, mine.Count, "groups"));
+            SingleThreadedWorkers.Map(mine, j =>
+            {
+                var c = costs.Evaluate(j.Type, j.Layers, costs.Ranks(j.Type, j.Layers.Length, kept));
+                progress?.Report(new ProgressTick("group costs", Interlocked.Increment(ref done), mine.Count, "groups"));
+                return c;
+            });
+            return new ShardResult(shard, shards, jobs.Count, mine.Count, o.Cells.Written, o.Cells.Read, candidates.Costing, candidates.Screened,
+                curvatureSeconds, sw.Elapsed.TotalSeconds);
+        }
+        finally
+        {
+            foreach (var c in curvature.Values) c.Dispose();
+        }
+    }
+
+    /// <summary>Every group to cost, in a fixed order: by type (the model's order), then as the candidate lists give them.</summary>
+    private static List<(string Type, int[] Layers)> Jobs(PretrainedModel model, IReadOnlyDictionary<string, List<int[]>> groups) =>
+        model.ProjectionTypes.SelectMany(t => groups[t].Select(g => (Type: t, Layers: g))).ToList();
+
     /// <summary>
     /// The search over group costs. Exact: every candidate group is costed first (in parallel), CP-SAT chooses, and the
     /// greedy search runs on the same cached costs for comparison. Greedy: groups are costed as it asks for them.
     /// </summary>
     private static (SearchResult Result, SearchResult? Greedy, double CostSeconds) Search(PretrainedModel model, GroupCostEvaluator costs, PlannerOptions o,
-        IReadOnlyList<string> shared, double[] kept, long budget, bool exact, Stopwatch sw, IProgress<ProgressTick>? progress)
+        IReadOnlyDictionary<string, List<int[]>> candidateLists, double[] kept, long budget, bool exact, Stopwatch sw, IProgress<ProgressTick>? progress)
     {
         int n = model.Config.NumLayers;
-        var candidateLists = model.ProjectionTypes.ToDictionary(t => t, t => shared.Contains(t)
-            ? SetPartitions.Candidates(n, o.MaxGroupSize, o.Contiguous, o.PrivateLayers).ToList()
-            : Enumerable.Range(0, n).Select(l => new[] { l }).ToList());
         int total = candidateLists.Values.Sum(c => c.Count), done = 0;
+        var candidateMasks = candidateLists.ToDictionary(kv => kv.Key, kv => kv.Value.Select(GroupScreen.Mask).ToHashSet());
 
         GroupCandidate Cost(string type, int[] layers) => costs.Evaluate(type, layers, costs.Ranks(type, layers.Length, kept));
         GroupCandidate Eval(string type, int[] layers)
@@ -223,15 +361,13 @@ public static class GeoPlanner
         if (exact)
         {
             progress?.Report(new ProgressTick("group costs", 0, total, "groups"));
-            var jobs = model.ProjectionTypes.SelectMany(t => candidateLists[t].Select(g => (Type: t, Layers: g))).ToList();
+            var jobs = Jobs(model, candidateLists);
             var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers));
             foreach (var t in model.ProjectionTypes)
                 types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }
         double costSeconds = sw.Elapsed.TotalSeconds;
-        bool Allowed(string type, int[] layers) =>
-            layers.Length == 1 || (shared.Contains(type) && layers.Length <= o.MaxGroupSize && !layers.Any(o.PrivateLayers.Contains)
-                                   && (!o.Contiguous || layers[^1] - layers[0] == layers.Length - 1));
+        bool Allowed(string type, int[] layers) => candidateMasks[type].Contains(GroupScreen.Mask(layers));
         GroupCandidate? Oracle(string type, int[] layers) => Allowed(type, layers) ? Eval(type, layers) : null;
         var typeSizes = model.ProjectionTypes.Select(t => (t, n)).ToList();
         if (exact)
@@ -288,8 +424,12 @@ public static class GeoPlanner
         return SharingPlan.ForModel(model, "geo", ratio, types);
     }
 
-    /// <summary>Extra predicted loss of sharing layers i and j (nominal rank) over keeping each alone.</summary>
-    private static double[,] Pairwise(GroupCostEvaluator costs, PretrainedModel model, string type, double[] kept, double x0)
+    /// <summary>
+    /// Extra predicted loss of sharing layers i and j (nominal rank) over keeping each alone. Screened costing: pairs that
+    /// were not costed show the screen's estimate of the same difference (<paramref name="screen"/>), and are not costed for the picture.
+    /// </summary>
+    private static double[,] Pairwise(GroupCostEvaluator costs, PretrainedModel model, string type, double[] kept, double x0,
+        IReadOnlyDictionary<long, double>? screen)
     {
         int n = model.Config.NumLayers;
         var m = new double[n, n];
@@ -302,7 +442,9 @@ public static class GeoPlanner
         var single = Enumerable.Range(0, n).Select(l => Nominal([l]).Predicted).ToArray();
         for (int i = 0; i < n; i++)
             for (int j = i + 1; j < n; j++)
-                m[i, j] = m[j, i] = Nominal([i, j]).Predicted - single[i] - single[j];
+                m[i, j] = m[j, i] = screen is not null && !costs.IsCached(type, [i, j]) && screen.TryGetValue((1L << i) | (1L << j), out double estimate)
+                    ? estimate
+                    : Nominal([i, j]).Predicted - single[i] - single[j];
         return m;
     }
 }

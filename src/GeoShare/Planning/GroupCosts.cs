@@ -22,11 +22,18 @@ public sealed class GroupCostEvaluator : IDisposable
     private readonly PretrainedModel _model;
     private readonly ActivationGrams _grams;
     private readonly IReadOnlyDictionary<string, BlockCurvatureModel> _curvature;
-    private readonly Dictionary<string, Tensor> _weights = new();
     private readonly Dictionary<(string, long), GroupCandidate> _cache = new();
     public double Trust { get; }
     public bool UseGradient { get; }
     public int Evaluated { get { lock (_cache) return _cache.Count; } }
+    /// <summary>Costed groups are read from here when present and written here when computed; null: in memory only.</summary>
+    public GroupCostCells? Cells { get; init; }
+
+    /// <summary>Whether the group was costed already (in this run or read from the cells).</summary>
+    public bool IsCached(string type, int[] layers)
+    {
+        lock (_cache) return _cache.ContainsKey((type, Mask(layers)));
+    }
 
     public GroupCostEvaluator(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
     {
@@ -39,17 +46,13 @@ public sealed class GroupCostEvaluator : IDisposable
 
     public BlockCurvatureModel Curvature(string site) => _curvature[site];
 
+    /// <summary>
+    /// The layer's matrix [in, out] in float64, made for each group that uses it (in the caller's scope): converting is exact
+    /// and cheap beside the group's SVD, and keeping every matrix in float64 for the whole plan cost twice the float32 model.
+    /// </summary>
     private Tensor Weight(ProjectionSite site)
     {
-        lock (_weights)
-        {
-            if (!_weights.TryGetValue(site.Name, out var w))
-            {
-                using (torch.no_grad()) w = _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone().DetachFromDisposeScope(); // cached past the caller's scope
-                _weights[site.Name] = w;
-            }
-            return w;
-        }
+        using (torch.no_grad()) return _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone(); // as the cache made it
     }
 
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
@@ -59,6 +62,19 @@ public sealed class GroupCostEvaluator : IDisposable
         var key = (type, Mask(layers));
         lock (_cache)
             if (_cache.TryGetValue(key, out var cached)) return cached;
+        if (Cells?.TryRead(type, layers, ranks) is { } stored)
+        {
+            lock (_cache) _cache[key] = stored;
+            return stored;
+        }
+        var computed = Compute(type, layers, ranks);
+        Cells?.Write(computed);
+        lock (_cache) _cache[key] = computed;
+        return computed;
+    }
+
+    private GroupCandidate Compute(string type, int[] layers, IReadOnlyList<int> ranks)
+    {
         using var scope = torch.NewDisposeScope();
         var sites = layers.Select(l => _model.Site(type, l)).ToArray();
         var weights = sites.Select(Weight).ToArray();
@@ -80,9 +96,7 @@ public sealed class GroupCostEvaluator : IDisposable
         }
         var options = ranks.Select((k, r) => new RankOption(k, SharedBasis.BasisParameters(sites[0].InFeatures, sites[0].OutFeatures, layers.Length, k),
             totals[r][0], totals[r][1], totals[r][2], totals[r][3])).ToList();
-        var candidate = new GroupCandidate(type, layers, options);
-        lock (_cache) _cache[key] = candidate;
-        return candidate;
+        return new GroupCandidate(type, layers, options);
     }
 
     /// <summary>Rank options of a group: the given kept fractions of its parameters, as distinct ranks.</summary>
@@ -94,7 +108,6 @@ public sealed class GroupCostEvaluator : IDisposable
 
     public void Dispose()
     {
-        foreach (var w in _weights.Values) w.Dispose();
     }
 }
 

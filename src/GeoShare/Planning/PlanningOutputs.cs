@@ -16,6 +16,8 @@ public sealed record PlannerSummary
     public required int CandidateGroups { get; init; }
     /// <summary>Groups costed only for the pairwise-cost pictures (absent in older cells).</summary>
     public int? PictureGroups { get; init; }
+    /// <summary>How the candidate groups were chosen for exact costing (absent in cells written before screening).</summary>
+    public PlannerCostingSummary? Costing { get; init; }
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required IReadOnlyList<PlannedGroup> Groups { get; init; }
@@ -40,6 +42,13 @@ public sealed record PlannerSummary
 /// <summary>Requested, chosen and reason are absent in cells written before `--search auto`.</summary>
 public sealed record PlannerSearchSummary(string Method, string Status, double Objective, double? Bound, double Seconds,
     string? Requested = null, string? Chosen = null, string? Reason = null);
+
+/// <summary>
+/// Full or screened costing: groups the constraints allow, groups the screen estimated, groups costed exactly (the
+/// search's candidates), how many of those were read from a cells folder, and the screen's time.
+/// </summary>
+public sealed record PlannerCostingSummary(string Requested, string Chosen, string Reason, int AllowedGroups, int ScreenedGroups, int CostedGroups,
+    int FromCells, double ScreenSeconds);
 
 public sealed record GreedyComparisonSummary(double Objective, long Parameters, double Seconds, double RelativeGap);
 

@@ -23,6 +23,12 @@ internal static class SingleThreadedWorkers
         {
             Parallel.For(0, jobs.Count, new ParallelOptions { MaxDegreeOfParallelism = workers }, i => results[i] = work(jobs[i]));
         }
+        catch (AggregateException e)
+        {
+            // The first worker's error as itself (a bad input names its file, not "one or more errors occurred").
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Flatten().InnerExceptions[0]).Throw();
+            throw;
+        }
         finally
         {
             torch.set_num_threads(workers);
