@@ -196,6 +196,14 @@ public sealed class EmbeddingDistillationBatch : LossBatch
             $"{indices.Count} sentences of {Path.GetFileName(data.Source)}: {string.Join(", ", indices.Take(8))}{(indices.Count > 8 ? ", …" : "")}");
     }
 
+    /// <summary>Padded ids [N, T] (tests); the targets are <paramref name="dense"/>'s embeddings of them.</summary>
+    internal static EmbeddingDistillationBatch FromIds(Module<Tensor, Tensor> dense, Tensor ids, string description)
+    {
+        Tensor targets;
+        using (torch.no_grad()) targets = dense.call(ids).detach();
+        return new EmbeddingDistillationBatch(ids, targets, description);
+    }
+
     public override Tensor Output(Module<Tensor, Tensor> model) => model.call(Ids);
 
     public override Tensor Loss(Tensor e) => e.sub(Targets).PowScalar(2).sum().DivScalar(Predictions);
