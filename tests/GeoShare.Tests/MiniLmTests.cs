@@ -195,6 +195,32 @@ public sealed class MiniLmTests(MiniLmFixture fx) : IClassFixture<MiniLmFixture>
         Assert.True(minOnTheirIds >= 0.99999, $"lowest cosine on the package's ids {minOnTheirIds:F7}");
     }
 
+    /// <summary>`export --onnx` of the imported folder: ONNX Runtime's sentence embeddings equal GeoShare's (padded batch).</summary>
+    [Fact]
+    public void TheExportedGraphComputesTheSameEmbeddingsInOnnxRuntime()
+    {
+        var model = ModelLoader.Load(fx.Folder);
+        var config = (BertConfig)model.Config;
+        var set = SentenceSet.FromFile(TestSentences, WordPieceTokenizer.Load(fx.Folder, config.MaxPositions), config, limit: 24);
+        string file = fx.Tmp.File("exported.onnx");
+        var r = OnnxExporter.Export(fx.Folder, file, new OnnxExportOptions());
+        Assert.Equal(model.ParameterCount(), r.Parameters);
+        var idx = Enumerable.Range(0, set.Count).ToArray();
+        using var ids = set.Batch(idx);
+        Tensor ours;
+        using (torch.no_grad()) ours = model.call(ids);
+        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(file);
+        var flat = ids.data<long>().ToArray();
+        var input = Microsoft.ML.OnnxRuntime.NamedOnnxValue.CreateFromTensor("input_ids",
+            new Microsoft.ML.OnnxRuntime.Tensors.DenseTensor<long>(flat, [set.Count, (int)ids.shape[1]]));
+        using var outputs = session.Run([input]);
+        var o = outputs.Single(v => v.Name == "sentence_embedding").AsTensor<float>();
+        Assert.Equal([set.Count, 384], o.Dimensions.ToArray());
+        using var theirs = torch.tensor(o.ToArray(), [set.Count, 384]);
+        double maxAbs = ours.sub(theirs).abs().max().item<float>();
+        Assert.True(maxAbs < 1e-5, $"max |Δ| = {maxAbs}");
+    }
+
     [Fact]
     public void PaddingDoesNotChangeASentencesEmbedding()
     {
