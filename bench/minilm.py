@@ -17,7 +17,7 @@ out = ["# all-MiniLM-L6-v2 compressed: every heuristic and geo at equal paramete
        "share of each sentence's 10 nearest neighbours among the 200 under the dense model that are also its 10 nearest under",
        "the compressed one). Calibration (whitening): 64 sentences of `valid.txt` (every 40th); geo's curvature: K-FAC on",
        "32 sentences (every 90th) of the distillation loss mean ‖e_θ − e_dense‖². Small settings: the 2-core machine was",
-       "shared by five sessions (load average 10–16) while this ran.", ""]
+       "shared by five sessions (load average 10–16) for most of the run.", ""]
 for r in ratios:
     out += [f"## ratio {r}", "", "| method | mean cosine | min cosine | 10-NN agreement | matrix / model parameters | achieved ratio |", "|---|---|---|---|---|---|"]
     rows = [(m, cells[(m, r)]) for m in methods if (m, r) in cells]
@@ -70,7 +70,9 @@ out += ["## What geo's plan did, why it can lose to a heuristic, what was not tr
         "(2) the curvature batch is 32 sentences with one Gaussian output factor each (K-FAC samples 1), a noisy G for 384",
         "output dimensions; (3) whitening second moments come from 64 sentences (about 2,000 token rows for 1,536-wide",
         "inputs). Not tried, for lack of time on the shared machine: more curvature sentences, exact K-FAC output factors",
-        "(samples 0: 384 backward passes), exact curvature (`--curvature exact`), and the refit from 0.4.", ""]
+        "(samples 0: 384 backward passes), exact curvature (`--curvature exact`). From 0.4 every method refits the",
+        "coefficients on the compressed model's own inputs (compress's default). The minimum cosine is not what geo optimises",
+        "(its loss is the mean): read the tables for where its worst sentence is worse than a heuristic's.", ""]
 missing_ratios = [r for r in (0.2, 0.3, 0.4, 0.5) if r not in ratios]
 if missing_ratios:
     out += [f"Ratios not run: {', '.join(map(str, missing_ratios))} (see the report of the session that wrote this file).", ""]
