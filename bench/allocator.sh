@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The native allocator, side by side in one run: the fresh-machine path (`geoshare` re-executes itself under
-# jemalloc, which the README and .ci/run install) against jemalloc preloaded by hand (the launcher's old setting),
-# the library's caching allocator (what a program using the library gets; the CLI with GEOSHARE_ALLOCATOR=caching
-# stays in-process on it) and tuned glibc (libtorch's own allocator, GEOSHARE_ALLOCATOR=glibc: the library's path
+# The native allocator, side by side in one run: the fresh-machine path (`geoshare` with nothing set: the library's
+# caching allocator) against jemalloc preloaded by hand (the launcher's old setting, the best found before),
+# the library's caching allocator named explicitly (GEOSHARE_ALLOCATOR=caching) and tuned glibc (libtorch's own allocator, GEOSHARE_ALLOCATOR=glibc: the library's path
 # before the caching allocator), for eval, a float64 analyze of two blocks and (WORKLOADS) a K-FAC plan of the
 # bundled GPT-2; eval also through `dotnet run` and a library host (GeoShare.Bench eval-library). Every run is its
 # own process, timed by /usr/bin/time (wall, CPU, peak resident set, minor page faults); ROUNDS rounds, the order
@@ -32,7 +31,7 @@ declare -A args=(
 run() { # workload entry round
   local w=$1 e=$2 r=$3 cmd
   case $e in
-    fresh)     cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR "$cli") ;;          # re-executes itself under jemalloc (installed)
+    fresh)     cmd=(env -u LD_PRELOAD -u GEOSHARE_ALLOCATOR "$cli") ;;          # the default: the library's caching allocator
     caching)   cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=caching "$cli") ;;       # the library's caching allocator: what a program using the library gets
     glibc)     cmd=(env -u LD_PRELOAD GEOSHARE_ALLOCATOR=glibc "$cli") ;;         # tuned glibc: the library's path before
     jemalloc)  cmd=(env LD_PRELOAD=$jemalloc MALLOC_CONF=dirty_decay_ms:5000,muzzy_decay_ms:0 "$cli") ;;

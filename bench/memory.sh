@@ -3,7 +3,7 @@
 # ratios 0.3 and 0.5, saved in the source's F16) against the dense model; float32 and bfloat16 compute. Each eval is its
 # own process with --memory-warmup (the model is loaded and freed once, so one-time code and pools are not counted),
 # on the first 64 test windows. Main rows run on the library's tuned glibc (each large tensor its own mapping, so the
-# resident set is the live tensors); two rows repeat dense and geo-0.3 under jemalloc, the command's default.
+# resident set is the live tensors); two rows repeat dense and geo-0.3 under jemalloc (GEOSHARE_ALLOCATOR=jemalloc).
 # Writes bench/results/memory/*.json and bench/memory.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +29,9 @@ run dense dense float32 glibc
 for ratio in $ratios; do run geo-$ratio geo-$ratio float32 glibc; done
 run dense-bf16 dense bfloat16 glibc
 run geo-0.3-bf16 geo-0.3 bfloat16 glibc
-# jemalloc: the command preloads it itself when GEOSHARE_ALLOCATOR is not set (an empty value counts as set)
-env -u GEOSHARE_ALLOCATOR ./geoshare eval --model $dense --data $test --limit $limit --memory-warmup --json "$out/dense-jemalloc.json"
-env -u GEOSHARE_ALLOCATOR ./geoshare eval --model "$tmp/geo-0.3" --data $test --limit $limit --memory-warmup --json "$out/geo-0.3-jemalloc.json"
+# jemalloc: the command re-executes itself under it with GEOSHARE_ALLOCATOR=jemalloc
+GEOSHARE_ALLOCATOR=jemalloc ./geoshare eval --model $dense --data $test --limit $limit --memory-warmup --json "$out/dense-jemalloc.json"
+GEOSHARE_ALLOCATOR=jemalloc ./geoshare eval --model "$tmp/geo-0.3" --data $test --limit $limit --memory-warmup --json "$out/geo-0.3-jemalloc.json"
 size() { du -cb "$1"/*.safetensors | tail -1 | cut -f1; }
 model_of() { case $1 in dense*) echo dense;; geo-0.3*) echo geo-0.3;; geo-0.5*) echo geo-0.5;; esac; }
 dense_of() { case $1 in *-bf16) echo dense-bf16;; *-jemalloc) echo dense-jemalloc;; *) echo dense;; esac; }

@@ -18,6 +18,7 @@ namespace GeoShare.Cli
             new PlanCommand(),
             new CompressCommand(),
             new ExportCommand(),
+            new ImportCommand(),
             new BenchCommand(),
             new VerifyCommand(),
         ];

@@ -68,6 +68,7 @@ public class ArchitectureTests
             {
                 ModelTask.CausalLanguageModel => typeof(ICausalLanguageModelConfig),
                 ModelTask.ImageClassification => typeof(IImageClassifierConfig),
+                ModelTask.SentenceEncoder => typeof(ISentenceEncoderConfig),
                 _ => throw new InvalidOperationException($"{a}: no evaluation check for task {a.Task}"),
             };
             Assert.True(needs.IsAssignableFrom(a.ConfigType), $"{a}: task {a.Task}, but {a.ConfigType.Name} does not implement {needs.Name}");
@@ -95,8 +96,8 @@ public class ArchitectureTests
     [Fact]
     public void AnUnknownModelTypeNamesTheRegisteredOnes()
     {
-        var e = Assert.Throws<BadInputException>(() => ModelConfig.Parse("""{"model_type": "bert"}""", "config.json"));
-        Assert.Equal($"config.json: unsupported model_type 'bert' (supported: {string.Join(", ", Architectures.ModelTypes)})", e.Message);
+        var e = Assert.Throws<BadInputException>(() => ModelConfig.Parse("""{"model_type": "t5"}""", "config.json"));
+        Assert.Equal($"config.json: unsupported model_type 't5' (supported: {string.Join(", ", Architectures.ModelTypes)})", e.Message);
     }
 
     [Fact]

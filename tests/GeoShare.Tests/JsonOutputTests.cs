@@ -14,7 +14,8 @@ public class JsonOutputTests
 
     private static readonly Dictionary<string, Func<string, object>> Readers = new()
     {
-        ["eval"] = p => JsonOutput.Read<EvalOutput>(p),
+        // a sentence encoder's eval (--sentences --against) writes EmbeddingEvalOutput
+        ["eval"] = p => File.ReadAllText(p).Contains("\"sentences_file\"") ? JsonOutput.Read<EmbeddingEvalOutput>(p) : JsonOutput.Read<EvalOutput>(p),
         ["compress"] = p => JsonOutput.Read<CompressOutput>(p),
         ["analyze"] = p => JsonOutput.Read<AnalyzeOutput>(p),
         ["plan"] = p => JsonOutput.Read<PlanOutput>(p),

@@ -8,7 +8,7 @@ namespace GeoShare.Cli.Commands;
 /// <summary>Calibration batches from the command line: windows of a text file, or Fashion-MNIST training images.</summary>
 public static class CalibrationOptions
 {
-    public static OptionSpec Data => new("--data", "FILE", "text file whose windows form the calibration batch (language models)");
+    public static OptionSpec Data => new("--data", "FILE", "text file whose windows form the calibration batch (language models), or one sentence per line (sentence encoders)");
     public static OptionSpec FashionMnist => new("--fashion-mnist", "DIR", "Fashion-MNIST folder; the batch is taken from its training images (ViT)");
 
     public static LossBatch Load(PretrainedModel model, string modelDir, ParsedArgs a, string countOption, string strideOption, string? firstOption = null,
@@ -28,6 +28,13 @@ public static class CalibrationOptions
             Evaluation.Evaluator.CheckFits(model, windows);
             return LanguageModelBatch.FromWindows(windows, windows.Select(count, stride, first));
         }
+        if (model.Task == ModelTask.SentenceEncoder)
+        {
+            if (data is null) throw new UsageException($"{modelDir} is a sentence encoder: give --data FILE (one sentence per line)");
+            var sentences = Sentences(model, modelDir, data);
+            ConsoleProgress.Status("embedding the curvature batch with the dense model (the distillation targets)");
+            return EmbeddingDistillationBatch.FromSentences(model, sentences, sentences.Select(count, stride, first));
+        }
         if (fmnist is null) throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR");
         var images = ImageDataset.LoadFashionMnist(fmnist, "train");
         return ClassificationBatch.FromImages(images, ImagePreprocessor.Load(modelDir), images.Select(count, stride, first), model.DType);
@@ -45,9 +52,24 @@ public static class CalibrationOptions
             Evaluation.Evaluator.CheckFits(model, windows);
             return GeoShare.Sharing.CalibrationSet.FromWindows(windows, windows.Select(count, stride));
         }
+        if (model.Task == ModelTask.SentenceEncoder)
+        {
+            string data = a.String("--data") ?? throw new UsageException($"{modelDir} is a sentence encoder: give --data FILE (one sentence per line) for calibration");
+            var sentences = Sentences(model, modelDir, data);
+            return GeoShare.Sharing.CalibrationSet.FromSentences(sentences, sentences.Select(count, stride));
+        }
         string dir = a.String("--fashion-mnist") ?? throw new UsageException($"{modelDir} is an image classifier: give --fashion-mnist DIR for calibration");
         var train = ImageDataset.LoadFashionMnist(dir, "train");
         return GeoShare.Sharing.CalibrationSet.FromImages(train, ImagePreprocessor.Load(modelDir), train.Select(count, stride));
+    }
+
+    /// <summary>The sentences of <paramref name="path"/> (one per line), tokenized with the encoder's WordPiece vocabulary.</summary>
+    public static SentenceSet Sentences(PretrainedModel model, string modelDir, string path, int? limit = null)
+    {
+        var config = (ISentenceEncoderConfig)model.Config;
+        var tokenizer = WordPieceTokenizer.Load(modelDir, config.MaxPositions);
+        ConsoleProgress.Status($"tokenizing {path}");
+        return SentenceSet.FromFile(path, tokenizer, config, limit);
     }
 
     /// <summary>--dtype: the element type the model computes in (bfloat16 only where the command offers it: eval, compress).</summary>

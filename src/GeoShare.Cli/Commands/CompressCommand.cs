@@ -235,6 +235,21 @@ public sealed class CompressCommand : ICommand
                 return new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
             });
         }
+        if (model.Task == ModelTask.SentenceEncoder)
+        {
+            var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
+            if (evalData is null) return (calibration, null);
+            // The dense model's embeddings of the evaluation sentences, taken now, before the model is compressed in place.
+            var sentences = CalibrationOptions.Sentences(model, modelDir, evalData, limit);
+            var dense = Evaluator.Embeddings(model, sentences).DetachFromDisposeScope();
+            return (calibration, (m, progress) =>
+            {
+                var s = Evaluator.CompareEmbeddings(m, dense, sentences, progress: progress);
+                dense.Dispose();
+                Console.WriteLine($"{evalData}: mean cosine {CommonOptions.Fmt(s.MeanCosine, "0.000000")}, min {CommonOptions.Fmt(s.MinCosine, "0.000000")}, 10-NN agreement {CommonOptions.Fmt(s.Knn10Agreement)} against the dense model ({s.Sentences} sentences, {CommonOptions.Fmt(s.SentencesPerSecond, "0.0")} sentences/s)");
+                return new CompressedModelEvaluation { Data = evalData, MeanNll = 2 * (1 - s.MeanCosine), MeanCosine = s.MeanCosine, MinCosine = s.MinCosine, Knn10Agreement = s.Knn10Agreement, Sentences = s.Sentences, WallSeconds = s.Seconds };
+            });
+        }
         var calib = CalibrationOptions.CalibrationSet(model, modelDir, a);
         if (evalData is null) return (calib, null);
         string dir = a.Required("--fashion-mnist");

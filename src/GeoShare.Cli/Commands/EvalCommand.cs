@@ -15,6 +15,8 @@ public sealed class EvalCommand : ICommand
         CommonOptions.Model,
         new("--data", "FILE", "text file for language models: non-overlapping windows, mean next-token NLL"),
         new("--fashion-mnist", "DIR", "Fashion-MNIST folder for the ViT (t10k split: all 10,000 test images)"),
+        new("--sentences", "FILE", "sentence encoders (bert): one sentence per line; the model's embeddings against --against's"),
+        new("--against", "DIR", "with --sentences: the reference encoder (e.g. the dense model the compressed one came from)"),
         new("--window", "N", "tokens per window", "256"),
         new("--batch-size", "N", "windows (or images) per forward pass", DefaultNote: "logits under 16 MB (LM) / 50 (ViT)"),
         new("--limit", "N", "evaluate only the first N windows (or images)"),
@@ -30,6 +32,7 @@ public sealed class EvalCommand : ICommand
         "geoshare eval --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --json llama-valid.json",
         "geoshare eval --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist",
         "geoshare eval --runtime onnx --model gpt2.onnx --data assets/data/corpus/test.txt --threads 2",
+        "geoshare eval --model minilm-geo-30 --sentences assets/data/sentences/test.txt --against assets/models/minilm --json e.json",
     ]);
 
     public int Execute(ParsedArgs a)
@@ -37,6 +40,7 @@ public sealed class EvalCommand : ICommand
         CommonOptions.ApplyThreads(a);
         string modelDir = a.Required("--model");
         string? data = a.String("--data"), fmnist = a.String("--fashion-mnist");
+        if (a.Has("--sentences") || a.Has("--against")) return ExecuteEmbeddings(a, modelDir);
         if ((data is null) == (fmnist is null)) throw new UsageException("give exactly one of --data FILE (language models) or --fashion-mnist DIR (ViT)");
         CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist"]);
         var dtype = CalibrationOptions.DType(a, allowBFloat16: true);
@@ -118,6 +122,50 @@ public sealed class EvalCommand : ICommand
             JsonOutput.Write(jsonPath, json);
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
+        return 0;
+    }
+
+    /// <summary>A sentence encoder against a reference encoder: cosine per sentence and 10-NN agreement (<see cref="Evaluator.CompareEmbeddings"/>).</summary>
+    private static int ExecuteEmbeddings(ParsedArgs a, string modelDir)
+    {
+        string sentences = a.Required("--sentences"), against = a.Required("--against");
+        if (a.Has("--data") || a.Has("--fashion-mnist")) throw new UsageException("--sentences evaluates a sentence encoder; leave out --data and --fashion-mnist");
+        foreach (var o in new[] { "--window", "--runtime", "--source", "--memory-warmup" })
+            if (a.Has(o)) throw new UsageException($"{o} does not apply to --sentences");
+        CommonOptions.CheckOutputs(a, ["--model", "--sentences", "--against"]);
+        var dtype = CalibrationOptions.DType(a, allowBFloat16: true);
+        int? limit = a.OptionalInt("--limit", min: 1);
+        int batch = a.Has("--batch-size") ? a.Int("--batch-size", min: 1) : 32;
+        if (!File.Exists(sentences)) throw BadInputException.For(sentences, "not found");
+        ConsoleProgress.Status($"loading {modelDir} and {against}");
+        var model = ModelFolder.Load(modelDir, dtype);
+        var reference = ModelFolder.Load(against, dtype);
+        if (model.Config is not ISentenceEncoderConfig enc)
+            throw new UsageException($"{modelDir} is a {model.Config.ModelType} model, not a sentence encoder: evaluate it with --data or --fashion-mnist");
+        if (reference.Config is not ISentenceEncoderConfig refEnc || refEnc.EmbeddingSize != enc.EmbeddingSize || refEnc.VocabSize != enc.VocabSize)
+            throw new UsageException($"--against {against} is not a sentence encoder with {modelDir}'s vocabulary and embedding width");
+        var tokenizer = WordPieceTokenizer.Load(modelDir, enc.MaxPositions);
+        ConsoleProgress.Status($"tokenizing {sentences}");
+        var set = SentenceSet.FromFile(sentences, tokenizer, enc, limit);
+        var progress = new ConsoleProgress();
+        var s = Evaluator.CompareEmbeddings(model, reference, set, batch, progress);
+        progress.EndLine();
+        Console.WriteLine(new TextTable("model", "against", "sentences", "mean cosine", "min cosine", "10-NN agreement", "parameters", "sentences/s", "seconds")
+            .Add(modelDir, against, s.Sentences, CommonOptions.Fmt(s.MeanCosine, "0.000000"), CommonOptions.Fmt(s.MinCosine, "0.000000"),
+                 CommonOptions.Fmt(s.Knn10Agreement), s.Parameters, CommonOptions.Fmt(s.SentencesPerSecond, "0.0"), CommonOptions.Fmt(s.Seconds, "0.0")));
+        if (a.String("--json") is { } jsonPath)
+        {
+            JsonOutput.Write(jsonPath, new EmbeddingEvalOutput
+            {
+                Model = modelDir, ModelType = model.Config.ModelType, SentencesFile = sentences, Against = against, Sentences = s.Sentences,
+                MeanCosine = s.MeanCosine, MinCosine = s.MinCosine, Knn10Agreement = s.Knn10Agreement, Parameters = s.Parameters,
+                ParameterBytes = model.ParameterBytes(), ReferenceParameters = reference.ParameterCount(), Dtype = CalibrationOptions.Name(model.DType),
+                WallSeconds = s.Seconds, SentencesPerSecond = s.SentencesPerSecond, Threads = torch.get_num_threads(),
+            });
+            ConsoleProgress.Status($"wrote {jsonPath}");
+        }
+        model.Dispose();
+        reference.Dispose();
         return 0;
     }
 

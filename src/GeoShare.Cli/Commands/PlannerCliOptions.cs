@@ -119,10 +119,13 @@ public static class PlannerCliOptions
     }
 
     /// <summary>A few windows carry 1000 predictions each; a classifier needs more images for as many.</summary>
-    public static LossBatch CurvatureBatch(PretrainedModel model, string modelDir, ParsedArgs a) =>
-        model.Task == ModelTask.CausalLanguageModel
-            ? CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 4, defaultStride: 1)
-            : CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 64, defaultStride: 16);
+    public static LossBatch CurvatureBatch(PretrainedModel model, string modelDir, ParsedArgs a) => model.Task switch
+    {
+        ModelTask.CausalLanguageModel => CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 4, defaultStride: 1),
+        // A sentence is one prediction (its embedding): 64 sentences, every 16th of the file.
+        ModelTask.SentenceEncoder => CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 64, defaultStride: 16),
+        _ => CalibrationOptions.Load(model, modelDir, a, "--curvature-windows", "--curvature-stride", defaultCount: 64, defaultStride: 16),
+    };
 
     /// <summary>
     /// What a cell's cost depends on, hashed: config.json, the weight files (names, sizes, the first MiB of each: header

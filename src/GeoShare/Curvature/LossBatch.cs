@@ -166,6 +166,81 @@ public static class CrossEntropyCurvature
     }
 }
 
+/// <summary>
+/// The loss of a model without a task loss (a sentence encoder): embedding distillation against the dense model,
+/// L(θ) = mean over the sentences of ‖e_θ(x) − e_dense(x)‖², with e_dense computed once from the dense model. At the dense
+/// weights L = 0 and its gradient is zero (every residual is zero), so its Hessian there is exactly the Gauss–Newton
+/// matrix (2/N) Σ Jᵀ J: the second-order change of the embeddings under a perturbation of the weights.
+/// </summary>
+public sealed class EmbeddingDistillationBatch : LossBatch
+{
+    public Tensor Ids { get; }
+    public Tensor Targets { get; }
+    public override long Predictions => Ids.shape[0];
+    public override string Description { get; }
+
+    private EmbeddingDistillationBatch(Tensor ids, Tensor targets, string description)
+    {
+        Ids = ids;
+        Targets = targets;
+        Description = description;
+    }
+
+    /// <summary>The sentences <paramref name="indices"/> of <paramref name="data"/>, their targets the embeddings <paramref name="dense"/> computes now.</summary>
+    public static EmbeddingDistillationBatch FromSentences(Module<Tensor, Tensor> dense, SentenceSet data, IReadOnlyList<int> indices)
+    {
+        var ids = data.Batch(indices);
+        Tensor targets;
+        using (torch.no_grad()) targets = dense.call(ids).detach();
+        return new EmbeddingDistillationBatch(ids, targets,
+            $"{indices.Count} sentences of {Path.GetFileName(data.Source)}: {string.Join(", ", indices.Take(8))}{(indices.Count > 8 ? ", …" : "")}");
+    }
+
+    /// <summary>Padded ids [N, T] (tests); the targets are <paramref name="dense"/>'s embeddings of them.</summary>
+    internal static EmbeddingDistillationBatch FromIds(Module<Tensor, Tensor> dense, Tensor ids, string description)
+    {
+        Tensor targets;
+        using (torch.no_grad()) targets = dense.call(ids).detach();
+        return new EmbeddingDistillationBatch(ids, targets, description);
+    }
+
+    public override Tensor Output(Module<Tensor, Tensor> model) => model.call(Ids);
+
+    public override Tensor Loss(Tensor e) => e.sub(Targets).PowScalar(2).sum().DivScalar(Predictions);
+
+    /// <summary>
+    /// The loss's output Hessian per sentence is 2I. samples = 0: the exact factors √2·e_c, one per embedding dimension;
+    /// samples &gt; 0: √2·z/√samples with z ~ N(0, I), whose outer products sum to 2I in expectation.
+    /// </summary>
+    public override IEnumerable<Tensor> OutputCurvatureFactors(Tensor e, Generator generator, int samples)
+    {
+        if (samples == 0)
+            for (long c = 0; c < e.shape[^1]; c++) yield return UnitFactor(e, c);
+        else
+            for (int s = 0; s < samples; s++) yield return GaussianFactor(e, generator, samples);
+    }
+
+    private static Tensor UnitFactor(Tensor e, long c)
+    {
+        var f = torch.zeros_like(e);
+        f[TensorIndex.Ellipsis, c] = Math.Sqrt(2);
+        return f;
+    }
+
+    private static Tensor GaussianFactor(Tensor e, Generator generator, int samples)
+    {
+        using var scope = torch.NewDisposeScope();
+        return torch.randn(e.shape, dtype: e.dtype, generator: generator).MulScalar(Math.Sqrt(2.0 / samples)).MoveToOuterDisposeScope();
+    }
+
+    public override void Dispose()
+    {
+        Ids.Dispose();
+        Targets.Dispose();
+        base.Dispose();
+    }
+}
+
 /// <summary>Mean squared error ½‖y − t‖² averaged over rows; its output Hessian is I, factored exactly by unit vectors.</summary>
 public sealed class RegressionBatch(Tensor inputs, Tensor targets) : LossBatch
 {

@@ -38,6 +38,28 @@ public sealed record EvalOutput
     public string? Runtime { get; init; }
 }
 
+/// <summary>`geoshare eval --sentences FILE --against DIR --json`: a sentence encoder's embeddings against a reference encoder's.</summary>
+public sealed record EmbeddingEvalOutput
+{
+    public string Command { get; init; } = "eval";
+    public required string Model { get; init; }
+    public required string ModelType { get; init; }
+    public required string SentencesFile { get; init; }
+    public required string Against { get; init; }
+    public required int Sentences { get; init; }
+    public required double MeanCosine { get; init; }
+    public required double MinCosine { get; init; }
+    /// <summary>Mean over sentences of |kNN₁₀ under the model ∩ kNN₁₀ under the reference| / 10 (cosine, the sentence itself left out).</summary>
+    public required double Knn10Agreement { get; init; }
+    public required long Parameters { get; init; }
+    public required long ParameterBytes { get; init; }
+    public required long ReferenceParameters { get; init; }
+    public required string Dtype { get; init; }
+    public required double WallSeconds { get; init; }
+    public required double SentencesPerSecond { get; init; }
+    public required int Threads { get; init; }
+}
+
 /// <summary>
 /// Resident memory of an evaluation: what loading the model added, and the peak over the whole run. With
 /// --memory-warmup the model was loaded and freed once before, and <see cref="FirstLoadResidentBytes"/> is what that
@@ -53,6 +75,12 @@ public sealed record CompressedModelEvaluation
     public double? Perplexity { get; init; }
     public double? Accuracy { get; init; }
     public int? Images { get; init; }
+    /// <summary>Sentence encoders: cosine to the dense model's embeddings (mean, minimum) and 10-NN agreement over <see cref="Sentences"/>.</summary>
+    public double? MeanCosine { get; init; }
+    public double? MinCosine { get; init; }
+    public double? Knn10Agreement { get; init; }
+    public int? Sentences { get; init; }
+    /// <summary>Mean NLL (language models, classifiers); for a sentence encoder the distillation loss mean ‖e − e_dense‖² = 2(1 − mean cosine).</summary>
     public required double MeanNll { get; init; }
     public long? PredictedTokens { get; init; }
     public double? TokensPerSecond { get; init; }

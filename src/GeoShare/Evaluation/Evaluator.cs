@@ -14,6 +14,13 @@ public sealed record LanguageModelScore(
 public sealed record ClassificationScore(
     double Accuracy, int Correct, int Images, double MeanNll, long Parameters, double Seconds, double ImagesPerSecond);
 
+/// <summary>
+/// A sentence encoder against a reference encoder (the dense model it was compressed from) on the same sentences: cosine of
+/// each sentence's two embeddings (mean, minimum), and retrieval agreement: for each sentence, the share of its 10 nearest
+/// neighbours (cosine, itself left out) under the reference that are among its 10 nearest under the model, averaged.
+/// </summary>
+public sealed record EmbeddingScore(double MeanCosine, double MinCosine, double Knn10Agreement, int Sentences, long Parameters, double Seconds, double SentencesPerSecond);
+
 /// <summary>The evaluation protocol of the reference numbers (see assets/README.md).</summary>
 public static class Evaluator
 {
@@ -92,6 +99,69 @@ public static class Evaluator
                     throw data.Tokenizer is { } tok
                         ? BadInputException.For(tok, $"maps text of {data.Source} to token id {id}, outside the model's vocabulary of {vocab} (config.json vocab_size): the tokenizer does not fit the model")
                         : BadInputException.For(data.Source, $"token id {id} is outside the model's vocabulary of {vocab}");
+    }
+
+    /// <summary>The sentence embeddings [N, d] (float64, on the CPU) of <paramref name="data"/>, <paramref name="perPass"/> sentences per forward pass.</summary>
+    public static Tensor Embeddings(PretrainedModel model, SentenceSet data, int perPass = 32, IProgress<ProgressTick>? progress = null)
+    {
+        if (model.Task != ModelTask.SentenceEncoder)
+            throw new UsageException("model", $"a {model.Config.ModelType} model is not a sentence encoder (evaluate it by perplexity or accuracy)");
+        var rows = new List<Tensor>();
+        progress?.Report(new ProgressTick("embed", 0, data.Count, "sentences"));
+        // Batches of similar length (little padding); the rows are put back in file order.
+        var order = Enumerable.Range(0, data.Count).OrderBy(i => data.Ids[i].Length).ThenBy(i => i).ToArray();
+        int done = 0;
+        using (torch.no_grad())
+            foreach (var idx in order.Chunk(perPass))
+            {
+                using var scope = torch.NewDisposeScope();
+                rows.Add(model.call(data.Batch(idx)).to_type(ScalarType.Float64).MoveToOuterDisposeScope());
+                done += idx.Length;
+                progress?.Report(new ProgressTick("embed", done, data.Count, "sentences"));
+            }
+        using var sorted = torch.cat(rows, 0);
+        foreach (var r in rows) r.Dispose();
+        var inverse = new long[order.Length];
+        for (int k = 0; k < order.Length; k++) inverse[order[k]] = k;
+        using var back = torch.tensor(inverse, dtype: ScalarType.Int64);
+        return sorted.index_select(0, back);
+    }
+
+    public const int Neighbours = 10;
+
+    /// <summary><paramref name="model"/> against <paramref name="reference"/> on the same sentences (see <see cref="EmbeddingScore"/>).</summary>
+    public static EmbeddingScore CompareEmbeddings(PretrainedModel model, PretrainedModel reference, SentenceSet data, int perPass = 32,
+        IProgress<ProgressTick>? progress = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        if (data.Count <= Neighbours) throw BadInputException.For(data.Source, $"holds {data.Count} sentences; retrieval agreement needs more than {Neighbours}");
+        return CompareEmbeddings(model, Embeddings(reference, data, perPass, progress), data, perPass, progress);
+    }
+
+    /// <summary>The same against reference embeddings [N, d] already computed (the dense model's, before it was compressed in place).</summary>
+    public static EmbeddingScore CompareEmbeddings(PretrainedModel model, Tensor r, SentenceSet data, int perPass = 32, IProgress<ProgressTick>? progress = null)
+    {
+        if (data.Count <= Neighbours) throw BadInputException.For(data.Source, $"holds {data.Count} sentences; retrieval agreement needs more than {Neighbours}");
+        if (r.shape[0] != data.Count) throw new ArgumentException($"{r.shape[0]} reference embeddings for {data.Count} sentences");
+        using var scope = torch.NewDisposeScope();
+        var sw = Stopwatch.StartNew();
+        var e = Embeddings(model, data, perPass, progress);
+        double seconds = sw.Elapsed.TotalSeconds;
+        var cos = torch.nn.functional.cosine_similarity(e, r, 1);
+        double mean = cos.mean().item<double>(), min = cos.min().item<double>();
+        double agreement = Knn(e).unsqueeze(1).eq(Knn(r).unsqueeze(2)).any(2).to_type(ScalarType.Float64).mean().item<double>();
+        if (!double.IsFinite(mean) || !double.IsFinite(agreement)) throw new NumericalException($"embedding evaluation produced a non-finite result ({mean}, {agreement})");
+        return new EmbeddingScore(mean, min, agreement, data.Count, model.ParameterCount(), seconds, data.Count / seconds);
+    }
+
+    /// <summary>[N, 10] indices of each row's nearest rows by cosine, itself excluded (ties: the lower index first).</summary>
+    private static Tensor Knn(Tensor embeddings)
+    {
+        var unit = torch.nn.functional.normalize(embeddings, p: 2.0, dim: 1);
+        var sim = unit.matmul(unit.t());
+        using var self = torch.eye(sim.shape[0], dtype: ScalarType.Bool);
+        sim = sim.MaskedFillScalar(self, double.NegativeInfinity);
+        return sim.topk(Neighbours, 1, largest: true, sorted: true).indexes;
     }
 
     public static ClassificationScore Accuracy(PretrainedModel model, ImageDataset data, ImagePreprocessor pre, int batchSize = 500,

@@ -37,7 +37,7 @@ public abstract class ArchitectureGraph
 /// <summary>The architectures the exporter writes, keyed by their descriptors (no model-type names here).</summary>
 public static class ArchitectureGraphs
 {
-    public static IReadOnlyList<ArchitectureGraph> All { get; } = [new Gpt2Graph(), .. LlamaGraph.Families, new VitGraph()];
+    public static IReadOnlyList<ArchitectureGraph> All { get; } = [new Gpt2Graph(), .. LlamaGraph.Families, new VitGraph(), new BertGraph()];
 
     public static ArchitectureGraph? For(Architecture a) => All.FirstOrDefault(g => ReferenceEquals(g.Architecture, a));
 }

@@ -67,6 +67,7 @@ public static class Architectures
         MistralArchitecture.Instance,
         Qwen2Architecture.Instance,
         Qwen3Architecture.Instance,
+        BertArchitecture.Instance,
     ];
 
     public static IReadOnlyList<string> ModelTypes => All.Select(a => a.ModelType).ToList();

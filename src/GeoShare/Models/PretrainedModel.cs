@@ -5,7 +5,7 @@ using static TorchSharp.torch.nn;
 
 namespace GeoShare.Models;
 
-public enum ModelTask { CausalLanguageModel, ImageClassification }
+public enum ModelTask { CausalLanguageModel, ImageClassification, SentenceEncoder }
 
 /// <summary>
 /// One shareable weight matrix of a model: <see cref="Name"/> is its module path in the checkpoint

@@ -26,6 +26,14 @@ public sealed class CalibrationSet
         new(windows.Count, $"{windows.Count} windows of {Path.GetFileName(data.Source)} (from {windows[0]}, step {(windows.Count > 1 ? windows[1] - windows[0] : 1)})",
             model => windows.Chunk(model.DefaultBatchSize(data.WindowLength)).Select(c => data.Batch(c)));
 
+    /// <summary>
+    /// Sentences of an encoder's calibration file, in batches of one token length each: no padding, so every row a
+    /// projection's second moment sums is a real token's.
+    /// </summary>
+    public static CalibrationSet FromSentences(SentenceSet data, IReadOnlyList<int> indices) =>
+        new(indices.Count, $"{indices.Count} sentences of {Path.GetFileName(data.Source)} (from {indices[0]}, step {(indices.Count > 1 ? indices[1] - indices[0] : 1)})",
+            model => data.SameLengthBatches(indices, 32).Select(c => data.Batch(c)));
+
     public static CalibrationSet FromImages(ImageDataset data, ImagePreprocessor pre, IReadOnlyList<int> indices) =>
         new(indices.Count, $"{indices.Count} images of {Path.GetFileName(data.Source)} (from {indices[0]}, step {(indices.Count > 1 ? indices[1] - indices[0] : 1)})",
             model => indices.Chunk(50).Select(c => data.Batch(c, pre, model.DType).Pixels));

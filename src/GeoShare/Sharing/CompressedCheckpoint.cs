@@ -18,7 +18,8 @@ public static class CompressedCheckpoint
     public const string ReportFile = "geoshare_compression.json";
     public const string FormatTag = "geoshare-compressed/1";
     private static readonly string[] CopiedFiles =
-        ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "preprocessor_config.json"];
+        ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "preprocessor_config.json",
+         "vocab.txt", "sentence_bert_config.json"];
 
     public static bool IsCompressed(string dir) => Checkpoint.IsGeoShareCompressed(dir);
 
