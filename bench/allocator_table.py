@@ -3,7 +3,7 @@ import json, pathlib, statistics, sys
 
 out, day, cores, load, *commands = sys.argv[1:]
 runs = [json.loads(p.read_text()) for p in sorted(pathlib.Path(out).glob("*.json"))]
-names = {"fresh": "fresh machine (`./geoshare`: re-exec under jemalloc)", "dotnet-run": "`dotnet run` (re-exec under jemalloc)",
+names = {"fresh": "fresh machine (`./geoshare`, nothing set: the caching allocator)", "dotnet-run": "`dotnet run` (the caching allocator)",
          "caching": "library's caching allocator (CLI with GEOSHARE_ALLOCATOR=caching)",
          "library": "library host (GeoShare.Bench eval-library: caching allocator)",
          "glibc": "tuned glibc, libtorch's own allocator (GEOSHARE_ALLOCATOR=glibc: the library before)",
@@ -68,9 +68,9 @@ own allocator. Tensors of 128 KB or more are anonymous mappings that stay mapped
 doubling), and are handed to the next tensor of their class; the mapped total is kept within the peak in use plus
 1/8 of it (16 MB at least; the oldest cached blocks are unmapped first) and a block unused for 5 s is unmapped.
 Smaller tensors come from glibc. The `geoshare` command (every entry point to it: the launcher, `dotnet run`,
-`dotnet GeoShare.Cli.dll`) re-executes itself under jemalloc when Debian's libjemalloc2 is installed
-(`NativeAllocator.PreferJemalloc`; the README and `.ci/run` install it); `GEOSHARE_ALLOCATOR=caching` keeps it
-in-process on the caching allocator, as a library host runs.
+`dotnet GeoShare.Cli.dll`) runs on it like any library host; it re-executes itself under Debian's jemalloc only with
+`GEOSHARE_ALLOCATOR=jemalloc` (`NativeAllocator.PreferJemalloc`), for comparisons: the caching allocator measured
+faster. Nothing outside the build (g++) is needed: `.ci/run` and the README install no allocator.
 
 Every malloc outside libtorch's tensors stays on glibc, with `mallopt(M_MMAP_THRESHOLD, 128 KB)` (the library's
 setting before the caching allocator, and the whole of it under `GEOSHARE_ALLOCATOR=glibc`). glibc starts at that
