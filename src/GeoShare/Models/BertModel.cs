@@ -216,14 +216,14 @@ public sealed class BertEncoder : Module<Tensor, Tensor>
 public sealed class BertLayer : Module<Tensor, Tensor>
 {
     private readonly BertAttention attention;
-    private readonly BertDense intermediate;
+    private readonly DenseProjection intermediate;
     private readonly BertDenseNorm output;
     private readonly string _activation;
 
     public BertLayer(BertConfig c, TensorSource src, string prefix) : base(nameof(BertLayer))
     {
         attention = new BertAttention(c, src, prefix + ".attention");
-        intermediate = new BertDense(src, prefix + ".intermediate", c.Hidden, c.IntermediateSize);
+        intermediate = new DenseProjection(src, prefix + ".intermediate", c.Hidden, c.IntermediateSize);
         output = new BertDenseNorm(c, src, prefix + ".output", c.IntermediateSize);
         _activation = c.HiddenAct;
         RegisterComponents();
@@ -308,29 +308,6 @@ public sealed class BertSelfAttention : ProjectionOwner
             case "value": value = Swap(localName, value, map); break;
             default: throw new ArgumentException($"no projection '{localName}' in BERT self-attention");
         }
-    }
-}
-
-/// <summary>BertIntermediate: one projection named "dense".</summary>
-public sealed class BertDense : ProjectionOwner
-{
-    private LinearMap dense;
-
-    public BertDense(TensorSource src, string prefix, int inFeatures, int outFeatures) : base(nameof(BertDense))
-    {
-        dense = DenseLinear.FromSource(src, prefix + ".dense", inFeatures, outFeatures, WeightLayout.OutIn, hasBias: true);
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x) => dense.call(x);
-
-    public override LinearMap GetProjection(string localName) =>
-        localName == "dense" ? dense : throw new ArgumentException($"no projection '{localName}' in BERT dense");
-
-    public override void SetProjection(string localName, LinearMap map)
-    {
-        if (localName != "dense") throw new ArgumentException($"no projection '{localName}' in BERT dense");
-        dense = Swap(localName, dense, map);
     }
 }
 

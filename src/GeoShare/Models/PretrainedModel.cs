@@ -37,6 +37,30 @@ public abstract class ProjectionOwner(string name) : Module<Tensor, Tensor>(name
     public override Tensor forward(Tensor input) => throw new NotSupportedException($"{GetType().Name} is called through its parent");
 }
 
+/// <summary>A Hugging Face wrapper module that holds one projection named "dense" (ViTIntermediate, ViTOutput,
+/// ViTSelfOutput, BertIntermediate): its checkpoint key is <c>{prefix}.dense</c>.</summary>
+public sealed class DenseProjection : ProjectionOwner
+{
+    private LinearMap dense;
+
+    public DenseProjection(TensorSource src, string prefix, int inFeatures, int outFeatures) : base(nameof(DenseProjection))
+    {
+        dense = DenseLinear.FromSource(src, prefix + ".dense", inFeatures, outFeatures, WeightLayout.OutIn, hasBias: true);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => dense.call(x);
+
+    public override LinearMap GetProjection(string localName) =>
+        localName == "dense" ? dense : throw new ArgumentException($"no projection '{localName}' in {GetName()}");
+
+    public override void SetProjection(string localName, LinearMap map)
+    {
+        if (localName != "dense") throw new ArgumentException($"no projection '{localName}' in {GetName()}");
+        dense = Swap(localName, dense, map);
+    }
+}
+
 /// <summary>
 /// A Hugging Face model rebuilt in TorchSharp with module names equal to the checkpoint keys, so that
 /// every parameter is addressable by its Hugging Face name.

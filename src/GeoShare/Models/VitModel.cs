@@ -195,8 +195,8 @@ public sealed class VitEncoder : Module<Tensor, Tensor>
 public sealed class VitLayer : Module<Tensor, Tensor>
 {
     private readonly VitAttention attention;
-    private readonly VitDense intermediate;
-    private readonly VitDense output;
+    private readonly DenseProjection intermediate;
+    private readonly DenseProjection output;
     private readonly LayerNorm layernorm_before;
     private readonly LayerNorm layernorm_after;
     private readonly string _activation;
@@ -204,8 +204,8 @@ public sealed class VitLayer : Module<Tensor, Tensor>
     public VitLayer(VitConfig c, TensorSource src, string prefix) : base(nameof(VitLayer))
     {
         attention = new VitAttention(c, src, prefix + ".attention");
-        intermediate = new VitDense(src, prefix + ".intermediate", c.Hidden, c.IntermediateSize);
-        output = new VitDense(src, prefix + ".output", c.IntermediateSize, c.Hidden);
+        intermediate = new DenseProjection(src, prefix + ".intermediate", c.Hidden, c.IntermediateSize);
+        output = new DenseProjection(src, prefix + ".output", c.IntermediateSize, c.Hidden);
         layernorm_before = new LayerNorm(src, prefix + ".layernorm_before", c.Hidden, c.LayerNormEps);
         layernorm_after = new LayerNorm(src, prefix + ".layernorm_after", c.Hidden, c.LayerNormEps);
         _activation = c.HiddenAct;
@@ -223,12 +223,12 @@ public sealed class VitLayer : Module<Tensor, Tensor>
 public sealed class VitAttention : Module<Tensor, Tensor>
 {
     private readonly VitSelfAttention attention;
-    private readonly VitDense output;
+    private readonly DenseProjection output;
 
     public VitAttention(VitConfig c, TensorSource src, string prefix) : base(nameof(VitAttention))
     {
         attention = new VitSelfAttention(c, src, prefix + ".attention");
-        output = new VitDense(src, prefix + ".output", c.Hidden, c.Hidden);
+        output = new DenseProjection(src, prefix + ".output", c.Hidden, c.Hidden);
         RegisterComponents();
     }
 
@@ -277,25 +277,3 @@ public sealed class VitSelfAttention : ProjectionOwner
     }
 }
 
-/// <summary>ViT's wrappers that hold a single projection named "dense" (ViTSelfOutput, ViTIntermediate, ViTOutput).</summary>
-public sealed class VitDense : ProjectionOwner
-{
-    private LinearMap dense;
-
-    public VitDense(TensorSource src, string prefix, int inFeatures, int outFeatures) : base(nameof(VitDense))
-    {
-        dense = DenseLinear.FromSource(src, prefix + ".dense", inFeatures, outFeatures, WeightLayout.OutIn, hasBias: true);
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor x) => dense.call(x);
-
-    public override LinearMap GetProjection(string localName) =>
-        localName == "dense" ? dense : throw new ArgumentException($"no projection '{localName}' in ViT dense");
-
-    public override void SetProjection(string localName, LinearMap map)
-    {
-        if (localName != "dense") throw new ArgumentException($"no projection '{localName}' in ViT dense");
-        dense = Swap(localName, dense, map);
-    }
-}
