@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
-# all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) compressed by every heuristic and geo at equal parameter budgets; each cell
-# is one `geoshare compress --eval` whose JSON goes to bench/results/minilm/METHOD-RATIO.json (a finished cell is kept,
-# so the sweep resumes). The compressed model's embeddings of the first EVAL test sentences are compared with the dense
-# model's (mean cosine, 10-NN agreement). Then bench/minilm.py writes bench/minilm.md. Small settings: the machine is shared.
-# Usage: bench/minilm.sh [RATIOS] [METHODS]
+# all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) compressed by every heuristic and geo at equal parameter budgets: the cells
+# are `geoshare bench --models minilm`'s (one `geoshare compress --eval` each, JSON in bench/results/minilm/minilm-METHOD-RATIO.json;
+# a finished cell is kept, so the sweep resumes). The compressed model's embeddings of the first 200 test sentences are
+# compared with the dense model's (mean cosine, 10-NN agreement). Then geo at 0.3 is saved, its file measured and the
+# saved folder reloaded and evaluated, and bench/minilm.py writes bench/minilm.md (with bench/results/minilm/fidelity.json,
+# `GeoShare.Bench fidelity-sentences`, when it exists).
+# Usage: bench/minilm.sh [RATIOS] [METHODS]   (comma-separated, as `geoshare bench` takes them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=assets/models/minilm
 [ -f "$model/model.safetensors" ] || scripts/fetch-minilm.sh
-ratios="${1:-0.3 0.5 0.2 0.4}"
-methods="${2:-geo adjacent svd all sequence cycle cycle-rev sandwich similarity random}"
-CALIB="--calib-windows 64 --calib-stride 40"          # 64 of the 3,000 valid sentences, spread over the file
-CURV="--curvature-windows 32 --curvature-stride 90"   # geo's curvature batch: 32 sentences
-EVAL=200
 out=bench/results/minilm
-mkdir -p "$out"
-for r in $ratios; do
-  for m in $methods; do
-    cell="$out/$m-$r.json"
-    [ -f "$cell" ] && continue
-    extra=()
-    if [ "$m" = geo ]; then extra=($CURV); fi
-    # geo at 0.3 is also saved (outside the repository), for the save-and-reload check in bench/minilm.md
-    if [ "$m" = geo ] && [ "$r" = 0.3 ]; then extra+=(--out "${GEO30:-/tmp/minilm-geo-30}" --force); fi
-    echo "== $m $r ($(date +%T))" >&2
-    nice "${GEOSHARE:-./geoshare}" compress --model "$model" --data assets/data/sentences/valid.txt $CALIB --ratio "$r" --method "$m" \
-      --eval assets/data/sentences/test.txt --eval-limit "$EVAL" --json "$cell.tmp" "${extra[@]}" > "$out/$m-$r.log" 2>&1 \
-      && mv "$cell.tmp" "$cell" || echo "cell $m $r failed (see $out/$m-$r.log)" >&2
-  done
-done
+geoshare="${GEOSHARE:-./geoshare}"
+args=(--models minilm --results "$out" --out "$out/report")
+[ -n "${1:-}" ] && args+=(--ratios "$1")
+[ -n "${2:-}" ] && args+=(--methods "$2")
+nice "$geoshare" bench "${args[@]}"
+
+# geo at 0.3 saved (outside the repository) and reloaded: the file's size against the dense one's, the reloaded model's quality
+saved="${GEO30:-/tmp/minilm-geo-30}"
+if [ ! -f "$out/reload-geo-0.3.json" ] || [ ! -f "$out/saved-geo-0.3.sizes.json" ]; then
+  nice "$geoshare" compress --model "$model" --data assets/data/sentences/valid.txt --calib-windows 64 --calib-stride 40 --ratio 0.3 --method geo \
+    --curvature-windows 32 --curvature-stride 90 --out "$saved" --force > /dev/null
+  nice "$geoshare" eval --model "$saved" --sentences assets/data/sentences/test.txt --against "$model" --limit 200 --json "$out/reload-geo-0.3.json" > /dev/null
+  python3 - "$model" "$saved" "$out/saved-geo-0.3.sizes.json" <<'EOF'
+import json, os, struct, sys
+dense, saved, dest = sys.argv[1:]
+def entries(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n))
+pooler = sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in entries(f"{dense}/model.safetensors").items() if k.startswith("pooler."))
+json.dump({"dense_file_bytes": os.path.getsize(f"{dense}/model.safetensors"), "dense_pooler_bytes": pooler,
+           "compressed_file_bytes": os.path.getsize(f"{saved}/model.safetensors"),
+           "compressed_folder": f"{saved} (bench/minilm.sh, geo at 0.3, F32)"}, open(dest, "w"), indent=2)
+EOF
+fi
 python3 bench/minilm.py

@@ -163,6 +163,75 @@ static class Fidelity
         return 0;
     }
 
+    /// <summary>
+    /// The same question for a sentence encoder (all-MiniLM-L6-v2, scripts/fetch-minilm.sh), whose loss is the embedding
+    /// distillation loss mean ‖e_θ − e_dense‖² (zero gradient at the dense weights, so ½δᵀĤδ is the whole prediction):
+    /// K-FAC on bench/minilm.sh's curvature batch (32 valid sentences, every 90th) and whitening (64, every 40th); for every
+    /// heuristic and geo at each ratio, the predicted ½δᵀĤδ against the distillation loss measured on the first
+    /// <paramref name="testSentences"/> test sentences after compressing with the plan (no refit).
+    /// </summary>
+    public static int RunSentences(string jsonOut, string modelDir, int testSentences)
+    {
+        var total = Stopwatch.StartNew();
+        var dense = ModelLoader.Load(modelDir);
+        var config = (ISentenceEncoderConfig)dense.Config;
+        var tokenizer = WordPieceTokenizer.Load(modelDir, config.MaxPositions);
+        var valid = SentenceSet.FromFile("assets/data/sentences/valid.txt", tokenizer, config);
+        var test = SentenceSet.FromFile("assets/data/sentences/test.txt", tokenizer, config, testSentences);
+        var calibration = CalibrationSet.FromSentences(valid, valid.Select(64, 40));
+        using var grams = ActivationGrams.Collect(dense, calibration, dense.Sites);
+        using var batch = EmbeddingDistillationBatch.FromSentences(dense, valid, valid.Select(32, 90));
+        using var held = EmbeddingDistillationBatch.FromSentences(dense, test, Enumerable.Range(0, test.Count).ToArray());
+        var sw = Stopwatch.StartNew();
+        var curvature = BlockCurvatureModel.Collect(dense, batch, grams, new PlannerOptions { Ratio = 0.3, Curvature = CurvatureMethod.Kfac }, null);
+        double curvatureSeconds = sw.Elapsed.TotalSeconds;
+        Log($"K-FAC curvature {curvatureSeconds:F0} s");
+        var originals = dense.Sites.ToDictionary(s => s.Name, s => dense.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone());
+
+        var rows = new List<SentenceRow>();
+        foreach (double ratio in new[] { 0.2, 0.3, 0.4, 0.5 })
+        {
+            var plans = new List<(string Label, SharingPlan Plan, ICoefficientSolver? Solver, PlannerResult? Planner)>();
+            foreach (var m in new[] { "svd", "adjacent", "all", "sequence", "cycle", "cycle-rev", "sandwich", "similarity", "random" })
+                plans.Add(($"{m}-{ratio}", Baselines.Create(m, dense, ratio, new BaselineOptions { Seed = 1 }, grams), null, null));
+            var r = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio, Curvature = CurvatureMethod.Kfac }, null, curvature);
+            plans.Add(($"geo-{ratio}", r.Plan, new CurvatureAlignedSolver(r.Costs), r));
+            foreach (var (label, plan, solver, planner) in plans)
+            {
+                var model = ModelLoader.Load(modelDir);
+                PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver });
+                double q = 0;
+                foreach (var s in model.Sites)
+                {
+                    using var delta = model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).sub(originals[s.Name]);
+                    q += 0.5 * curvature[s.Name].Quadratic(delta);
+                }
+                double measured;
+                using (torch.no_grad())
+                using (var scope = torch.NewDisposeScope())
+                    measured = held.Loss(held.Output(model)).item<float>();
+                rows.Add(new SentenceRow(label, ratio, measured, q, planner?.Search.Objective));
+                Log($"{label}: measured {measured:E4}, ½δᵀĤδ (K-FAC) {q:E4}");
+                model.Dispose();
+                planner?.Dispose();
+            }
+        }
+        foreach (var c in curvature.Values) c.Dispose();
+        var byRatio = rows.GroupBy(r => r.Ratio).Select(g => new SentenceRatio(g.Key, g.Count(),
+            Spearman(g.Select(r => r.PredictedQuadratic).ToArray(), g.Select(r => r.Measured).ToArray()),
+            g.Average(r => r.Measured / r.PredictedQuadratic))).ToList();
+        double overall = Spearman(rows.Select(r => r.PredictedQuadratic).ToArray(), rows.Select(r => r.Measured).ToArray());
+        Log($"Spearman over {rows.Count} plans: {overall:F3}; by ratio: {string.Join(", ", byRatio.Select(b => $"{b.Ratio}: {b.Spearman:F3}"))}");
+        JsonOutput.Write(jsonOut, new SentenceFidelity("fidelity-sentences", modelDir, batch.Description, calibration.Description,
+            $"first {test.Count} sentences of test.txt", rows.Count, overall, byRatio, rows, curvatureSeconds, torch.get_num_threads(), total.Elapsed.TotalSeconds));
+        return 0;
+    }
+
+    record SentenceRow(string Plan, double Ratio, double Measured, double PredictedQuadratic, double? PlannerObjective);
+    record SentenceRatio(double Ratio, int Plans, double Spearman, double MeanMeasuredOverPredicted);
+    record SentenceFidelity(string Benchmark, string Model, string CurvatureBatch, string Calibration, string LossSentences, int Plans,
+        double Spearman, IReadOnlyList<SentenceRatio> ByRatio, IReadOnlyList<SentenceRow> Rows, double CurvatureSeconds, int Threads, double WallSeconds);
+
     record Row(string Plan, double Ratio, double Measured, double PredictedExact, double PredictedKfac, double QuadraticExact, double QuadraticKfac);
 
     /// <summary>The part of fidelity.json that the per-ratio table reads: the rows that <see cref="Run"/> wrote.</summary>

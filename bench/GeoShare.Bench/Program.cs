@@ -31,6 +31,7 @@ static int Dispatch(string[] args)
 {
     if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
     if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
+    if (args.Length >= 3 && args[0] == "fidelity-sentences") return Fidelity.RunSentences(args[1], args[2], args.Length >= 4 ? int.Parse(args[3]) : 200);
     if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
     if (args.Length >= 4 && args[0] == "screening") return Screening.Run(args[1], args[2], args[3..].Select(a => double.Parse(a, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
     if (args.Length >= 3 && args[0] == "fixture") return Fixtures.Write(args[1], args[2], args.Length >= 4 ? long.Parse(args[3]) : 13);

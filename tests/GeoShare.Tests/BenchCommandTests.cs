@@ -32,6 +32,31 @@ public class BenchCommandTests
         Assert.True(File.Exists(tmp.File("out/plots/gpt2-geo-0.2/coloring.png")));
     }
 
+    /// <summary>The sentence encoder's report: mean cosine and 10-NN agreement tables from bench/minilm.sh's committed cells.</summary>
+    [Fact]
+    public void MiniLmReportFromCommittedCellsComparesMeanCosineAndNeighbours()
+    {
+        using var tmp = new TempDir();
+        string cells = tmp.File("cells");
+        Directory.CreateDirectory(cells);
+        foreach (var name in new[] { "minilm-adjacent-0.3", "minilm-svd-0.3", "minilm-geo-0.3" })
+            File.Copy(Path.Combine(Repo.Root, "bench/results/minilm", name + ".json"), Path.Combine(cells, name + ".json"));
+        var r = GeoshareProcess.Run("bench", "--models", "minilm", "--ratios", "0.3", "--methods", "adjacent,svd,geo", "--report-only",
+            "--results", cells, "--out", tmp.File("out"));
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        string md = File.ReadAllText(tmp.File("out/report.md"));
+        var results = JsonOutput.Read<BenchResults>(tmp.File("out/results.json"));
+        Assert.Equal(3, results.Cells.Count);
+        Assert.Contains("## minilm: mean cosine with the dense model's embeddings of the first 200 test sentences (higher is better)", md);
+        Assert.Contains("| geo | 0.859945 |", md);
+        Assert.Contains("| **best heuristic** | 0.855350 (svd) |", md);
+        Assert.Contains("| **geo vs best heuristic** | better by 0.004595 |", md);
+        Assert.Contains("| **best heuristic** | 0.6650 (svd) |", md); // 10-NN agreement
+        Assert.Contains("| **geo vs best heuristic** | better by 0.0175 |", md);
+        Assert.Equal(0.6825, results.Cells.Single(c => c.Method == "geo").Knn10Agreement);
+        foreach (var p in results.Pictures) PngAssert.IsPicture(Path.Combine(tmp.File("out"), p));
+    }
+
     [Fact]
     public void UnknownModelOrMethodIsAUsageError()
     {

@@ -16,13 +16,19 @@ public sealed class BenchCommand : ICommand
     private static readonly Dictionary<string, string> ModelDirs = new()
     {
         ["gpt2"] = "assets/models/gpt2-kjv-brown", ["llama"] = "assets/models/llama-kjv-brown", ["vit"] = "assets/models/vit-fashion-mnist",
+        ["minilm"] = MiniLmDir,
     };
+    /// <summary>all-MiniLM-L6-v2, fetched from its NuGet package by scripts/fetch-minilm.sh (not committed).</summary>
+    private const string MiniLmDir = "assets/models/minilm";
+    private const string Sentences = "assets/data/sentences";
+    /// <summary>Test sentences the encoder's cells compare with the dense model (bench/minilm.md's setting).</summary>
+    private const string SentenceEvalLimit = "200";
     private const string FashionMnist = "/usr/share/datasets/fashion-mnist";
 
     public CommandSpec Spec { get; } = new("bench", "run the comparison sweep (resumable) and write the report with tables and pictures",
     [
-        new("--models", "LIST", "bundled models: gpt2, llama, vit", "gpt2,llama,vit"),
-        new("--ratios", "LIST", "compression ratios", DefaultNote: "0.2,0.3,0.4,0.5 (language models), 0.2,0.4,0.6,0.8 (ViT)"),
+        new("--models", "LIST", "bundled models: gpt2, llama, vit; and minilm (all-MiniLM-L6-v2, after scripts/fetch-minilm.sh)", "gpt2,llama,vit"),
+        new("--ratios", "LIST", "compression ratios", DefaultNote: "0.2,0.3,0.4,0.5 (language models, MiniLM), 0.2,0.4,0.6,0.8 (ViT)"),
         new("--methods", "LIST", "methods (heuristics and geo)", string.Join(",", Baselines.Methods.Where(m => m != "none").Append("geo"))),
         new("--results", "DIR", "one JSON per cell (delete one to recompute it)", "bench/results/sharing"),
         new("--out", "DIR", "report.md, results.json and plots/ go here", "bench"),
@@ -33,6 +39,7 @@ public sealed class BenchCommand : ICommand
         "geoshare bench",
         "geoshare bench --models gpt2 --ratios 0.3 --methods adjacent,geo --results /tmp/cells --out /tmp/report",
         "geoshare bench --report-only",
+        "scripts/fetch-minilm.sh && geoshare bench --models minilm --results bench/results/minilm --out /tmp/minilm-report",
     ]);
 
     private sealed record Cell(string Model, string Method, double? Ratio, string Path);
@@ -42,7 +49,7 @@ public sealed class BenchCommand : ICommand
         var total = Stopwatch.StartNew();
         var models = a.List("--models").ToList();
         foreach (var m in models)
-            if (!ModelDirs.ContainsKey(m)) throw new UsageException($"--models: unknown model '{m}' (bundled: {string.Join(", ", ModelDirs.Keys)})");
+            if (!ModelDirs.ContainsKey(m)) throw new UsageException($"--models: unknown model '{m}' (models: {string.Join(", ", ModelDirs.Keys)})");
         var methods = a.List("--methods").ToList();
         foreach (var m in methods)
             if (m != "geo" && (!Baselines.Methods.Contains(m) || m == "none"))
@@ -62,6 +69,8 @@ public sealed class BenchCommand : ICommand
                     cells.Add(new Cell(model, m, r, Path.Combine(results, $"{model}-{m}-{Fmt(r)}.json")));
         }
         var missing = cells.Where(c => !File.Exists(c.Path)).ToList();
+        if (!a.Flag("--report-only") && missing.Any(c => c.Model == "minilm") && !File.Exists(Path.Combine(MiniLmDir, "config.json")))
+            throw BadInputException.For(MiniLmDir, "not found: run scripts/fetch-minilm.sh first (it restores the NuGet package and imports the model)");
         if (!a.Flag("--report-only"))
             for (int i = 0; i < missing.Count; i++)
             {
@@ -97,20 +106,28 @@ public sealed class BenchCommand : ICommand
     private static void RunCell(Cell c)
     {
         string dir = ModelDirs[c.Model];
-        bool vit = c.Model == "vit";
+        bool vit = c.Model == "vit", encoder = c.Model == "minilm";
         var args = new List<string>();
         if (c.Method == "curvature")
         {
             // Per-layer K-FAC curvature of every projection (top eigenvalues, traces) and its pictures, kept with the cell.
             args.AddRange(["analyze", "--model", dir, "--method", "kfac", "--top", "4", "--plots", CurvaturePlotDir(c)]);
-            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--windows", "64", "--stride", "16"] : ["--data", "assets/data/corpus/valid.txt", "--windows", "4", "--stride", "1"]);
+            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--windows", "64", "--stride", "16"]
+                : encoder ? ["--data", $"{Sentences}/valid.txt", "--windows", "32", "--stride", "90"]
+                : ["--data", "assets/data/corpus/valid.txt", "--windows", "4", "--stride", "1"]);
         }
         else if (c.Method == "none")
-            args.AddRange(vit ? ["eval", "--model", dir, "--fashion-mnist", FashionMnist] : ["eval", "--model", dir, "--data", "assets/data/corpus/test.txt"]);
+            args.AddRange(vit ? ["eval", "--model", dir, "--fashion-mnist", FashionMnist]
+                : encoder ? ["eval", "--model", dir, "--sentences", $"{Sentences}/test.txt", "--against", dir, "--limit", SentenceEvalLimit]
+                : ["eval", "--model", dir, "--data", "assets/data/corpus/test.txt"]);
         else
         {
             args.AddRange(["compress", "--model", dir, "--ratio", Fmt(c.Ratio!.Value), "--method", c.Method]);
-            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--eval", "t10k"] : ["--data", "assets/data/corpus/valid.txt", "--eval", "assets/data/corpus/test.txt"]);
+            args.AddRange(vit ? ["--fashion-mnist", FashionMnist, "--eval", "t10k"]
+                // bench/minilm.md's settings: whitening from 64 valid sentences (every 40th), geo's curvature from 32 (every 90th)
+                : encoder ? ["--data", $"{Sentences}/valid.txt", "--calib-windows", "64", "--calib-stride", "40", "--eval", $"{Sentences}/test.txt", "--eval-limit", SentenceEvalLimit,
+                    .. (c.Method == "geo" ? new[] { "--curvature-windows", "32", "--curvature-stride", "90" } : [])]
+                : ["--data", "assets/data/corpus/valid.txt", "--eval", "assets/data/corpus/test.txt"]);
         }
         args.AddRange(["--json", c.Path]);
         var psi = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
@@ -126,6 +143,12 @@ public sealed class BenchCommand : ICommand
     /// <summary>A cell's row: the dense model's `eval` output, or a method's `compress` output with its evaluation.</summary>
     private static BenchCellResult Read(Cell c)
     {
+        if (c.Method == "none" && c.Model == "minilm")
+        {
+            var e = JsonOutput.Read<EmbeddingEvalOutput>(c.Path);
+            return new BenchCellResult(c.Model, c.Method, c.Ratio, e.MeanCosine, 2 * (1 - e.MeanCosine), e.Parameters, e.ParameterBytes,
+                e.SentencesPerSecond, null, e.WallSeconds, e.Knn10Agreement);
+        }
         if (c.Method == "none")
         {
             var e = JsonOutput.Read<EvalOutput>(c.Path);
@@ -135,9 +158,10 @@ public sealed class BenchCommand : ICommand
         }
         var j = JsonOutput.Read<CompressOutput>(c.Path);
         var ev = j.Evaluation ?? throw BadInputException.For(c.Path, "has no evaluation");
-        double m = ev.Perplexity ?? ev.Accuracy ?? throw BadInputException.For(c.Path, "has no perplexity or accuracy");
+        double m = ev.Perplexity ?? ev.Accuracy ?? ev.MeanCosine ?? throw BadInputException.For(c.Path, "has no perplexity, accuracy or mean cosine");
+        double throughput = ev.TokensPerSecond ?? ev.ImagesPerSecond ?? (ev.Sentences is int n ? n / ev.WallSeconds : double.NaN);
         return new BenchCellResult(c.Model, c.Method, c.Ratio, m, ev.MeanNll, j.Report.ModelParametersAfter, j.ParameterBytes,
-            ev.TokensPerSecond ?? ev.ImagesPerSecond ?? double.NaN, j.AchievedRatio, j.WallSeconds);
+            throughput, j.AchievedRatio, j.WallSeconds, ev.Knn10Agreement);
     }
 
     private sealed record ReportFiles(int Cells, string Markdown, string Results, List<string> Pictures);
@@ -159,11 +183,13 @@ public sealed class BenchCommand : ICommand
         {
             var mine = rows.Where(r => r.Model == model).ToList();
             if (mine.Count == 0) continue;
-            bool accuracy = model == "vit";
+            bool accuracy = model == "vit", encoder = model == "minilm";
             var dense = mine.FirstOrDefault(r => r.Method == "none");
             var ratios = mine.Where(r => r.Ratio is not null).Select(r => r.Ratio!.Value).Distinct().Order().ToList();
             var methods = mine.Where(r => r.Ratio is not null).Select(r => r.Method).Distinct().ToList();
-            md.AppendLine($"## {model}: test {(accuracy ? "accuracy (higher is better)" : "perplexity (lower is better)")}").AppendLine();
+            md.AppendLine(encoder
+                ? $"## {model}: mean cosine with the dense model's embeddings of the first {SentenceEvalLimit} test sentences (higher is better)"
+                : $"## {model}: test {(accuracy ? "accuracy (higher is better)" : "perplexity (lower is better)")}").AppendLine();
             BenchCellResult? At(string m, double r) => mine.FirstOrDefault(x => x.Method == m && x.Ratio == r);
             // One table of a quality measure: every method at every ratio, the best heuristic, and whether geo beats it.
             void QualityTable(Func<BenchCellResult, double> value, bool higherIsBetter, string format)
@@ -182,7 +208,13 @@ public sealed class BenchCommand : ICommand
                 md.AppendLine("| **best heuristic** | " + string.Join(" | ", ratios.Select(r => BestHeuristic(r) is { } best ? $"{F(value(best))} ({best.Method})" : "–")) + " |");
                 md.AppendLine(Verdict(ratios, r => At("geo", r) is { } g ? value(g) : null, r => BestHeuristic(r) is { } b ? value(b) : null, higherIsBetter, format)).AppendLine();
             }
-            QualityTable(x => x.Metric, accuracy, "0.0000");
+            QualityTable(x => x.Metric, accuracy || encoder, encoder ? "0.000000" : "0.0000");
+            if (encoder)
+            {
+                md.AppendLine("10-NN agreement (for each sentence, the share of its 10 nearest neighbours under the dense model that stay");
+                md.AppendLine("its 10 nearest; higher is better):").AppendLine();
+                QualityTable(x => x.Knn10Agreement ?? double.NaN, true, "0.0000");
+            }
             if (accuracy)
             {
                 // Accuracy moves in steps of 1/10,000 here; the mean NLL separates methods that accuracy cannot.
@@ -191,9 +223,10 @@ public sealed class BenchCommand : ICommand
                 md.AppendLine("Whether the test split can tell these models apart at all (image by image, McNemar's test): `bench/vit-paired.md`;");
                 md.AppendLine("what was tried where geo is not better: `bench/vit-attempts.md`.").AppendLine();
             }
-            md.AppendLine($"Parameters, bytes and {(accuracy ? "images" : "tokens")}/s of the evaluation, each in its own process as the cell ran (cells that ran");
+            string unit = accuracy ? "images" : encoder ? "sentences" : "tokens";
+            md.AppendLine($"Parameters, bytes and {unit}/s of the evaluation, each in its own process as the cell ran (cells that ran");
             md.AppendLine("beside other work on the machine are slower; a controlled side-by-side comparison is `bench/memory.md`):").AppendLine();
-            md.AppendLine("| method | ratio | achieved ratio | parameters | parameter bytes | " + (accuracy ? "images" : "tokens") + "/s | cell seconds |");
+            md.AppendLine("| method | ratio | achieved ratio | parameters | parameter bytes | " + unit + "/s | cell seconds |");
             md.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
             foreach (var r in mine.OrderBy(x => x.Ratio ?? 0).ThenBy(x => x.Method))
                 md.AppendLine($"| {r.Method} | {(r.Ratio is double q ? Fmt(q) : "–")} | {(r.AchievedRatio is double ar ? ar.ToString("0.0000", CultureInfo.InvariantCulture) : "–")} | {r.Parameters:N0} | {r.ParameterBytes:N0} | {r.Throughput:0} | {r.Seconds:0} |");
@@ -203,8 +236,9 @@ public sealed class BenchCommand : ICommand
                 ratios.Where(r => At(m, r) is not null).Select(r => At(m, r)!.Metric).ToArray())).Where(s => s.X.Length > 0).ToList();
             if (dense is not null && ratios.Count > 0) series.Add(new Series("dense", [ratios[0], ratios[^1]], [dense.Metric, dense.Metric], Reference: true));
             string q1 = System.IO.Path.Combine(plots, $"quality-{model}.png");
-            Charts.Line(q1, $"{model}: test {(accuracy ? "accuracy" : "perplexity")} at equal parameter budgets", "compression ratio (fraction of shareable parameters removed)",
-                accuracy ? "accuracy" : "perplexity", series, legend: accuracy ? ScottPlot.Alignment.LowerLeft : ScottPlot.Alignment.UpperLeft);
+            string measure = accuracy ? "accuracy" : encoder ? "mean cosine with the dense embeddings" : "perplexity";
+            Charts.Line(q1, $"{model}: test {measure} at equal parameter budgets", "compression ratio (fraction of shareable parameters removed)",
+                measure, series, legend: accuracy || encoder ? ScottPlot.Alignment.LowerLeft : ScottPlot.Alignment.UpperLeft);
             pictures.Add(q1);
             md.AppendLine($"![quality against ratio]({System.IO.Path.GetRelativePath(outDir, q1)})").AppendLine();
 

@@ -20,7 +20,8 @@ public sealed record BenchResults(IReadOnlyList<BenchCellResult> Cells, IReadOnl
 
 /// <summary>
 /// One cell of the sweep: a model, a method and a ratio (none for the dense model). Metric: test perplexity
-/// (language models) or accuracy (the ViT); throughput: tokens or images per second.
+/// (language models), accuracy (the ViT) or mean cosine with the dense model's embeddings (sentence encoders, which also
+/// give <paramref name="Knn10Agreement"/>); throughput: tokens, images or sentences per second.
 /// </summary>
 public sealed record BenchCellResult(string Model, string Method, double? Ratio, double Metric, double MeanNll, long Parameters, long ParameterBytes,
-    double Throughput, double? AchievedRatio, double Seconds);
+    double Throughput, double? AchievedRatio, double Seconds, double? Knn10Agreement = null);
