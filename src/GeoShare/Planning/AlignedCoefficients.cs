@@ -87,7 +87,7 @@ public sealed class AlignedCoefficients : IDisposable
         var c = _m.Corrections;
         var y0h = hAw.mul(_gamma);
         if (useGradient) y0h = y0h.sub(hG!);
-        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].mul(c[i] * _vDotW[i]), Scalars.One);
+        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].MulScalar(c[i] * _vDotW[i]), Scalars.One);
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
         double eps = 1e-12 * Math.Max(d0.abs().max().item<double>(), 1e-300);
         var active = Enumerable.Range(0, ph.Length).Where(i => c[i] > 0).ToArray();
