@@ -5,8 +5,8 @@ namespace GeoShare.Evaluation;
 
 // The `--json` outputs of the commands that end in an evaluation (eval, compress, demo). Writer and readers (bench,
 // tests) share these records; the property names are the JSON's field names (snake_case) and their order is the
-// file's, so the committed bench cells read back into them. Fields of one task only (language model or image
-// classifier) are null for the other and left out of the file.
+// file's, so the committed bench cells read back into them. Fields of one task only (language model, image classifier
+// or sentence encoder) are null for the others and left out of the file.
 
 /// <summary>`geoshare eval --json`: perplexity of a language model on a text file, or accuracy of an image classifier.</summary>
 public sealed record EvalOutput
