@@ -10,7 +10,7 @@ ratios="${2:-0.2 0.3 0.4 0.5 0.6 0.7}"
 dotnet build bench/GeoShare.Bench -c Release -v q > /dev/null
 for m in $models; do
   # shellcheck disable=SC2086
-  nice bench/GeoShare.Bench/bin/Release/net10.0/linux-x64/GeoShare.Bench ablation "$m" bench/results/ablation \
+  nice -n "${NICE:-10}" bench/GeoShare.Bench/bin/Release/net10.0/linux-x64/GeoShare.Bench ablation "$m" bench/results/ablation \
     assets/data/out-of-domain/gpl-3.txt 256 $ratios
 done
 python3 bench/ablation.py > /dev/null
