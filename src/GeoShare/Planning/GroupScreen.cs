@@ -216,6 +216,7 @@ public static class GroupScreen
             // The gains of sharing are against the single layers' upper bounds (what Basis Sharing's coefficients cost them).
             var singleBounds = Bounds(model, grams, curvature, t, singles, sz => RanksOf(t, sz));
             var singleCost = singleBounds.ToDictionary(b => b.Layers[0], b => b.Upper[Nominal(t, 1, b.Ranks)]);
+            screened += singles.Count;
             var gain = new Dictionary<long, double>();
             var typeBounds = new Dictionary<long, GroupBound>();
             var keptBySize = new HashSet<long>[maxSize + 1];
@@ -250,7 +251,8 @@ public static class GroupScreen
         }
         int initial = groups.Values.Sum(v => v.Count);
         double boundSeconds = clock.Elapsed.TotalSeconds;
-        long variables = (groups.Values.Sum(v => (long)v.Count) + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
+        // The verify search's (group, rank) choices: every single layer and every bounded group.
+        long variables = (groups.Values.Sum(v => (long)v.Count(g => g.Length == 1)) + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
         if (!verify || o.UseGradient || variables > GeoPlanner.ExactSearchMaxVariables) return new(groups, gains, screened, initial, 0, false, boundSeconds);
 
         // Cost-then-verify.
