@@ -21,7 +21,9 @@ using static TorchSharp.torch;
 //   fixture NAME OUT_DIR [SEED]
 //                          a random-weight checkpoint of a real shape (gpt2-124m, llama-1b, llama-32x1024, ...; bench/scale.sh)
 //   screening MODEL_DIR JSON_OUT RATIO...
-//                          geo plans with full and screened costing on one curvature; the screened one evaluated where it differs
+//                          geo plans with full and screened costing on one curvature; both evaluated on the test split
+//   screening-time MODEL_DIR JSON_OUT RATIO
+//                          the screen's bounds of every allowed group, timed, against exact costs of 12 pairs a type (one thread)
 //   eval-library MODEL_DIR DATA WINDOWS
 //                          the CLI's `eval --limit WINDOWS` through the library alone (bench/allocator.sh: a library host)
 // Every benchmark in one outer dispose scope, as the CLI's commands (GeoShare.TensorLifetime).
@@ -32,6 +34,7 @@ static int Dispatch(string[] args)
     if (args.Length >= 2 && args[0] == "fidelity") return Fidelity.Run(args[1]);
     if (args.Length >= 2 && args[0] == "fidelity-by-ratio") return Fidelity.ByRatio(args[1]);
     if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
+    if (args.Length == 4 && args[0] == "screening-time") return Screening.Time(args[1], args[2], double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture));
     if (args.Length >= 4 && args[0] == "screening") return Screening.Run(args[1], args[2], args[3..].Select(a => double.Parse(a, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
     if (args.Length >= 3 && args[0] == "fixture") return Fixtures.Write(args[1], args[2], args.Length >= 4 ? long.Parse(args[3]) : 13);
     if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));

@@ -98,6 +98,48 @@ internal static class Screening
         return 0;
     }
 
+    /// <summary>
+    /// `screening-time MODEL_DIR JSON_OUT RATIO`: the screen's bounds of every allowed group of each shared type, timed, against
+    /// the exact costing of the first 12 pairs of each type (same calibration and curvature as <see cref="Run"/>), one thread.
+    /// </summary>
+    public static int Time(string modelDir, string jsonOut, double ratio)
+    {
+        void Log(string s) => Console.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {s}");
+        var total = Stopwatch.StartNew();
+        var model = ModelFolder.Load(modelDir);
+        var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+        var valid = TokenWindows.FromFile("assets/data/corpus/valid.txt", tokenizer, 256);
+        var calibration = CalibrationSet.FromWindows(valid, valid.Select(64, 16));
+        using var grams = ActivationGrams.Collect(model, calibration, model.Sites);
+        using var batch = LanguageModelBatch.FromWindows(valid, valid.Select(4, 1));
+        var o = new PlannerOptions { Ratio = ratio };
+        var curvature = BlockCurvatureModel.Collect(model, batch, grams, o, null);
+        Log($"calibration and curvature {total.Elapsed.TotalSeconds:F0} s");
+        var kept = GeoPlanner.KeptFractions(o);
+        var rows = new List<object>();
+        int threads = torch.get_num_threads();
+        torch.set_num_threads(1);
+        using var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient);
+        foreach (var t in ShareableTypes.Default(model))
+        {
+            var groups = GeoPlanner.AllowedGroups(model, o)[t];
+            var sw = Stopwatch.StartNew();
+            GroupScreen.Bounds(model, grams, curvature, t, groups, n => costs.Ranks(t, n, kept));
+            double bounds = sw.Elapsed.TotalSeconds;
+            var sample = groups.Where(g => g.Length == 2).Take(12).ToList();
+            sw.Restart();
+            foreach (var g in sample) costs.Evaluate(t, g, costs.Ranks(t, g.Length, kept));
+            double exact = sw.Elapsed.TotalSeconds;
+            rows.Add(new { type = t, groups = groups.Count, bound_seconds = bounds, bound_seconds_per_group = bounds / groups.Count,
+                exact_pairs = sample.Count, exact_seconds_per_pair = exact / sample.Count });
+            Log($"{t}: bounds of {groups.Count} groups {bounds:F2} s ({1000 * bounds / groups.Count:F0} ms a group), exact {1000 * exact / sample.Count:F0} ms a pair");
+        }
+        torch.set_num_threads(threads);
+        JsonOutput.Write(jsonOut, new { benchmark = "screening-time", model = modelDir, threads = 1, ratio, rows, wall_seconds = total.Elapsed.TotalSeconds });
+        foreach (var c in curvature.Values) c.Dispose();
+        return 0;
+    }
+
     /// <summary>How the screen's bounds sit around the exact costs, over every (group of two or more, rank) the full plan costed.</summary>
     internal sealed record BoundCheck(int Options, int LowerAbove, int UpperBelow, double WorstLowerExcess, double WorstUpperShortfall,
         double MedianLowerOverExact, double MedianUpperOverExact)

@@ -61,14 +61,15 @@ public class ScalablePlanningTests
     }
 
     [Theory]
-    [InlineData(0.3)]
-    [InlineData(0.5)]
-    public void ScreenedCostingFindsTheFullOptimumWhereItsBoundsHold(double ratio)
+    [InlineData(0.3, CurvatureMethod.Kfac)]
+    [InlineData(0.5, CurvatureMethod.Kfac)]
+    [InlineData(0.4, CurvatureMethod.Exact)]
+    public void ScreenedCostingFindsTheFullOptimumWhereItsBoundsHold(double ratio, CurvatureMethod method)
     {
         var (model, grams, batch) = TinyDeep(6);
         using var _ = grams;
         using var __ = batch;
-        var o = new PlannerOptions { Ratio = ratio, TopK = 2, ScreenPartners = 1 };
+        var o = new PlannerOptions { Ratio = ratio, TopK = 2, ScreenPartners = 1, Curvature = method };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, o, null);
         try
         {

@@ -99,15 +99,28 @@ public static class GroupScreen
             if (a > 0)
             {
                 // P̂ₛ = L⁻¹BᵀVₛ [K, out]: ⟨Vₛ, BC_BS⟩ = Σ_{t<r} ⟨P̂ₛ[t], Z[t]⟩, (P H⁻¹ Pᵀ)ₛₜ = Σ_{t<r} Σⱼ P̂ₛ[t, j] P̂ₜ[t, j] / γⱼ.
-                var bv = m.TopFactors is var (fa, fg)
-                    ? basis.t().matmul(fa.t()).t().unsqueeze(2).mul(fg.unsqueeze(1))    // [a, K, out]
-                    : basis.t().unsqueeze(0).matmul(m.TopVectors);
-                var ph = torch.linalg.solve_triangular(l.unsqueeze(0).expand(a, -1, -1), bv, upper: false);
-                proj = Enumerable.Range(0, a).Select(j => ph[j].mul(z).sum(1).cumsum(0).data<double>().ToArray()).ToArray();
-                double eps = 1e-300;
-                var inv = gamma.clamp_min(eps).reciprocal();
-                var cross = ph.unsqueeze(1).mul(ph.unsqueeze(0)).mul(inv).sum(3).cumsum(2);  // [a, a, K]
-                gram4 = Enumerable.Range(0, a * a).Select(j => cross[j / a, j % a].data<double>().ToArray()).ToArray();
+                var inv = gamma.clamp_min(1e-300).reciprocal();
+                Tensor along, cross;
+                if (m.TopFactors is var (fa, fg))
+                {
+                    // K-FAC's Vₛ = aₛgₛᵀ: P̂ₛ = eₛgₛᵀ with eₛ = L⁻¹Bᵀaₛ, so both sums factor (no [K, out] matrix per direction).
+                    var e = torch.linalg.solve_triangular(l, basis.t().matmul(fa.t()), upper: false);  // [K, a]
+                    along = e.mul(z.matmul(fg.t())).t().cumsum(1);                                      // [a, K]
+                    var gg = fg.mul(inv.unsqueeze(0)).matmul(fg.t());                                   // [a, a]: Σⱼ gₛⱼgₜⱼ/γⱼ
+                    cross = e.t().unsqueeze(1).mul(e.t().unsqueeze(0)).mul(gg.unsqueeze(2)).cumsum(2);   // [a, a, K]
+                }
+                else
+                {
+                    var bv = basis.t().unsqueeze(0).matmul(m.TopVectors);                               // [a, K, out]
+                    var ph = torch.linalg.solve_triangular(l.unsqueeze(0).expand(a, -1, -1), bv, upper: false);
+                    along = ph.mul(z.unsqueeze(0)).sum(2).cumsum(1);
+                    cross = ph.unsqueeze(1).mul(ph.unsqueeze(0)).mul(inv).sum(3).cumsum(2);
+                }
+                var alongValues = along.contiguous().data<double>().ToArray();
+                int kk = (int)along.shape[1];
+                proj = Enumerable.Range(0, a).Select(j => alongValues.AsSpan(j * kk, kk).ToArray()).ToArray();
+                var crossValues = cross.contiguous().data<double>().ToArray();
+                gram4 = Enumerable.Range(0, a * a).Select(j => crossValues.AsSpan(j * kk, kk).ToArray()).ToArray();
             }
             for (int r = 0; r < ranks.Length; r++)
             {
