@@ -19,7 +19,9 @@ using TorchSharp;
 /// </summary>
 internal static class Screening
 {
-    public static int Run(string modelDir, string jsonOut, double[] ratios)
+    /// <param name="partners">The screened plan's <see cref="PlannerOptions.ScreenPartners"/>.</param>
+    /// <param name="evaluate">Compress and evaluate the plans (false: plans and bounds only).</param>
+    public static int Run(string modelDir, string jsonOut, double[] ratios, int partners = 3, bool evaluate = true)
     {
         void Log(string s) => Console.Error.WriteLine($"[{DateTime.UtcNow:HH:mm:ss}] {s}");
         var total = Stopwatch.StartNew();
@@ -44,7 +46,7 @@ internal static class Screening
                 foreach (var costing in new[] { CostingMethod.Full, CostingMethod.Screened })
                 {
                     sw.Restart();
-                    var r = GeoPlanner.Plan(model, grams, batch, new PlannerOptions { Ratio = ratio, Costing = costing, Cells = cells }, curvature: curvature);
+                    var r = GeoPlanner.Plan(model, grams, batch, new PlannerOptions { Ratio = ratio, Costing = costing, Cells = cells, ScreenPartners = partners }, curvature: curvature);
                     plans[costing] = (r, sw.Elapsed.TotalSeconds);
                     Log($"ratio {ratio} {costing}: ΔL {r.Search.Objective:G6}, {r.AllowedGroups} allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed " +
                         $"({r.ScreenInitialGroups} first, {r.ScreenRounds} verify searches), {sw.Elapsed.TotalSeconds:F0} s (bounds {r.ScreenBoundSeconds:F1} s, " +
@@ -67,11 +69,11 @@ internal static class Screening
                     Log($"ratio {ratio} {r.Costing.Method}: test perplexity {p:F4} ({sw.Elapsed.TotalSeconds:F0} s)");
                     return p;
                 }
-                double fullPerplexity = Perplexity(full);
-                double screenedPerplexity = same ? fullPerplexity : Perplexity(screened);
+                double? fullPerplexity = evaluate ? Perplexity(full) : null;
+                double? screenedPerplexity = !evaluate ? null : same ? fullPerplexity : Perplexity(screened);
                 rows.Add(new
                 {
-                    ratio, full_objective = full.Search.Objective, screened_objective = screened.Search.Objective,
+                    ratio, screen_partners = partners, full_objective = full.Search.Objective, screened_objective = screened.Search.Objective,
                     relative_gap = (screened.Search.Objective - full.Search.Objective) / full.Search.Objective,
                     same_plan = same, full_test_perplexity = fullPerplexity, screened_test_perplexity = screenedPerplexity,
                     allowed_groups = full.AllowedGroups, screened_groups = screened.ScreenedGroups, full_costed = full.CandidateGroups, screened_costed = screened.CandidateGroups,
