@@ -20,8 +20,10 @@ using static TorchSharp.torch;
 //   fidelity-by-ratio JSON the per-ratio Spearman table of fidelity.md from fidelity's JSON (markdown rows)
 //   fixture NAME OUT_DIR [SEED]
 //                          a random-weight checkpoint of a real shape (gpt2-124m, llama-1b, llama-32x1024, ...; bench/scale.sh)
-//   screening MODEL_DIR JSON_OUT RATIO...
-//                          geo plans with full and screened costing on one curvature; the screened one evaluated where it differs
+//   screening MODEL_DIR JSON_OUT [--partners P] [--no-eval] RATIO...
+//                          geo plans with full and screened costing on one curvature; both evaluated on the test split
+//   screening-time MODEL_DIR JSON_OUT RATIO
+//                          the screen's bounds of every allowed group, timed, against exact costs of 12 pairs a type (one thread)
 //   eval-library MODEL_DIR DATA WINDOWS
 //                          the CLI's `eval --limit WINDOWS` through the library alone (bench/allocator.sh: a library host)
 // Every benchmark in one outer dispose scope, as the CLI's commands (GeoShare.TensorLifetime).
@@ -36,7 +38,16 @@ static int Dispatch(string[] args)
             args.Length >= 6 ? args[5..].Select(x => double.Parse(x, System.Globalization.CultureInfo.InvariantCulture)).ToArray() : [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]);
     if (args.Length >= 3 && args[0] == "fidelity-sentences") return Fidelity.RunSentences(args[1], args[2], args.Length >= 4 ? int.Parse(args[3]) : 200);
     if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
-    if (args.Length >= 4 && args[0] == "screening") return Screening.Run(args[1], args[2], args[3..].Select(a => double.Parse(a, System.Globalization.CultureInfo.InvariantCulture)).ToArray());
+    if (args.Length == 4 && args[0] == "screening-time") return Screening.Time(args[1], args[2], double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture));
+    if (args.Length >= 4 && args[0] == "screening")
+    {
+        var rest = args[3..].ToList();
+        int partners = 3;
+        bool evaluate = !rest.Remove("--no-eval");
+        int at = rest.IndexOf("--partners");
+        if (at >= 0) { partners = int.Parse(rest[at + 1], System.Globalization.CultureInfo.InvariantCulture); rest.RemoveRange(at, 2); }
+        return Screening.Run(args[1], args[2], rest.Select(a => double.Parse(a, System.Globalization.CultureInfo.InvariantCulture)).ToArray(), partners, evaluate);
+    }
     if (args.Length >= 3 && args[0] == "fixture") return Fixtures.Write(args[1], args[2], args.Length >= 4 ? long.Parse(args[3]) : 13);
     if (args.Length >= 4 && args[0] == "eval-library") return EvalLibrary(args[1], args[2], int.Parse(args[3]));
     if (args.Length >= 6 && args[0] == "paired-images") return PairedImages.Run(args[1], args[2], args[3], args[4..]);

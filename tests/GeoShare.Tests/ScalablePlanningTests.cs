@@ -60,6 +60,47 @@ public class ScalablePlanningTests
         }
     }
 
+    [Theory]
+    [InlineData(0.3, CurvatureMethod.Kfac)]
+    [InlineData(0.5, CurvatureMethod.Kfac)]
+    [InlineData(0.4, CurvatureMethod.Exact)]
+    public void ScreenedCostingFindsTheFullOptimumWhereItsBoundsHold(double ratio, CurvatureMethod method)
+    {
+        var (model, grams, batch) = TinyDeep(6);
+        using var _ = grams;
+        using var __ = batch;
+        var o = new PlannerOptions { Ratio = ratio, TopK = 2, ScreenPartners = 1, Curvature = method };
+        var curvature = BlockCurvatureModel.Collect(model, batch, grams, o, null);
+        try
+        {
+            using var full = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Full }, curvature: curvature);
+            using var screened = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Screened }, curvature: curvature);
+            // The bounds hold on every allowed group and rank: lower ≤ exact ≤ upper (to rounding).
+            var kept = GeoPlanner.KeptFractions(o);
+            foreach (var t in ShareableTypes.Default(model))
+            {
+                var groups = GeoPlanner.AllowedGroups(model, o)[t];
+                foreach (var b in GroupScreen.Bounds(model, grams, curvature, t, groups, n => full.Costs.Ranks(t, n, kept)))
+                {
+                    var exact = full.Costs.Evaluate(t, b.Layers, b.Ranks);
+                    for (int r = 0; r < b.Ranks.Length; r++)
+                    {
+                        double e = exact.Options[r].Predicted, tol = 1e-9 * Math.Abs(e);
+                        Assert.True(b.Lower[r] <= e + tol && e <= b.Upper[r] + tol, $"{t} {string.Join("+", b.Layers)} rank {b.Ranks[r]}: {b.Lower[r]} / {e} / {b.Upper[r]}");
+                    }
+                }
+            }
+            // Cost-then-verify ends at the full plan's optimum (the same objective, every chosen group costed), costing fewer groups.
+            Assert.True(screened.ScreenRounds >= 1);
+            Assert.Equal(full.Search.Objective, screened.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
+            Assert.True(screened.CandidateGroups < full.CandidateGroups, $"{screened.CandidateGroups} of {full.CandidateGroups} costed");
+        }
+        finally
+        {
+            foreach (var c in curvature.Values) c.Dispose();
+        }
+    }
+
     [Fact]
     public void ThreeShardsOfCellsGiveTheOneProcessPlan()
     {
@@ -71,17 +112,21 @@ public class ScalablePlanningTests
         using var one = GeoPlanner.Plan(model, grams, batch, o);
         string dir = tmp.File("cells");
         var shards = Enumerable.Range(0, 3).Select(i => GeoPlanner.CostShard(model, grams, batch, o with { Cells = new GroupCostCells(dir, "fp") }, i, 3)).ToList();
-        Assert.Equal(one.CandidateGroups, shards[0].Groups);
-        Assert.Equal(one.CandidateGroups, shards.Sum(s => s.Share));
-        Assert.Equal(one.CandidateGroups, shards.Sum(s => s.Computed));
+        // The shards cost the screen's first set (single layers and each layer's best partners) between them, each group once;
+        // the cost-then-verify loop's further groups are costed by the run that finishes.
+        Assert.True(one.ScreenInitialGroups > 0 && one.ScreenInitialGroups <= one.CandidateGroups);
+        Assert.Equal(one.ScreenInitialGroups, shards[0].Groups);
+        Assert.Equal(one.ScreenInitialGroups, shards.Sum(s => s.Share));
+        Assert.Equal(one.ScreenInitialGroups, shards.Sum(s => s.Computed));
         Assert.All(shards, s => Assert.Equal(0, s.FromCells));
-        Assert.Equal(one.CandidateGroups, Directory.GetFiles(dir, "*.json").Length);
+        Assert.Equal(one.ScreenInitialGroups, Directory.GetFiles(dir, "*.json").Length);
         var cells = new GroupCostCells(dir, "fp");
         using var merged = GeoPlanner.Plan(model, grams, batch, o with { Cells = cells });
         Assert.Equal(Describe(one), Describe(merged));
         Assert.Equal(one.Search.Objective, merged.Search.Objective);
-        Assert.Equal(one.CandidateGroups, merged.CellGroups); // the search's groups all came from the cells
-        Assert.Equal(one.PictureGroups, cells.Written);         // only the picture's extra pairs were costed here
+        Assert.Equal(one.CandidateGroups, merged.CandidateGroups);
+        Assert.Equal(one.ScreenInitialGroups, merged.CellGroups); // the first set all came from the cells
+        Assert.Equal(one.CandidateGroups - one.ScreenInitialGroups + one.PictureGroups, cells.Written); // only the verify loop's and the picture's groups were costed here
 
         // A cell costed for other inputs is an error naming the file, not a cost silently reused.
         var e = Assert.Throws<BadInputException>(() => GeoPlanner.Plan(model, grams, batch, o with { Cells = new GroupCostCells(dir, "other") }).Dispose());

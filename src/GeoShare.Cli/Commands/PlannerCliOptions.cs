@@ -206,7 +206,7 @@ public static class PlannerCliOptions
         }
         table.Add("all", "", "", r.Search.Parameters, CommonOptions.Fmt(r.Search.Objective, "0.00000"));
         Console.WriteLine($"Geo-Sharing plan at ratio {CommonOptions.Fmt(r.Plan.Ratio ?? 0, "0.00")}: budget {r.Budget:N0} parameters; " +
-            $"costing {Name(r.Costing.Method)}: {r.AllowedGroups} groups allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed{(r.CellGroups > 0 ? $" ({r.CellGroups} read from cells)" : "")}; " +
+            $"costing {Name(r.Costing.Method)}: {r.AllowedGroups} groups allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed{(r.Costing.Method == CostingMethod.Screened ? $" ({r.ScreenInitialGroups} first, {r.ScreenRounds} verify searches)" : "")}{(r.CellGroups > 0 ? $" ({r.CellGroups} read from cells)" : "")}; " +
             $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s ({Name(r.SearchChoice.Method)}: {r.SearchChoice.Reason}); " +
             $"curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, screen {CommonOptions.Fmt(r.ScreenSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
         Console.WriteLine(table);
@@ -226,7 +226,12 @@ public static class PlannerCliOptions
         StoredParameters = r.Search.Parameters,
         CandidateGroups = r.CandidateGroups,
         PictureGroups = r.PictureGroups,
-        Costing = new(Name(r.Costing.Requested), Name(r.Costing.Method), r.Costing.Reason, r.AllowedGroups, r.ScreenedGroups, r.CandidateGroups, r.CellGroups, r.ScreenSeconds),
+        Costing = new(Name(r.Costing.Requested), Name(r.Costing.Method), r.Costing.Reason, r.AllowedGroups, r.ScreenedGroups, r.CandidateGroups, r.CellGroups, r.ScreenSeconds)
+        {
+            FirstSetGroups = r.Costing.Method == CostingMethod.Screened ? r.ScreenInitialGroups : null,
+            VerifySearches = r.Costing.Method == CostingMethod.Screened ? r.ScreenRounds : null,
+            BoundSeconds = r.Costing.Method == CostingMethod.Screened ? r.ScreenBoundSeconds : null,
+        },
         CurvatureSeconds = r.CurvatureSeconds,
         CostSeconds = r.CostSeconds,
         Groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new PlannedGroup(

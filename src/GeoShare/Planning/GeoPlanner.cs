@@ -122,7 +122,14 @@ public sealed class PlannerResult : IDisposable
     public required int ScreenedGroups { get; init; }
     /// <summary>Costed groups read from <see cref="PlannerOptions.Cells"/> rather than computed.</summary>
     public required int CellGroups { get; init; }
+    /// <summary>Screened costing: the seconds of the screen and of the cost-then-verify loop (with the exact costs it made).</summary>
     public required double ScreenSeconds { get; init; }
+    /// <summary>Screened costing: groups in the first costed set (single layers and each layer's best partners), before verification.</summary>
+    public int ScreenInitialGroups { get; init; }
+    /// <summary>Screened costing: exact searches of the cost-then-verify loop (0: not run).</summary>
+    public int ScreenRounds { get; init; }
+    /// <summary>Screened costing: the seconds of bounding the groups (the cheap part of the screen).</summary>
+    public double ScreenBoundSeconds { get; init; }
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required long Budget { get; init; }
@@ -215,33 +222,19 @@ public static class GeoPlanner
 
     /// <summary>The groups that are costed exactly, per type, and how they were chosen.</summary>
     private sealed record CandidateSet(Dictionary<string, List<int[]>> Groups, CostingChoice Costing, int Allowed, int Screened,
-        Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds);
+        Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds, int Initial, int Rounds, double BoundSeconds);
 
+    /// <param name="verify">Screened costing: run the cost-then-verify loop (<see cref="GroupScreen.Select"/>); a shard costs the first set only.</param>
     private static CandidateSet Candidates(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
-        PlannerOptions o, IProgress<ProgressTick>? progress)
+        GroupCostEvaluator costs, PlannerOptions o, long budget, bool verify, IProgress<ProgressTick>? progress)
     {
         var sw = Stopwatch.StartNew();
         var allowed = AllowedGroups(model, o);
         var costing = ChooseCosting(o.Costing, CostingWork(model, allowed), o.MaxGroupSize);
         int allowedCount = allowed.Values.Sum(v => v.Count);
-        var gains = new Dictionary<string, IReadOnlyDictionary<long, double>>();
-        if (costing.Method == CostingMethod.Full) return new(allowed, costing, allowedCount, 0, gains, 0);
-        var groups = new Dictionary<string, List<int[]>>();
-        int screened = 0, done = 0;
-        progress?.Report(new ProgressTick("screen", 0, allowed.Count, "types"));
-        foreach (var t in model.ProjectionTypes)
-        {
-            if (allowed[t].All(g => g.Length == 1)) groups[t] = allowed[t];
-            else
-            {
-                var r = GroupScreen.Run(model, grams, curvature, t, allowed[t], 1 - o.Ratio, o.ScreenPartners);
-                groups[t] = r.Kept.ToList();
-                gains[t] = r.Gain;
-                screened += r.Screened;
-            }
-            progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types"));
-        }
-        return new(groups, costing, allowedCount, screened, gains, sw.Elapsed.TotalSeconds);
+        if (costing.Method == CostingMethod.Full) return new(allowed, costing, allowedCount, 0, new(), 0, allowedCount, 0, 0);
+        var s = GroupScreen.Select(model, grams, curvature, costs, o, allowed, KeptFractions(o), budget, verify, progress);
+        return new(s.Groups, costing, allowedCount, s.Screened, s.Gains, sw.Elapsed.TotalSeconds, s.Initial, s.Rounds, s.BoundSeconds);
     }
 
     /// <param name="curvature">Block models already collected (kept by the caller); null: collect them here.</param>
@@ -261,7 +254,7 @@ public static class GeoPlanner
             var shared = o.SharedTypes ?? ShareableTypes.Default(model);
             var kept = KeptFractions(o);
             long budget = Budget(model, o.Ratio);
-            var candidates = Candidates(model, grams, curvature, o, progress);
+            var candidates = Candidates(model, grams, curvature, costs, o, budget, verify: true, progress);
             var choice = ChooseSearch(o.Search, model.Config.NumLayers, SearchVariables(model, o, candidates.Groups));
             var (result, greedy, costSeconds) = Search(model, costs, o, candidates.Groups, kept, budget, choice.Method == SearchMethod.Exact, sw, progress);
             int searched = costs.Evaluated;
@@ -273,7 +266,7 @@ public static class GeoPlanner
                 Plan = plan, Costs = costs, Curvature = curvature, OwnsCurvature = owns, SearchChoice = choice, Search = result, GreedyComparison = greedy,
                 PairwiseCost = pairwise, CandidateGroups = searched, PictureGroups = costs.Evaluated - searched,
                 Costing = candidates.Costing, AllowedGroups = candidates.Allowed, ScreenedGroups = candidates.Screened, CellGroups = o.Cells?.Read ?? 0,
-                ScreenSeconds = candidates.Seconds,
+                ScreenSeconds = candidates.Seconds, ScreenInitialGroups = candidates.Initial, ScreenRounds = candidates.Rounds, ScreenBoundSeconds = candidates.BoundSeconds,
                 CurvatureSeconds = curvatureSeconds, CostSeconds = costSeconds, Budget = budget,
             };
         }
@@ -309,7 +302,7 @@ public static class GeoPlanner
         try
         {
             var kept = KeptFractions(o);
-            var candidates = Candidates(model, grams, curvature, o, progress);
+            var candidates = Candidates(model, grams, curvature, costs, o, Budget(model, o.Ratio), verify: false, progress);
             var jobs = Jobs(model, candidates.Groups);
             var mine = jobs.Where((_, i) => i % shards == shard).ToList();
             int done = 0;

@@ -6,95 +6,298 @@ using static TorchSharp.torch;
 namespace GeoShare.Planning;
 
 /// <summary>
-/// The cheap estimate of a group's cost that decides which groups are costed exactly (`--costing screened`).
-/// For a group S of one matrix type with summed input second moment Σ XᵀX = SᵀS (Basis Sharing's whitening) the
-/// bulk of the cost model, ½ Σⱼ γⱼ δⱼᵀAδⱼ, is at least what the best rank-k basis leaves of the γ-weighted whitened
-/// stack S·[W₁Γ₁^½ … Wₙ Γₙ^½]: ½/rows · Σ_{t>k} λ_t(S (Σᵢ WᵢΓᵢWᵢᵀ) Sᵀ). One symmetric eigenvalue decomposition
-/// of an [in, in] matrix per group gives it at every rank (no SVD of the [in, n·out] stack, no coefficients, no
-/// trust-region solves). The screen's number is the estimated gain of sharing at the nominal kept fraction,
-/// estimate(S, k_S) − Σ_{l ∈ S} estimate({l}, k_1): groups whose members would lose least by sharing.
+/// Bounds on a group's exact cost (<see cref="GroupCostEvaluator"/>) at each rank option, without the SVD of the
+/// stacked matrices or any trust-region solve. The exact cost uses the span of Basis Sharing's basis (the top-k left
+/// singular vectors U_k of S·[W₁ … Wₙ], B = S⁻¹U_k) and curvature-aligned coefficients; here the span comes from one
+/// eigendecomposition of S (Σ WᵢWᵢᵀ) Sᵀ ([in, in], per-layer WᵢWᵢᵀ precomputed) and each member's cost is bounded for
+/// every rank at once (Cholesky factors and forward substitution are nested in the rank):
+/// Upper: q at Basis Sharing's coefficients C = (BᵀAB)⁻¹BᵀAW, a point of the trust region, so the aligned solve ends
+/// no higher. Lower: the least q over all C with no trust region, ½[bulk_BS + bᵀ(diag(1/c) + P H⁻¹ Pᵀ)⁻¹ b] (b: the
+/// top directions' ⟨Vₛ, δ_BS⟩, P their projections on the basis, H the bulk's metric), which the constrained solve cannot
+/// beat. Without the first-order term only (<see cref="PlannerOptions.UseGradient"/>: the lower bound is not one).
 /// </summary>
 public static class GroupScreen
 {
-    /// <summary>Which groups of one type survive the screen, and the screen's estimate of every group it looked at.</summary>
-    public sealed record TypeScreen(string Type, IReadOnlyList<int[]> Kept, IReadOnlyDictionary<long, double> Gain, int Screened);
+    /// <summary>Bounds of one group at its rank options (ascending ranks, as <see cref="GroupCostEvaluator.Ranks"/> gives them).</summary>
+    public sealed record GroupBound(string Type, int[] Layers, int[] Ranks, double[] Lower, double[] Upper);
+
+    /// <summary>The groups costed exactly per type, the screen's estimates, and how the selection went.</summary>
+    public sealed record Selection(Dictionary<string, List<int[]>> Groups, Dictionary<string, IReadOnlyDictionary<long, double>> Gains, int Screened,
+        int Initial, int Rounds, bool Verified, double BoundSeconds);
 
     public static long Mask(IEnumerable<int> layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
     /// <summary>
-    /// Screens the allowed groups of <paramref name="type"/>: every single layer is kept; every allowed pair is estimated and
-    /// each layer keeps its <paramref name="partners"/> best pairs; a larger group is estimated only when one of its groups
-    /// one smaller was kept and its kept pairs connect it, and each layer keeps its <paramref name="partners"/> best of those.
+    /// Bounds of <paramref name="groups"/> (all of one type) at <paramref name="ranks"/>(group size). Per-layer
+    /// WWᵀ [in, in] is held for the type while the groups are bounded.
     /// </summary>
-    public static TypeScreen Run(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
-        string type, IReadOnlyList<int[]> allowed, double keptFraction, int partners)
+    public static GroupBound[] Bounds(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+        string type, IReadOnlyList<int[]> groups, Func<int, IReadOnlyList<int>> ranks)
     {
-        int n = model.Config.NumLayers;
-        var site0 = model.Site(type, 0);
-        int din = site0.InFeatures, dout = site0.OutFeatures;
-        var kept = allowed.Where(g => g.Length == 1).ToList();
-        var gain = new Dictionary<long, double>();
-        int maxSize = allowed.Count == 0 ? 1 : allowed.Max(g => g.Length);
-        if (maxSize < 2) return new TypeScreen(type, kept, gain, 0);
-
-        // Per layer: γ-weighted W Γ Wᵀ [in, in] and the single layer's estimate at its nominal rank.
-        var q = new Tensor[n];
+        var layers = groups.SelectMany(g => g).Distinct().Order().ToList();
+        var w = new Tensor?[model.Config.NumLayers];
+        var q = new Tensor?[model.Config.NumLayers];
+        var bulkW = new double[model.Config.NumLayers];
+        var vDotW = new double[model.Config.NumLayers][];
         try
         {
-            SingleThreadedWorkers.Map(Enumerable.Range(0, n).ToList(), l =>
+            SingleThreadedWorkers.Map(layers, l =>
             {
                 using var scope = torch.NewDisposeScope();
-                var s = model.Site(type, l);
-                Tensor w;
-                using (torch.no_grad()) w = model.GetProjection(s).WeightInOut().to_type(ScalarType.Float64);
-                q[l] = w.mul(curvature[s.Name].OutputWeights.unsqueeze(0)).matmul(w.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
+                var site = model.Site(type, l);
+                var m = curvature[site.Name];
+                Tensor x;
+                using (torch.no_grad()) x = model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone();
+                bulkW[l] = m.A.matmul(x).mul(x).mul(m.OutputWeights).sum().item<double>();
+                vDotW[l] = m.Corrections.Length == 0 ? [] : TopProjections(m, x).data<double>().ToArray();
+                q[l] = x.matmul(x.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
+                w[l] = x.DetachFromDisposeScope();
                 return 0;
             });
-            double Tail(int[] layers)
-            {
-                using var scope = torch.NewDisposeScope();
-                var gram = layers.Select(l => grams[model.Site(type, l).Name]).Aggregate((a, b) => a.add(b, Scalars.One));
-                var qs = layers.Select(l => q[l]).Aggregate((a, b) => a.add(b, Scalars.One));
-                var s = SharedBasis.WhiteningFactor(gram);
-                var k = s.matmul(qs).matmul(s.t());
-                var values = torch.linalg.eigvalsh(k.add(k.t(), Scalars.One).MulScalar(0.5)).data<double>().ToArray(); // ascending
-                int rank = SharedBasis.RankForKeptFraction(din, dout, layers.Length, keptFraction);
-                double tail = 0;
-                for (int t = 0; t < values.Length - rank; t++) tail += Math.Max(0, values[t]);
-                return tail / (2.0 * grams.Rows);
-            }
-            var single = new double[n];
-            var singles = Enumerable.Range(0, n).ToList();
-            var singleValues = SingleThreadedWorkers.Map(singles, l => Tail([l]));
-            for (int l = 0; l < n; l++) single[l] = singleValues[l];
-            int screened = n;
+            return SingleThreadedWorkers.Map(groups, g => Bound(model, grams, curvature, type, g, ranks(g.Length).ToArray(), w, q, bulkW, vDotW));
+        }
+        finally
+        {
+            foreach (var t in w) t?.Dispose();
+            foreach (var t in q) t?.Dispose();
+        }
+    }
 
+    /// <summary>⟨Vₛ, X⟩ for the block's top directions (K-FAC's as factors: aₛᵀ X gₛ), [k].</summary>
+    private static Tensor TopProjections(BlockCurvatureModel m, Tensor x) => m.TopFactors is var (fa, fg)
+        ? fa.matmul(x).mul(fg).sum(1)
+        : m.TopVectors.mul(x.unsqueeze(0)).sum([1L, 2L]);
+
+    private static GroupBound Bound(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, string type,
+        int[] layers, int[] ranks, Tensor?[] w, Tensor?[] q, double[] bulkW, double[][] vDotW)
+    {
+        using var scope = torch.NewDisposeScope();
+        var sites = layers.Select(l => model.Site(type, l)).ToArray();
+        int kmax = ranks.Max();
+        var gram = sites.Select(s => grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
+        var s = SharedBasis.WhiteningFactor(gram);
+        var k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
+        var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
+        var u = vectors.narrow(1, vectors.shape[1] - kmax, kmax).flip(1);           // top kmax, descending
+        var basis = torch.linalg.solve_triangular(s, u, upper: true);               // S⁻¹U: the exact basis's span, column by column
+        var lower = new double[ranks.Length];
+        var upper = new double[ranks.Length];
+        for (int i = 0; i < layers.Length; i++)
+        {
+            var m = curvature[sites[i].Name];
+            var x = w[layers[i]]!;
+            var ab = m.A.matmul(basis);                                             // [in, K]
+            var l = Cholesky(basis.t().matmul(ab));
+            var z = torch.linalg.solve_triangular(l, ab.t().matmul(x), upper: false); // L⁻¹BᵀAW [K, out]
+            var gamma = m.OutputWeights;
+            // Bulk left at rank r: Σⱼ γⱼ wⱼᵀAwⱼ − Σ_{t<r} Σⱼ γⱼ Z[t, j]².
+            var explained = z.PowScalar(2).mul(gamma.unsqueeze(0)).sum(1).cumsum(0).data<double>().ToArray();
+            int a = m.Corrections.Length;
+            double[][]? proj = null, gram4 = null;
+            double[] vw = vDotW[layers[i]];
+            double[] c = m.Corrections;
+            if (a > 0)
+            {
+                // P̂ₛ = L⁻¹BᵀVₛ [K, out]: ⟨Vₛ, BC_BS⟩ = Σ_{t<r} ⟨P̂ₛ[t], Z[t]⟩, (P H⁻¹ Pᵀ)ₛₜ = Σ_{t<r} Σⱼ P̂ₛ[t, j] P̂ₜ[t, j] / γⱼ.
+                var inv = gamma.clamp_min(1e-300).reciprocal();
+                Tensor along, cross;
+                if (m.TopFactors is var (fa, fg))
+                {
+                    // K-FAC's Vₛ = aₛgₛᵀ: P̂ₛ = eₛgₛᵀ with eₛ = L⁻¹Bᵀaₛ, so both sums factor (no [K, out] matrix per direction).
+                    var e = torch.linalg.solve_triangular(l, basis.t().matmul(fa.t()), upper: false);  // [K, a]
+                    along = e.mul(z.matmul(fg.t())).t().cumsum(1);                                      // [a, K]
+                    var gg = fg.mul(inv.unsqueeze(0)).matmul(fg.t());                                   // [a, a]: Σⱼ gₛⱼgₜⱼ/γⱼ
+                    cross = e.t().unsqueeze(1).mul(e.t().unsqueeze(0)).mul(gg.unsqueeze(2)).cumsum(2);   // [a, a, K]
+                }
+                else
+                {
+                    var bv = basis.t().unsqueeze(0).matmul(m.TopVectors);                               // [a, K, out]
+                    var ph = torch.linalg.solve_triangular(l.unsqueeze(0).expand(a, -1, -1), bv, upper: false);
+                    along = ph.mul(z.unsqueeze(0)).sum(2).cumsum(1);
+                    cross = ph.unsqueeze(1).mul(ph.unsqueeze(0)).mul(inv).sum(3).cumsum(2);
+                }
+                var alongValues = along.contiguous().data<double>().ToArray();
+                int kk = (int)along.shape[1];
+                proj = Enumerable.Range(0, a).Select(j => alongValues.AsSpan(j * kk, kk).ToArray()).ToArray();
+                var crossValues = cross.contiguous().data<double>().ToArray();
+                gram4 = Enumerable.Range(0, a * a).Select(j => crossValues.AsSpan(j * kk, kk).ToArray()).ToArray();
+            }
+            for (int r = 0; r < ranks.Length; r++)
+            {
+                int t = ranks[r] - 1;
+                double bulk = Math.Max(0, bulkW[layers[i]] - explained[t]);
+                double correctionsAtBs = 0, least = 0;
+                if (a > 0)
+                {
+                    var b = Enumerable.Range(0, a).Select(j => proj![j][t] - vw[j]).ToArray();
+                    correctionsAtBs = Enumerable.Range(0, a).Sum(j => c[j] * b[j] * b[j]);
+                    least = LeastCorrection(b, c, (x1, x2) => gram4![x1 * a + x2][t]);
+                }
+                upper[r] += 0.5 * (bulk + correctionsAtBs);
+                lower[r] += 0.5 * (bulk + least);
+            }
+        }
+        return new GroupBound(type, layers, ranks, lower, upper);
+    }
+
+    /// <summary>
+    /// min over x of ‖x‖²_H + Σₛ cₛ(bₛ + ⟨pₛ, x⟩)² = bᵀ(diag(1/c) + P H⁻¹ Pᵀ)⁻¹b over the active cₛ &gt; 0 (the inactive ones add nothing).
+    /// </summary>
+    private static double LeastCorrection(double[] b, double[] c, Func<int, int, double> g)
+    {
+        var act = Enumerable.Range(0, b.Length).Where(j => c[j] > 0).ToArray();
+        int n = act.Length;
+        if (n == 0) return 0;
+        var m = new double[n, n];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++)
+                m[i, j] = 0.5 * (g(act[i], act[j]) + g(act[j], act[i])) + (i == j ? 1 / c[act[i]] : 0);
+        // Cholesky of the small SPD matrix, then bᵀM⁻¹b = ‖L⁻¹b‖².
+        var l = new double[n, n];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j <= i; j++)
+            {
+                double sum = m[i, j];
+                for (int p = 0; p < j; p++) sum -= l[i, p] * l[j, p];
+                if (i == j) l[i, i] = Math.Sqrt(Math.Max(sum, 1e-300));
+                else l[i, j] = sum / l[j, j];
+            }
+        double total = 0;
+        var y = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            double sum = b[act[i]];
+            for (int p = 0; p < i; p++) sum -= l[i, p] * y[p];
+            y[i] = sum / l[i, i];
+            total += y[i] * y[i];
+        }
+        return total;
+    }
+
+    private static Tensor Cholesky(Tensor m)
+    {
+        var sym = m.add(m.t(), Scalars.One).MulScalar(0.5);
+        double scale = Math.Max(sym.diagonal().abs().max().item<double>(), 1e-300);
+        using var eye = torch.eye(sym.shape[0], dtype: ScalarType.Float64);
+        for (double damping = 0; ; damping = damping == 0 ? 1e-12 * scale : damping * 10)
+        {
+            try
+            {
+                return torch.linalg.cholesky(sym.add(eye.MulScalar(damping)));
+            }
+            catch (Exception) when (damping < scale)
+            {
+                // the basis is numerically rank-deficient in A's metric: damp more
+            }
+        }
+    }
+
+    /// <summary>
+    /// Screened costing. Every allowed pair (and every larger group that extends a kept group one smaller and whose pairs
+    /// connect it) is bounded; every single layer and each layer's <paramref name="partners"/> best groups of each size by
+    /// the upper bound are costed exactly. Then, where the bounds are bounds (no first-order term) and the search is small
+    /// enough, cost-then-verify: the exact search over exact costs where known and lower bounds elsewhere; the groups it
+    /// chooses that are only bounded are costed and the search runs again, until every chosen group is exact: that plan is
+    /// the optimum over all screened groups. <paramref name="verify"/> false (a shard): the first set only.
+    /// </summary>
+    public static Selection Select(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+        GroupCostEvaluator costs, PlannerOptions o, IReadOnlyDictionary<string, List<int[]>> allowed, double[] kept, long budget, bool verify,
+        IProgress<ProgressTick>? progress)
+    {
+        int n = model.Config.NumLayers;
+        double x0 = 1 - o.Ratio;
+        var groups = new Dictionary<string, List<int[]>>();
+        var gains = new Dictionary<string, IReadOnlyDictionary<long, double>>();
+        var bounds = new Dictionary<string, Dictionary<long, GroupBound>>();
+        int screened = 0, done = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        IReadOnlyList<int> RanksOf(string t, int size) => costs.Ranks(t, size, kept);
+        int Nominal(string t, int size, int[] ranks)
+        {
+            int target = costs.Ranks(t, size, [x0])[0];
+            return Array.IndexOf(ranks, ranks.MinBy(r => Math.Abs(r - target)));
+        }
+        GroupCandidate Exact(string t, int[] g) => costs.Evaluate(t, g, RanksOf(t, g.Length));
+        progress?.Report(new ProgressTick("screen", 0, allowed.Count, "types"));
+        foreach (var t in model.ProjectionTypes)
+        {
+            var typeAllowed = allowed[t];
+            var singles = typeAllowed.Where(g => g.Length == 1).ToList();
+            groups[t] = singles.ToList();
+            int maxSize = typeAllowed.Count == 0 ? 1 : typeAllowed.Max(g => g.Length);
+            if (maxSize < 2) { progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types")); continue; }
+            // The gains of sharing are against the single layers' upper bounds (what Basis Sharing's coefficients cost them).
+            var singleBounds = Bounds(model, grams, curvature, t, singles, sz => RanksOf(t, sz));
+            var singleCost = singleBounds.ToDictionary(b => b.Layers[0], b => b.Upper[Nominal(t, 1, b.Ranks)]);
+            screened += singles.Count;
+            var gain = new Dictionary<long, double>();
+            var typeBounds = new Dictionary<long, GroupBound>();
             var keptBySize = new HashSet<long>[maxSize + 1];
-            keptBySize[1] = kept.Select(Mask).ToHashSet();
+            keptBySize[1] = singles.Select(Mask).ToHashSet();
             var keptPairs = new HashSet<long>();
             for (int size = 2; size <= maxSize; size++)
             {
-                var considered = allowed.Where(g => g.Length == size && (size == 2 || Considered(g, keptBySize[size - 1], keptPairs))).ToList();
-                var values = SingleThreadedWorkers.Map(considered, g => Tail(g) - g.Sum(l => single[l]));
+                var considered = typeAllowed.Where(g => g.Length == size && (size == 2 || Considered(g, keptBySize[size - 1], keptPairs))).ToList();
+                var b = Bounds(model, grams, curvature, t, considered, sz => RanksOf(t, sz));
                 screened += considered.Count;
-                for (int i = 0; i < considered.Count; i++) gain[Mask(considered[i])] = values[i];
+                var values = new double[considered.Count];
+                for (int i = 0; i < considered.Count; i++)
+                {
+                    var g = considered[i];
+                    typeBounds[Mask(g)] = b[i];
+                    values[i] = b[i].Upper[Nominal(t, size, b[i].Ranks)] - g.Sum(l => singleCost.TryGetValue(l, out double v) ? v : 0);
+                    gain[Mask(g)] = values[i];
+                }
                 // Each layer keeps its best `partners` groups of this size (ties by the groups' order: deterministic).
                 var chosen = new HashSet<long>();
                 for (int l = 0; l < n; l++)
                     foreach (int i in Enumerable.Range(0, considered.Count).Where(i => considered[i].Contains(l))
-                                 .OrderBy(i => values[i]).ThenBy(i => i).Take(partners))
+                                 .OrderBy(i => values[i]).ThenBy(i => i).Take(o.ScreenPartners))
                         chosen.Add(Mask(considered[i]));
                 keptBySize[size] = chosen;
                 if (size == 2) keptPairs = chosen;
-                kept.AddRange(considered.Where(g => chosen.Contains(Mask(g))));
+                groups[t].AddRange(considered.Where(g => chosen.Contains(Mask(g))));
             }
-            return new TypeScreen(type, kept, gain, screened);
+            gains[t] = gain;
+            bounds[t] = typeBounds;
+            progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types"));
         }
-        finally
+        int initial = groups.Values.Sum(v => v.Count);
+        double boundSeconds = clock.Elapsed.TotalSeconds;
+        // The verify search's (group, rank) choices: every single layer and every bounded group.
+        long variables = (groups.Values.Sum(v => (long)v.Count(g => g.Length == 1)) + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
+        if (!verify || o.UseGradient || variables > GeoPlanner.ExactSearchMaxVariables) return new(groups, gains, screened, initial, 0, false, boundSeconds);
+
+        // Cost-then-verify.
+        int rounds = 0;
+        while (true)
         {
-            foreach (var t in q) t?.Dispose();
+            var costed = groups.ToDictionary(kv => kv.Key, kv => kv.Value.Select(Mask).ToHashSet());
+            var exact = Jobs(model, groups);
+            var evaluated = SingleThreadedWorkers.Map(exact, j => Exact(j.Type, j.Layers));
+            var types = model.ProjectionTypes.Select(t => new TypeSearch(t, n,
+                evaluated.Where(c => c.Type == t)
+                    .Concat(bounds.GetValueOrDefault(t)?.Values.Where(b => !costed[t].Contains(Mask(b.Layers))).Select(b => AsCandidate(model, b)) ?? [])
+                    .ToList())).ToList();
+            rounds++;
+            progress?.Report(new ProgressTick("verify", rounds, rounds, "searches"));
+            var result = ColoringSearch.Exact(types, budget, o.TimeLimitSeconds);
+            var missing = result.Groups.Where(g => !costed[g.Type].Contains(Mask(g.Layers))).ToList();
+            if (missing.Count == 0) return new(groups, gains, screened, initial, rounds, result.Status == "optimal", boundSeconds);
+            foreach (var g in missing) groups[g.Type].Add(g.Layers);
         }
     }
+
+    /// <summary>A bounded group as a search candidate: its lower bounds as costs.</summary>
+    private static GroupCandidate AsCandidate(PretrainedModel model, GroupBound b)
+    {
+        var site = model.Site(b.Type, 0);
+        return new GroupCandidate(b.Type, b.Layers, b.Ranks.Select((k, r) =>
+            new RankOption(k, SharedBasis.BasisParameters(site.InFeatures, site.OutFeatures, b.Layers.Length, k), b.Lower[r], 0, 0, 0)).ToList());
+    }
+
+    private static List<(string Type, int[] Layers)> Jobs(PretrainedModel model, IReadOnlyDictionary<string, List<int[]>> groups) =>
+        model.ProjectionTypes.SelectMany(t => groups[t].Select(g => (Type: t, Layers: g))).ToList();
 
     /// <summary>A group of three or more is looked at when it extends a kept group one smaller and at least size − 1 of its pairs were kept.</summary>
     private static bool Considered(int[] g, HashSet<long> keptSmaller, HashSet<long> keptPairs)

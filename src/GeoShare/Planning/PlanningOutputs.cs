@@ -48,7 +48,15 @@ public sealed record PlannerSearchSummary(string Method, string Status, double O
 /// search's candidates), how many of those were read from a cells folder, and the screen's time.
 /// </summary>
 public sealed record PlannerCostingSummary(string Requested, string Chosen, string Reason, int AllowedGroups, int ScreenedGroups, int CostedGroups,
-    int FromCells, double ScreenSeconds);
+    int FromCells, double ScreenSeconds)
+{
+    /// <summary>Screened costing: groups of the first costed set (single layers, each layer's best partners by the upper bound).</summary>
+    public int? FirstSetGroups { get; init; }
+    /// <summary>Screened costing: exact searches of the cost-then-verify loop (0: not run, the bounds are not bounds with the first-order term).</summary>
+    public int? VerifySearches { get; init; }
+    /// <summary>Screened costing: seconds of bounding the groups.</summary>
+    public double? BoundSeconds { get; init; }
+}
 
 public sealed record GreedyComparisonSummary(double Objective, long Parameters, double Seconds, double RelativeGap);
 
