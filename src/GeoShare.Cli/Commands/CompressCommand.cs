@@ -33,6 +33,7 @@ public sealed class CompressCommand : ICommand
         new("--eval-limit", "N", "evaluate only the first N windows (images)"),
         new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16", "float32"),
         new("--save-dtype", "TYPE", "element type of the --out checkpoint: float32, float16 or bfloat16", DefaultNote: "the input checkpoint's (F16 stays F16, BF16 stays BF16)"),
+        CommonOptions.Streaming,
         CommonOptions.Seed,
         CommonOptions.Threads,
         CommonOptions.Json,
@@ -43,6 +44,7 @@ public sealed class CompressCommand : ICommand
         "geoshare compress --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --ratio 0.2 --method svd --json llama-svd-20.json",
         "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan my-plan.json --out gpt2-custom",
         "geoshare compress --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist --ratio 0.4 --method all --eval t10k",
+        "geoshare compress --model bench/fixtures/llama-1b --data assets/data/corpus/valid.txt --ratio 0.3 --method adjacent --streaming on --calib-windows 8 --out llama-1b-adjacent-30",
     ]);
 
     public int Execute(ParsedArgs a)
@@ -63,6 +65,9 @@ public sealed class CompressCommand : ICommand
         var dtype = recipe is null ? CalibrationOptions.DType(a, allowBFloat16: true) : PlannerCliOptions.RecordedDType(a, recipe, planPath!);
         var saveDType = CalibrationOptions.SaveDType(a);
         if (saveDType is not null && outDir is null) throw new UsageException("--save-dtype: give --out DIR (it sets the dtype of the saved checkpoint)");
+
+        if (CommonOptions.UseStreaming(a, modelDir, dtype, StreamingRefusal(a, loadedPlan, outDir)))
+            return ExecuteStreaming(a, modelDir, loadedPlan, dtype, saveDType, total);
 
         ConsoleProgress.Status($"loading {modelDir}");
         var model = ModelFolder.Load(modelDir, dtype);
@@ -118,14 +123,7 @@ public sealed class CompressCommand : ICommand
         var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit, Coefficients = coefficients }, calibration, progress);
         progress.EndLine();
 
-        var table = new TextTable("type", "mode", "colors", "ranks", "parameters before", "after", "kept");
-        foreach (var t in report.Types)
-            table.Add(t.Type, t.Mode.ToString().ToLowerInvariant(), t.Colors, t.Ranks is null ? "" : RankSummary(t.Ranks),
-                t.ParametersBefore, t.ParametersAfter, CommonOptions.Fmt((double)t.ParametersAfter / t.ParametersBefore, "0.000"));
-        table.Add("all matrices", "", "", "", report.MatrixParametersBefore, report.MatrixParametersAfter, CommonOptions.Fmt(1 - report.Ratio, "0.000"));
-        table.Add("whole model", "", "", "", report.ModelParametersBefore, report.ModelParametersAfter, CommonOptions.Fmt((double)report.ModelParametersAfter / report.ModelParametersBefore, "0.000"));
-        Console.WriteLine($"{plan.Method} at ratio {CommonOptions.Fmt(plan.Ratio ?? 0, "0.00")}: removed {CommonOptions.Fmt(report.Ratio * 100, "0.0")}% of the shareable matrices' parameters{(report.Refitted ? " (coefficients refitted)" : "")}");
-        Console.WriteLine(table);
+        PrintReport(plan, report);
 
         CompressedModelEvaluation? evalResult = evaluate is null ? null : evaluate(model, progress);
         progress.EndLine();
@@ -153,6 +151,117 @@ public sealed class CompressCommand : ICommand
         planner?.Dispose();
         recomputed?.Dispose();
         return 0;
+    }
+
+    /// <summary>Why this run cannot go layer by layer (null: it can).</summary>
+    private static string? StreamingRefusal(ParsedArgs a, SharingPlan? loadedPlan, string? outDir)
+    {
+        if (CompressedCheckpoint.IsCompressed(a.Required("--model"))) return null; // refused below as already compressed
+        if (loadedPlan?.Coefficients is not null || a.String("--method") == "geo")
+            return "Geo-Sharing needs K-FAC curvature of the whole model, which has no layer-wise path yet (use --streaming off, or a heuristic --method)";
+        double ratio = loadedPlan?.Ratio ?? (a.Has("--ratio") ? a.Ratio("--ratio") : 0);
+        string refit = a.Choice("--refit", "auto", "on", "off");
+        if (refit == "on" || (refit == "auto" && ratio >= CompressionOptions.AutoRefitRatio))
+            return $"the coefficient refit{(refit == "auto" ? $" (on by default from ratio {CompressionOptions.AutoRefitRatio})" : "")} has no layer-wise path yet (give --refit off, or --streaming off)";
+        if (outDir is null) return "the layer-wise path writes the compressed model as it goes: give --out DIR";
+        return null;
+    }
+
+    /// <summary>
+    /// compress one layer at a time: grams collected layer by layer and spilled beside --out, groups compressed from the
+    /// checkpoint straight into the output file, the result evaluated (with --eval) from the written folder, layer by layer.
+    /// </summary>
+    private int ExecuteStreaming(ParsedArgs a, string modelDir, SharingPlan? loadedPlan, torch.ScalarType dtype, torch.ScalarType? saveDType, Stopwatch total)
+    {
+        string outDir = a.Required("--out");
+        if (CompressedCheckpoint.IsCompressed(modelDir)) throw new UsageException($"{modelDir} is already compressed; compress the original model");
+        ConsoleProgress.Status($"opening {modelDir} layer by layer");
+        using var stream = LayerStream.OpenDense(modelDir, dtype);
+        var shell = stream.Shell;
+        var progress = new ConsoleProgress();
+        var calibration = CalibrationOptions.CalibrationSet(shell, modelDir, a);
+        string method = loadedPlan is null ? a.Required("--method") : "plan";
+        loadedPlan?.Validate(shell, a.String("--plan")!);
+        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir));
+        string gramsDir = PartialOutputs.StagingName(full, "grams"), spillPath = PartialOutputs.StagingName(full, "spill");
+        PartialOutputs.Register(gramsDir);
+        PartialOutputs.Register(spillPath);
+        try
+        {
+            var options = new BaselineOptions
+            {
+                GroupSize = a.Int("--group-size", min: 1),
+                UniqueBlocks = a.Has("--unique") ? a.Int("--unique", min: 1) : null,
+                SharedTypes = ShareableTypes.Resolve(shell, a.List("--share")),
+                Mode = a.Choice("--mode", "basis", "tie") == "tie" ? SharingMode.Tie : SharingMode.Basis,
+                Seed = a.Int("--seed", min: 0),
+            };
+            double ratio = loadedPlan?.Ratio ?? a.Ratio("--ratio");
+            // Every compressed type's sites; similarity's coloring compares the shared types' grams before the plan exists.
+            var sites = loadedPlan is not null ? StreamingCompressor.SitesNeeded(shell, loadedPlan)
+                : method == "none" ? [] : shell.Sites;
+            using var grams = SpilledGrams.Collect(stream, calibration, sites, gramsDir, progress);
+            progress.EndLine();
+            SharingPlan plan;
+            if (loadedPlan is not null) plan = loadedPlan;
+            else if (method == "similarity")
+            {
+                using var loaded = grams.Load(shell.Sites.Where(s => options.SharedTypes.Contains(s.Type)).Select(s => s.Name));
+                plan = Baselines.Create(method, shell, ratio, options, loaded);
+            }
+            else plan = Baselines.Create(method, shell, ratio, options);
+            var stored = saveDType ?? CompressedCheckpoint.DefaultSaveDType(shell);
+            using var spill = new SafetensorsSpill(spillPath);
+            var report = StreamingCompressor.Compress(stream, plan, grams, new CompressionOptions { Refit = false }, spill, stored, progress);
+            progress.EndLine();
+            PrintReport(plan, report);
+            var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
+            CompressedCheckpoint.Save(spill, plan, modelDir, outDir, saved, replace: a.Flag("--force"));
+            ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights, {CalibrationOptions.Name(stored)})");
+
+            CompressedModelEvaluation? evalResult = null;
+            if (a.String("--eval") is { } evalData)
+            {
+                int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
+                var test = TokenWindows.FromFile(evalData, ByteLevelBpeTokenizer.Load(modelDir), 256);
+                using var compressed = CompressedCheckpoint.OpenStream(outDir, dtype);
+                var s = Evaluator.Perplexity(compressed, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
+                progress.EndLine();
+                Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s, layer by layer)");
+                evalResult = new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+            }
+            if (a.String("--json") is { } jsonPath)
+            {
+                JsonOutput.Write(jsonPath, new CompressOutput
+                {
+                    Model = modelDir, ModelType = shell.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
+                    Calibration = calibration.Description, Refit = false, Report = report, AchievedRatio = report.Ratio,
+                    ParameterBytes = report.ModelBytesAfter, Evaluation = evalResult, OutDir = outDir, SaveDtype = CalibrationOptions.Name(stored),
+                    CheckpointBytes = new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
+                    Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds, Streaming = true,
+                    PeakResidentBytes = ResidentMemory.PeakBytes,
+                });
+                ConsoleProgress.Status($"wrote {jsonPath}");
+            }
+        }
+        finally
+        {
+            PartialOutputs.Forget(gramsDir); // removed by SpilledGrams (or by Collect when it fails)
+            PartialOutputs.Forget(spillPath);
+        }
+        return 0;
+    }
+
+    private static void PrintReport(SharingPlan plan, CompressionReport report)
+    {
+        var table = new TextTable("type", "mode", "colors", "ranks", "parameters before", "after", "kept");
+        foreach (var t in report.Types)
+            table.Add(t.Type, t.Mode.ToString().ToLowerInvariant(), t.Colors, t.Ranks is null ? "" : RankSummary(t.Ranks),
+                t.ParametersBefore, t.ParametersAfter, CommonOptions.Fmt((double)t.ParametersAfter / t.ParametersBefore, "0.000"));
+        table.Add("all matrices", "", "", "", report.MatrixParametersBefore, report.MatrixParametersAfter, CommonOptions.Fmt(1 - report.Ratio, "0.000"));
+        table.Add("whole model", "", "", "", report.ModelParametersBefore, report.ModelParametersAfter, CommonOptions.Fmt((double)report.ModelParametersAfter / report.ModelParametersBefore, "0.000"));
+        Console.WriteLine($"{plan.Method} at ratio {CommonOptions.Fmt(plan.Ratio ?? 0, "0.00")}: removed {CommonOptions.Fmt(report.Ratio * 100, "0.0")}% of the shareable matrices' parameters{(report.Refitted ? " (coefficients refitted)" : "")}");
+        Console.WriteLine(table);
     }
 
     /// <summary>Methods whose colorings take --group-size, and those that take --unique.</summary>

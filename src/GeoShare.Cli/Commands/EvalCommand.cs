@@ -24,11 +24,13 @@ public sealed class EvalCommand : ICommand
         new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16 (weights are converted on load)", "float32"),
         new("--runtime", "NAME", "geoshare (this library, libtorch) or onnx (ONNX Runtime, CPU, on a file of `geoshare export`: --model FILE.onnx)", "geoshare"),
         new("--source", "DIR", "with --runtime onnx: the folder with the tokenizer (or the ViT's preprocessor_config.json)", DefaultNote: "the folder the file was exported from"),
+        CommonOptions.Streaming,
         CommonOptions.Threads,
         CommonOptions.Json,
     ],
     [
         "geoshare eval --model assets/models/gpt2-kjv-brown --data assets/data/corpus/test.txt",
+        "geoshare eval --model llama-1b-adjacent-30 --data assets/data/corpus/test.txt --limit 8 --streaming on",
         "geoshare eval --model assets/models/llama-kjv-brown --data assets/data/corpus/valid.txt --json llama-valid.json",
         "geoshare eval --model assets/models/vit-fashion-mnist --fashion-mnist /usr/share/datasets/fashion-mnist",
         "geoshare eval --runtime onnx --model gpt2.onnx --data assets/data/corpus/test.txt --threads 2",
@@ -53,6 +55,12 @@ public sealed class EvalCommand : ICommand
         if (onnx && dtype != torch.ScalarType.Float32) throw new UsageException($"--dtype {a.String("--dtype")}: ONNX Runtime evaluates the exported graph in float32");
         if (onnx && a.Has("--memory-warmup")) throw new UsageException("--memory-warmup is for --runtime geoshare (it loads a model folder)");
         if (!onnx && a.Has("--source")) throw new UsageException("--source is for --runtime onnx (a model folder holds its own tokenizer)");
+
+        string? streamRefusal = onnx ? "--runtime onnx evaluates an exported file" : a.Has("--memory-warmup") ? "--memory-warmup measures a whole loaded model"
+            : fmnist is not null ? "the layer-wise path evaluates language models (--data)" : null;
+        if (!onnx && File.Exists(Path.Combine(modelDir, "config.json")) && CommonOptions.UseStreaming(a, modelDir, dtype, streamRefusal))
+            return ExecuteStreaming(a, modelDir, data!, dtype, limit, batch);
+        if (onnx && a.Choice("--streaming", "auto", "on", "off") == "on") throw new UsageException($"--streaming on: {streamRefusal}");
 
         ConsoleProgress.Status($"loading {modelDir}");
         torch.zeros(1).Dispose(); // libtorch's own code and pools are resident before the model: not the model's
@@ -120,6 +128,38 @@ public sealed class EvalCommand : ICommand
         if (a.String("--json") is { } jsonPath)
         {
             JsonOutput.Write(jsonPath, json);
+            ConsoleProgress.Status($"wrote {jsonPath}");
+        }
+        return 0;
+    }
+
+    /// <summary>Perplexity one layer at a time: the boundary states of a chunk of windows resident, each layer read when it runs.</summary>
+    private static int ExecuteStreaming(ParsedArgs a, string modelDir, string data, torch.ScalarType dtype, int? limit, int? batch)
+    {
+        ConsoleProgress.Status($"opening {modelDir} layer by layer");
+        long residentBefore = ResidentMemory.CurrentBytes;
+        using var stream = CompressedCheckpoint.IsCompressed(modelDir) ? CompressedCheckpoint.OpenStream(modelDir, dtype) : LayerStream.OpenDense(modelDir, dtype);
+        long residentLoaded = ResidentMemory.CurrentBytes;
+        var tokenizer = ByteLevelBpeTokenizer.Load(modelDir);
+        ConsoleProgress.Status($"tokenizing {data}");
+        var windows = TokenWindows.FromFile(data, tokenizer, a.Int("--window", min: 2));
+        var selection = limit is int l ? Enumerable.Range(0, Math.Min(l, windows.Count)).ToArray() : null;
+        var progress = new ConsoleProgress();
+        var s = Evaluator.Perplexity(stream, windows, batch, progress, selection);
+        progress.EndLine();
+        Console.WriteLine(new TextTable("model", "data", "windows", "predicted tokens", "mean NLL", "perplexity", "parameters", "tokens/s", "seconds")
+            .Add(modelDir, data, s.Windows, s.PredictedTokens, CommonOptions.Fmt(s.MeanNll, "0.000000"), CommonOptions.Fmt(s.Perplexity),
+                 s.Parameters, CommonOptions.Fmt(s.TokensPerSecond, "0"), CommonOptions.Fmt(s.Seconds, "0.0")));
+        if (a.String("--json") is { } jsonPath)
+        {
+            JsonOutput.Write(jsonPath, new EvalOutput
+            {
+                Model = modelDir, ModelType = stream.Shell.Config.ModelType, Data = data, Window = windows.WindowLength,
+                Windows = s.Windows, PredictedTokens = s.PredictedTokens, MeanNll = s.MeanNll, Perplexity = s.Perplexity,
+                Parameters = s.Parameters, ParameterBytes = s.Parameters * dtype.ElementSize(), Dtype = CalibrationOptions.Name(dtype),
+                WallSeconds = s.Seconds, TokensPerSecond = s.TokensPerSecond, Threads = torch.get_num_threads(),
+                Memory = Memory(residentBefore, residentLoaded, null), Streaming = true,
+            });
             ConsoleProgress.Status($"wrote {jsonPath}");
         }
         return 0;

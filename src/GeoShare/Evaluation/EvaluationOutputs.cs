@@ -36,6 +36,8 @@ public sealed record EvalOutput
     public EvalMemory? Memory { get; init; }
     /// <summary>"onnxruntime" for `eval --runtime onnx` (the model is then the ONNX file); absent for GeoShare's own.</summary>
     public string? Runtime { get; init; }
+    /// <summary>True when the model was evaluated one layer at a time (--streaming); absent otherwise.</summary>
+    public bool? Streaming { get; init; }
 }
 
 /// <summary>`geoshare eval --sentences FILE --against DIR --json`: a sentence encoder's embeddings against a reference encoder's.</summary>
@@ -113,6 +115,10 @@ public sealed record CompressOutput
     public required int Threads { get; init; }
     public required string Allocator { get; init; }
     public required double WallSeconds { get; init; }
+    /// <summary>True when the run held one layer at a time (--streaming); absent for the in-memory path.</summary>
+    public bool? Streaming { get; init; }
+    /// <summary>The process's peak resident set (VmHWM) at the end; written by the layer-wise path.</summary>
+    public long? PeakResidentBytes { get; init; }
 }
 
 /// <summary>`geoshare demo --json`: dense, a heuristic and Geo-Sharing at one ratio.</summary>

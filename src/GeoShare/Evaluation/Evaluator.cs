@@ -64,6 +64,46 @@ public static class Evaluator
             seconds, windows.Count * (double)data.WindowLength / seconds);
     }
 
+    /// <summary>
+    /// The same protocol on a model streamed layer by layer (<see cref="LayerStream"/>): the windows go through in chunks
+    /// whose boundary hidden states stay under <paramref name="hiddenBudgetBytes"/>, each chunk through every layer, the head
+    /// applied batch by batch at the end. Batches of <paramref name="perPass"/> windows, as the in-memory path makes them.
+    /// </summary>
+    public static LanguageModelScore Perplexity(LayerStream stream, TokenWindows data, int? perPass = null, IProgress<ProgressTick>? progress = null,
+        IReadOnlyList<int>? windows = null, long hiddenBudgetBytes = 256L << 20)
+    {
+        var config = stream.Shell.Config;
+        CheckFits(config, data);
+        windows ??= Enumerable.Range(0, data.Count).ToArray();
+        int batch = perPass ?? stream.Shell.DefaultBatchSize(data.WindowLength);
+        long perWindow = (long)data.WindowLength * config.HiddenSize * stream.Shell.DType.ElementSize();
+        int chunk = (int)Math.Max(batch, hiddenBudgetBytes / perWindow / batch * batch);
+        var sw = Stopwatch.StartNew();
+        double nllSum = 0;
+        long predicted = 0;
+        progress?.Report(new ProgressTick("eval", 0, windows.Count, "windows"));
+        for (int start = 0; start < windows.Count; start += chunk)
+        {
+            var ids = windows.Skip(start).Take(chunk).Chunk(batch).Select(data.Batch).ToList();
+            var (hidden, contexts) = stream.Run(ids);
+            using (torch.no_grad())
+                for (int b = 0; b < ids.Count; b++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    nllSum += SummedNextTokenNll(stream.Parts.Head(hidden[b]), ids[b]).to_type(ScalarType.Float64).item<double>();
+                    predicted += ids[b].shape[0] * (long)(data.WindowLength - 1);
+                }
+            foreach (var t in hidden.Concat(ids)) t.Dispose();
+            foreach (var c in contexts) c.Dispose();
+            progress?.Report(new ProgressTick("eval", Math.Min(start + chunk, windows.Count), windows.Count, "windows"));
+        }
+        double seconds = sw.Elapsed.TotalSeconds;
+        double mean = nllSum / predicted;
+        if (!double.IsFinite(mean)) throw new NumericalException($"evaluation produced a non-finite loss ({mean})");
+        return new LanguageModelScore(mean, Math.Exp(mean), predicted, windows.Count, stream.ParameterCount,
+            seconds, windows.Count * (double)data.WindowLength / seconds);
+    }
+
     /// <summary>Sum over the batch of next-token cross-entropy: logits at t predict the token at t + 1.</summary>
     public static Tensor SummedNextTokenNll(PretrainedModel model, Tensor ids) => SummedNextTokenNll(model.call(ids), ids);
 

@@ -35,6 +35,15 @@ public abstract class Architecture
 
     internal abstract ModelConfig ParseConfig(ConfigReader r);
 
+    /// <summary>Whether the model runs layer by layer (<see cref="ILayeredModel"/>, <see cref="LayerStream"/>).</summary>
+    public bool StreamsLayers => LayerBuilder is not null;
+
+    /// <summary>Builds layer <c>i</c> alone from a tensor source (the same constructor the whole model uses); null: no layer-wise path.</summary>
+    protected virtual Func<ModelConfig, TensorSource, int, DecoderLayer>? LayerBuilder => null;
+
+    public DecoderLayer BuildLayer(ModelConfig config, TensorSource src, int layer) =>
+        (LayerBuilder ?? throw new UsageException("streaming", $"a {ModelType} model has no layer-wise path"))(config, src, layer);
+
     /// <summary>Builds the model; callers go through <see cref="ModelLoader.Build"/>, which also puts it in eval mode.</summary>
     internal abstract PretrainedModel Construct(ModelConfig config, TensorSource src);
 
@@ -71,6 +80,9 @@ public static class Architectures
     ];
 
     public static IReadOnlyList<string> ModelTypes => All.Select(a => a.ModelType).ToList();
+
+    /// <summary>The model types that run layer by layer (<see cref="LayerStream"/>), for messages.</summary>
+    public static string LayeredTypes => string.Join(", ", All.Where(a => a.StreamsLayers).Select(a => a.ModelType));
 
     /// <summary>The architecture of <paramref name="modelType"/>, or null when none is registered.</summary>
     public static Architecture? Find(string modelType) => All.FirstOrDefault(a => a.ModelType == modelType);

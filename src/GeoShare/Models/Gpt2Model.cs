@@ -32,6 +32,9 @@ public sealed class Gpt2Architecture : Architecture<Gpt2Config>
 
     internal override Gpt2Config Parse(ConfigReader r) => Gpt2Config.From(r);
     protected override PretrainedModel Build(Gpt2Config config, TensorSource src) => new Gpt2LMHeadModel(config, src);
+
+    protected override Func<ModelConfig, TensorSource, int, DecoderLayer> LayerBuilder { get; } =
+        (config, src, i) => new Gpt2Block((Gpt2Config)config, src, Instance.LayerPrefix(i), i);
 }
 
 /// <summary>
@@ -68,7 +71,7 @@ public sealed record Gpt2Config(
 }
 
 /// <summary>GPT2LMHeadModel: transformer.{wte, wpe, h.N, ln_f} and an lm_head tied to wte (or its own).</summary>
-public sealed class Gpt2LMHeadModel : PretrainedModel
+public sealed class Gpt2LMHeadModel : PretrainedModel, ILayeredModel
 {
     private readonly Gpt2Model transformer;
     private readonly DenseLinear lm_head;
@@ -86,15 +89,26 @@ public sealed class Gpt2LMHeadModel : PretrainedModel
 
     /// <param name="ids">[B, T] token ids, T ≤ n_positions.</param>
     /// <returns>[B, T, vocab] logits.</returns>
-    public override Tensor forward(Tensor ids) => lm_head.call(transformer.call(ids));
+    public override Tensor forward(Tensor ids)
+    {
+        var (x, context) = Embed(ids);
+        for (int i = 0; i < Config.NumLayers; i++) x = Layer(i).Forward(x, context);
+        return Head(x);
+    }
+
+    public (Tensor Hidden, LayerContext Context) Embed(Tensor ids) => (transformer.Embed(ids), new LayerContext());
+
+    public DecoderLayer Layer(int index) => transformer.h[index];
+
+    public Tensor Head(Tensor hidden) => lm_head.call(transformer.ln_f.call(hidden));
 }
 
 public sealed class Gpt2Model : Module<Tensor, Tensor>
 {
     internal readonly TokenEmbedding wte;
     private readonly TokenEmbedding wpe;
-    private readonly ModuleList<Gpt2Block> h;
-    private readonly LayerNorm ln_f;
+    internal readonly ModuleList<Gpt2Block> h;
+    internal readonly LayerNorm ln_f;
 
     public Gpt2Model(Gpt2Config c, TensorSource src) : base(nameof(Gpt2Model))
     {
@@ -105,16 +119,23 @@ public sealed class Gpt2Model : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor ids)
+    /// <summary>Token plus position embeddings: the hidden state entering layer 0.</summary>
+    public Tensor Embed(Tensor ids)
     {
         using var positions = Scalars.Arange(ids.shape[1], ScalarType.Int64, ids.device);
-        var x = wte.call(ids).add(wpe.call(positions), Scalars.One);
-        foreach (var block in h) x = block.call(x);
+        return wte.call(ids).add(wpe.call(positions), Scalars.One);
+    }
+
+    public override Tensor forward(Tensor ids)
+    {
+        var x = Embed(ids);
+        using var context = new LayerContext();
+        foreach (var block in h) x = block.Forward(x, context);
         return ln_f.call(x);
     }
 }
 
-public sealed class Gpt2Block : Module<Tensor, Tensor>
+public sealed class Gpt2Block : DecoderLayer
 {
     private readonly LayerNorm ln_1;
     private readonly Gpt2Attention attn;
@@ -130,7 +151,7 @@ public sealed class Gpt2Block : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x)
+    public override Tensor Forward(Tensor x, LayerContext context)
     {
         // Free this layer's intermediates now (autograd keeps what backward needs).
         using var scope = torch.NewDisposeScope();

@@ -103,6 +103,9 @@ public abstract class LlamaFamilyArchitecture<TConfig> : Architecture<TConfig> w
     protected abstract string ModelClass { get; }
 
     protected sealed override PretrainedModel Build(TConfig config, TensorSource src) => new LlamaForCausalLM(ModelClass, config, src);
+
+    protected sealed override Func<ModelConfig, TensorSource, int, DecoderLayer> LayerBuilder =>
+        (config, src, i) => new LlamaDecoderLayer(((TConfig)config).Decoder, src, LayerPrefix(i));
 }
 
 /// <summary>Checkpoint key prefixes of the LLaMA-style families.</summary>
@@ -255,7 +258,7 @@ public sealed record RotaryParameters(double Theta, string Type = RotaryParamete
 }
 
 /// <summary>A LLaMA-style causal LM: model.{embed_tokens, layers.N, norm} and lm_head (tied to embed_tokens or its own).</summary>
-public sealed class LlamaForCausalLM : PretrainedModel
+public sealed class LlamaForCausalLM : PretrainedModel, ILayeredModel
 {
     private readonly LlamaModel model;
     private readonly DenseLinear lm_head;
@@ -272,14 +275,25 @@ public sealed class LlamaForCausalLM : PretrainedModel
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor ids) => lm_head.call(model.call(ids));
+    public override Tensor forward(Tensor ids)
+    {
+        var (x, context) = Embed(ids);
+        for (int i = 0; i < Config.NumLayers; i++) x = Layer(i).Forward(x, context);
+        return Head(x);
+    }
+
+    public (Tensor Hidden, LayerContext Context) Embed(Tensor ids) => model.Embed(ids);
+
+    public DecoderLayer Layer(int index) => model.layers[index];
+
+    public Tensor Head(Tensor hidden) => lm_head.call(model.norm.call(hidden));
 }
 
 public sealed class LlamaModel : Module<Tensor, Tensor>
 {
     internal readonly TokenEmbedding embed_tokens;
-    private readonly ModuleList<LlamaDecoderLayer> layers;
-    private readonly RmsNorm norm;
+    internal readonly ModuleList<LlamaDecoderLayer> layers;
+    internal readonly RmsNorm norm;
     private readonly RotaryEmbedding _rotary;
 
     public LlamaModel(LlamaDecoderSpec s, Architecture architecture, TensorSource src) : base(nameof(LlamaModel))
@@ -291,11 +305,18 @@ public sealed class LlamaModel : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor ids)
+    /// <summary>The token embeddings and the rotary cos/sin every layer of this batch reads.</summary>
+    public (Tensor Hidden, LayerContext Context) Embed(Tensor ids)
     {
         var x = embed_tokens.call(ids);
         var (cos, sin) = _rotary.CosSin(ids.shape[1], x.dtype, x.device);
-        foreach (var layer in layers) x = layer.forward(x, cos, sin);
+        return (x, new LayerContext(cos, sin));
+    }
+
+    public override Tensor forward(Tensor ids)
+    {
+        var (x, context) = Embed(ids);
+        foreach (var layer in layers) x = layer.Forward(x, context);
         return norm.call(x);
     }
 }
@@ -323,7 +344,7 @@ public sealed class RotaryEmbedding(int headDim, RotaryParameters rope)
     }
 }
 
-public sealed class LlamaDecoderLayer : Module<Tensor, Tensor>
+public sealed class LlamaDecoderLayer : DecoderLayer
 {
     private readonly LlamaAttention self_attn;
     private readonly LlamaMlp mlp;
@@ -339,14 +360,12 @@ public sealed class LlamaDecoderLayer : Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Tensor forward(Tensor x, Tensor cos, Tensor sin)
+    public override Tensor Forward(Tensor x, LayerContext context)
     {
         using var scope = torch.NewDisposeScope();
-        x = x.add(self_attn.forward(input_layernorm.call(x), cos, sin), Scalars.One);
+        x = x.add(self_attn.forward(input_layernorm.call(x), context.Cos!, context.Sin!), Scalars.One);
         return x.add(mlp.call(post_attention_layernorm.call(x)), Scalars.One).MoveToOuterDisposeScope();
     }
-
-    public override Tensor forward(Tensor x) => throw new NotSupportedException("LlamaDecoderLayer needs rotary cos/sin");
 }
 
 public sealed class LlamaAttention : ProjectionOwner

@@ -234,17 +234,27 @@ public sealed class SafetensorsFile
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors data is little-endian");
         if (floatDType is { } fd && !torch.is_floating_point(fd)) throw new ArgumentException($"floatDType {fd} is not a floating-point type");
         ScalarType Stored(Tensor t) => torch.is_floating_point(t.dtype) && floatDType is { } f ? f : t.dtype;
+        var headerBytes = Header(tensors.Select(t => (t.Name, Stored(t.Tensor), t.Tensor.shape)), metadata);
+        AtomicFile.Write(path, stream =>
+        {
+            WriteHeader(stream, headerBytes);
+            foreach (var (_, tensor) in tensors) WriteData(stream, tensor, Stored(tensor));
+        });
+    }
+
+    /// <summary>The header of tensors laid out in the given order (offsets consecutive), padded to 8 bytes with spaces.</summary>
+    internal static byte[] Header(IEnumerable<(string Name, ScalarType Stored, long[] Shape)> tensors, IReadOnlyDictionary<string, string>? metadata)
+    {
         var header = new Dictionary<string, object>();
         if (metadata is { Count: > 0 }) header["__metadata__"] = metadata;
         long offset = 0;
-        foreach (var (name, tensor) in tensors)
+        foreach (var (name, stored, shape) in tensors)
         {
-            var stored = Stored(tensor);
             string dtype;
             try { dtype = DTypeOf(stored); }
             catch (ArgumentException) { throw new ArgumentException($"cannot write tensor '{name}' of type {stored}"); }
-            long bytes = tensor.numel() * stored.ElementSize();
-            header[name] = new { dtype, shape = tensor.shape, data_offsets = new[] { offset, offset + bytes } };
+            long bytes = shape.Aggregate(1L, (a, b) => a * b) * stored.ElementSize();
+            header[name] = new { dtype, shape, data_offsets = new[] { offset, offset + bytes } };
             offset += bytes;
         }
         var json = JsonSerializer.SerializeToUtf8Bytes(header);
@@ -252,18 +262,22 @@ public sealed class SafetensorsFile
         var headerBytes = new byte[json.Length + pad];
         json.CopyTo(headerBytes, 0);
         for (int i = json.Length; i < headerBytes.Length; i++) headerBytes[i] = (byte)' ';
-        AtomicFile.Write(path, stream =>
-        {
-            Span<byte> len = stackalloc byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)headerBytes.Length);
-            stream.Write(len);
-            stream.Write(headerBytes);
-            foreach (var (_, tensor) in tensors)
-            {
-                using var scope = torch.NewDisposeScope();
-                var c = tensor.detach().cpu().to_type(Stored(tensor)).contiguous();
-                ForEachChunk(c, span => stream.Write(span));
-            }
-        });
+        return headerBytes;
+    }
+
+    internal static void WriteHeader(Stream stream, byte[] headerBytes)
+    {
+        Span<byte> len = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(len, (ulong)headerBytes.Length);
+        stream.Write(len);
+        stream.Write(headerBytes);
+    }
+
+    /// <summary>A tensor's bytes in <paramref name="stored"/>, converted a tensor at a time.</summary>
+    internal static void WriteData(Stream stream, Tensor tensor, ScalarType stored)
+    {
+        using var scope = torch.NewDisposeScope();
+        var c = tensor.detach().cpu().to_type(stored).contiguous();
+        ForEachChunk(c, span => stream.Write(span));
     }
 }

@@ -54,6 +54,9 @@ public sealed class ActivationGrams : IDisposable
         Rows = rows;
     }
 
+    /// <summary>Grams collected elsewhere (the layer-wise path); this object owns and disposes them.</summary>
+    internal static ActivationGrams Of(Dictionary<string, Tensor> grams, long rows) => new(grams, rows);
+
     /// <summary>XᵀX of the inputs of the projection named <paramref name="site"/>.</summary>
     public Tensor this[string site] => _gram[site];
 

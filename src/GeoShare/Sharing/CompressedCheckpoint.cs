@@ -68,8 +68,16 @@ public static class CompressedCheckpoint
             tensors.Add((name, p));
         }
 
-        Write(tensors, plan, sourceDir, outDir, report, stored, replace);
+        Write((path, metadata) => SafetensorsFile.Write(path, tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(), metadata, stored),
+            plan, sourceDir, outDir, report, replace);
     }
+
+    /// <summary>
+    /// Writes the folder as <see cref="Save"/> does, its weights from a spill that the layer-wise compressor filled
+    /// (<see cref="StreamingCompressor"/>): the same files, atomically.
+    /// </summary>
+    public static void Save(SafetensorsSpill weights, SharingPlan plan, string sourceDir, string outDir, object? report = null, bool replace = false) =>
+        Write((path, metadata) => weights.Finish(path, metadata), plan, sourceDir, outDir, report, replace);
 
     /// <summary>Replaces an existing output folder that GeoShare wrote (the user asked for it with --force), atomically for readers of the new one.</summary>
     public static void Replace(PretrainedModel model, SharingPlan plan, string sourceDir, string outDir, object? report = null, ScalarType? saveDType = null) =>
@@ -111,7 +119,7 @@ public static class CompressedCheckpoint
 
     private static string Digest(byte[] planBytes) => Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(planBytes));
 
-    private static void Write(List<(string, Tensor)> tensors, SharingPlan plan, string sourceDir, string outDir, object? report, ScalarType stored, bool replace)
+    private static void Write(Action<string, Dictionary<string, string>> writeWeights, SharingPlan plan, string sourceDir, string outDir, object? report, bool replace)
     {
         string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir));
         if (File.Exists(full) || (!Directory.Exists(full) && new FileInfo(full).LinkTarget is not null))
@@ -132,8 +140,8 @@ public static class CompressedCheckpoint
         try
         {
             byte[] planBytes = System.Text.Encoding.UTF8.GetBytes(plan.ToJson() + "\n");
-            PartialOutputs.Step(() => SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors.OrderBy(t => t.Item1, StringComparer.Ordinal).ToList(),
-                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag, [PlanDigestKey] = Digest(planBytes) }, stored));
+            PartialOutputs.Step(() => writeWeights(Path.Combine(staging, Checkpoint.SingleFile),
+                new Dictionary<string, string> { ["format"] = "pt", ["geoshare"] = FormatTag, [PlanDigestKey] = Digest(planBytes) }));
             PartialOutputs.Step(() => AtomicFile.WriteBytes(Path.Combine(staging, PlanFile), planBytes));
             if (report is not null) PartialOutputs.Step(() => JsonOutput.Write(Path.Combine(staging, ReportFile), report));
             foreach (var f in CopiedFiles)
@@ -225,6 +233,65 @@ public static class CompressedCheckpoint
         if (unused.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {unused.Count} tensor(s) the plan does not use, e.g. '{unused[0]}'");
         model.CheckpointDType = checkpoint.StorageDType;
         return model;
+    }
+
+    /// <summary>
+    /// A compressed folder streamed layer by layer (<see cref="LayerStream"/>): the parts outside the layers resident, each
+    /// layer read when it runs, its compressed projections built from its group's basis (or tied matrix) and its own
+    /// coefficients.
+    /// </summary>
+    public static LayerStream OpenStream(string dir, ScalarType dtype = ScalarType.Float32)
+    {
+        var checkpoint = Checkpoint.Open(dir);
+        string planPath = Path.Combine(dir, PlanFile);
+        VerifyPlanDigest(dir, planPath);
+        var plan = SharingPlan.Load(planPath);
+        var config = checkpoint.Config;
+        if (!config.Architecture.StreamsLayers) throw new UsageException("streaming", $"a {config.ModelType} model has no layer-wise path (the layered ones: {Architectures.LayeredTypes})");
+        var compressedSites = new HashSet<string>();
+        foreach (var (type, tp) in plan.Types.Where(t => t.Value.Mode != SharingMode.Dense))
+            for (int l = 0; l < tp.Coloring.Length; l++)
+                compressedSites.Add($"{config.Architecture.LayerPrefix(l)}.{type}");
+        var shell = LayerStream.BuildShell(config, new CompressedTensorSource(checkpoint, dtype, compressedSites));
+        plan.Validate(shell, planPath);
+        var prefixes = LayerStream.LayerPrefixes(config);
+        var strays = checkpoint.TensorNames.Where(n => !prefixes.Any(n.StartsWith) && !n.StartsWith("geoshare.shared.", StringComparison.Ordinal)
+            && !shell.UniqueParameters().Any(p => p.Name == n)).Order(StringComparer.Ordinal).ToList();
+        if (strays.Count > 0) throw BadInputException.For(Path.Combine(dir, Checkpoint.SingleFile), $"holds {strays.Count} tensor(s) the plan does not use, e.g. '{strays[0]}'");
+        shell.CheckpointDType = checkpoint.StorageDType;
+
+        DecoderLayer Load(int l)
+        {
+            var src = new CompressedTensorSource(checkpoint, dtype, compressedSites);
+            var layer = config.Architecture.BuildLayer(config, src, l);
+            src.Constructing = false;
+            foreach (var (type, tp) in plan.Types.Where(t => t.Value.Mode != SharingMode.Dense))
+            {
+                var site = shell.Site(type, l);
+                int color = tp.Coloring[l];
+                var placeholder = layer.GetProjection(type);
+                var shared = tp.Mode == SharingMode.Basis
+                    ? TakePlanned(checkpoint, src, SharedName(type, color, "basis"), planPath, site.InFeatures, tp.Ranks![color])
+                    : TakePlanned(checkpoint, src, SharedName(type, color, "weight"), planPath, TiedShape(site, placeholder.Layout));
+                layer.SetProjection(type, ReadProjection(checkpoint, src, planPath, tp, color, site, placeholder.Layout, new Parameter(shared, requires_grad: false)));
+                placeholder.Dispose();
+            }
+            return layer;
+        }
+        return new LayerStream(shell, dir, LayerStream.StoredParameters(checkpoint), Load);
+    }
+
+    private static long[] TiedShape(ProjectionSite site, WeightLayout layout) =>
+        layout == WeightLayout.InOut ? [site.InFeatures, site.OutFeatures] : [site.OutFeatures, site.InFeatures];
+
+    /// <summary>One layer's compressed projection on its group's <paramref name="shared"/> tensor (a basis, or a tied matrix).</summary>
+    private static LinearMap ReadProjection(Checkpoint checkpoint, TensorSource src, string planPath, TypePlan tp, int color,
+        ProjectionSite site, WeightLayout layout, Parameter shared)
+    {
+        var bias = src.Has(site.Name + ".bias") ? src.Take(site.Name + ".bias", site.OutFeatures) : null;
+        if (tp.Mode == SharingMode.Tie) return new DenseLinear(shared, bias, layout);
+        var coeff = TakePlanned(checkpoint, src, site.Name + ".coeff", planPath, tp.Ranks![color], site.OutFeatures);
+        return new SharedBasisLinear(shared, coeff, bias);
     }
 
     /// <summary>

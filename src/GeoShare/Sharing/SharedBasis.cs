@@ -16,11 +16,17 @@ public static class SharedBasis
     {
         long n = gram.shape[0];
         double scale = Math.Max(gram.diagonal().mean().item<double>(), 1e-12);
-        using var eye = torch.eye(n, dtype: ScalarType.Float64);
         for (double damping = 0; ; damping = damping == 0 ? 1e-8 * scale : damping * 10)
         {
             try
             {
+                // Undamped: the gram itself (no n×n identity and copies: 8192² float64 is 537 MB each).
+                if (damping == 0)
+                {
+                    using var l0 = torch.linalg.cholesky(gram);
+                    return l0.t().contiguous();
+                }
+                using var eye = torch.eye(n, dtype: ScalarType.Float64);
                 using var a = gram.add(eye.MulScalar(damping));
                 using var l = torch.linalg.cholesky(a);
                 return l.t().contiguous();

@@ -1,0 +1,251 @@
+using GeoShare.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Sharing;
+
+/// <summary>
+/// Calibration grams collected layer by layer (<see cref="LayerStream"/>) and kept on disk, one safetensors file per layer,
+/// so that only the grams a group needs are in memory. Projections that read the same input tensor (LLaMA's q/k/v and
+/// gate/up) store one gram.
+/// </summary>
+public sealed class SpilledGrams : IDisposable
+{
+    private readonly string _dir;
+    private readonly Dictionary<string, (int Layer, string Stored)> _where;
+    public long Rows { get; }
+
+    private SpilledGrams(string dir, Dictionary<string, (int, string)> where, long rows)
+    {
+        _dir = dir;
+        _where = where;
+        Rows = rows;
+    }
+
+    public bool Contains(string site) => _where.ContainsKey(site);
+
+    /// <summary>XᵀX (float64) of the inputs of <paramref name="site"/>; the caller disposes it.</summary>
+    public Tensor Read(string site)
+    {
+        var (layer, stored) = _where.TryGetValue(site, out var w) ? w : throw new ArgumentException($"no gram collected for '{site}'");
+        return SafetensorsFile.Open(LayerFile(_dir, layer)).Read(stored, ScalarType.Float64);
+    }
+
+    /// <summary>The grams of <paramref name="sites"/> in memory (for plans that compare layers by them, e.g. similarity).</summary>
+    public ActivationGrams Load(IEnumerable<string> sites) => ActivationGrams.Of(sites.Distinct().ToDictionary(s => s, Read), Rows);
+
+    private static string LayerFile(string dir, int layer) => Path.Combine(dir, $"grams-{layer}.safetensors");
+
+    /// <summary>
+    /// Runs the calibration set through the model one layer at a time and records XᵀX of the inputs of every site in
+    /// <paramref name="sites"/>: the numbers <see cref="ActivationGrams.Collect"/> gives on the whole model (same batches,
+    /// same operations). <paramref name="spillDir"/> is created and owned (removed on dispose).
+    /// </summary>
+    public static SpilledGrams Collect(LayerStream stream, CalibrationSet calibration, IReadOnlyCollection<ProjectionSite> sites, string spillDir,
+        IProgress<ProgressTick>? progress = null)
+    {
+        Directory.CreateDirectory(spillDir);
+        var where = new Dictionary<string, (int, string)>();
+        long? rows = null;
+        var probe = new Probe();
+        var ids = calibration.Batches(stream.Shell).ToList();
+        try
+        {
+            var (hidden, contexts) = stream.Run(ids,
+                before: (l, layer) =>
+                {
+                    probe.Clear();
+                    foreach (var s in sites.Where(s => s.Layer == l)) probe.Watch(layer.GetProjection(s.Type), s.Name);
+                },
+                after: (l, layer) =>
+                {
+                    if (probe.Names.Count == 0) return;
+                    var stored = probe.Canonical();
+                    SafetensorsFile.Write(LayerFile(spillDir, l), stored.Distinct().Select(n => (n, probe.Gram(n))).ToList());
+                    foreach (var (name, canonical) in probe.Names.Zip(stored)) where[name] = (l, canonical);
+                    if (rows is long r && r != probe.Rows) throw new InvalidOperationException($"layer {l} saw {probe.Rows} rows, earlier layers {r}");
+                    rows = probe.Rows;
+                    probe.Clear();
+                },
+                progress, "calibrate");
+            foreach (var h in hidden) h.Dispose();
+            foreach (var c in contexts) c.Dispose();
+        }
+        catch
+        {
+            PartialOutputs.Delete(spillDir);
+            throw;
+        }
+        finally
+        {
+            foreach (var t in ids) t.Dispose();
+            probe.Clear();
+        }
+        return new SpilledGrams(spillDir, where, rows ?? 0);
+    }
+
+    public void Dispose() => PartialOutputs.Delete(_dir);
+
+    /// <summary>
+    /// XᵀX of each watched projection's input. A projection whose input is the same tensor as an earlier one's in every
+    /// batch (q, k and v read one normed hidden state) shares that one's gram: computed once, stored once.
+    /// </summary>
+    private sealed class Probe : IProjectionProbe
+    {
+        private readonly Dictionary<LinearMap, string> _maps = new(ReferenceEqualityComparer.Instance);
+        private readonly Dictionary<string, Tensor> _grams = [];
+        private readonly Dictionary<string, string> _alias = [];   // site → the first site that read the same input
+        private readonly Dictionary<IntPtr, string> _readBy = [];  // input tensor of this batch → the first site that read it
+        private int _calls;
+        public List<string> Names { get; } = [];
+        public long Rows { get; private set; }
+
+        public void Watch(LinearMap map, string site)
+        {
+            _maps[map] = site;
+            Names.Add(site);
+            map.Probe = this;
+        }
+
+        public Tensor Gram(string site) => _grams[site];
+
+        /// <summary>The site each watched one's gram is stored under.</summary>
+        public List<string> Canonical() => Names.Select(n => _alias.GetValueOrDefault(n, n)).ToList();
+
+        public void OnForward(LinearMap projection, Tensor input, Tensor output)
+        {
+            if (!_maps.TryGetValue(projection, out var site)) return;
+            // A new batch starts when the first watched site runs again.
+            if (site == Names[0]) _readBy.Clear();
+            bool firstBatch = _calls++ < Names.Count;
+            if (_readBy.TryGetValue(input.Handle, out var earlier))
+            {
+                if (firstBatch) _alias[site] = earlier;
+                if (_alias.GetValueOrDefault(site) == earlier) return;
+            }
+            else _readBy[input.Handle] = site;
+            if (_alias.ContainsKey(site)) throw new InvalidOperationException($"{site} read another input than {_alias[site]} in a later batch");
+            using var x = input.detach().reshape(-1, projection.InFeatures).to_type(ScalarType.Float64);
+            if (site == Names[0]) Rows += x.shape[0];
+            var xtx = x.t().matmul(x);
+            if (_grams.TryGetValue(site, out var g))
+            {
+                g.add_(xtx, Scalars.One);
+                xtx.Dispose();
+            }
+            else _grams[site] = xtx.DetachFromDisposeScope(); // the first batch's is the sum so far; it outlives the forward pass's scope
+        }
+
+        public void Clear()
+        {
+            foreach (var m in _maps.Keys) m.Probe = null;
+            foreach (var g in _grams.Values) g.Dispose();
+            _maps.Clear();
+            _grams.Clear();
+            _alias.Clear();
+            _readBy.Clear();
+            Names.Clear();
+            _calls = 0;
+            Rows = 0;
+        }
+    }
+}
+
+/// <summary>
+/// <see cref="PlanCompressor.Apply"/> and <see cref="CompressedCheckpoint.Save"/> without the model in memory: group by
+/// group, the members' weights are read from the checkpoint, their shared basis computed with the spilled grams, and
+/// bases, coefficients and every untouched tensor go straight to the output's spill, in the order and dtypes the
+/// in-memory path writes, so the saved file is the same.
+/// </summary>
+public static class StreamingCompressor
+{
+    /// <summary>Sites whose grams <paramref name="plan"/> needs: every layer of a type it compresses.</summary>
+    public static IReadOnlyList<ProjectionSite> SitesNeeded(PretrainedModel shell, SharingPlan plan) =>
+        shell.Sites.Where(s => plan.Types.TryGetValue(s.Type, out var tp) && tp.Mode != SharingMode.Dense).ToList();
+
+    /// <param name="stored">dtype of the saved checkpoint's floating-point tensors</param>
+    public static CompressionReport Compress(LayerStream stream, SharingPlan plan, SpilledGrams grams, CompressionOptions options,
+        SafetensorsSpill output, ScalarType stored, IProgress<ProgressTick>? progress = null)
+    {
+        var shell = stream.Shell;
+        plan.Validate(shell, "plan");
+        if (options.Refit ?? (plan.Ratio ?? 0) >= CompressionOptions.AutoRefitRatio)
+            throw new UsageException("refit", "the layer-wise path does not refit coefficients yet (ratio ≥ 0.4 refits by default): turn the refit off, or compress in memory");
+        var dtype = shell.DType;
+        var src = new CheckpointTensorSource(Checkpoint.Open(stream.Dir), dtype);
+        var report = new List<TypeCompression>();
+        var compressed = new HashSet<string>();
+        int total = plan.Types.Values.Where(p => p.Mode != SharingMode.Dense).Sum(p => p.Colors), done = 0;
+        progress?.Report(new ProgressTick("compress", 0, total, "groups"));
+        using (torch.no_grad())
+        {
+            foreach (var type in shell.ProjectionTypes)
+            {
+                var sites = Enumerable.Range(0, shell.Config.NumLayers).Select(l => shell.Site(type, l)).ToArray();
+                int din = sites[0].InFeatures, dout = sites[0].OutFeatures;
+                long before = (long)sites.Length * din * dout;
+                if (!plan.Types.TryGetValue(type, out var tp) || tp.Mode == SharingMode.Dense)
+                {
+                    report.Add(new TypeCompression(type, SharingMode.Dense, sites.Length, sites.Length, null, before, before, null));
+                    continue;
+                }
+                var layout = shell.GetProjection(sites[0]).Layout;
+                bool hasBias = shell.GetProjection(sites[0]).Bias is not null;
+                var groups = tp.Groups();
+                long after = 0;
+                var energy = new List<double>();
+                for (int c = 0; c < groups.Count; c++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var members = groups[c].Select(l => sites[l]).ToArray();
+                    var weights = members.Select(s => WeightInOut(src, s, layout).to_type(ScalarType.Float64)).ToArray();
+                    var biases = members.Select(s => hasBias ? src.TakeZeros(s.Name + ".bias", dout) : null).ToArray();
+                    var memberGrams = members.Select(s => grams.Read(s.Name)).ToArray();
+                    if (tp.Mode == SharingMode.Basis)
+                    {
+                        var gram = memberGrams.Aggregate((a, b) => a.add(b, Scalars.One));
+                        var g = SharedBasis.Compute(weights, gram, tp.Ranks![c]);
+                        energy.Add(g.RetainedEnergy);
+                        output.Add(CompressedCheckpoint.SharedName(type, c, "basis"), g.Basis.to_type(dtype), stored);
+                        for (int i = 0; i < members.Length; i++)
+                        {
+                            var coefficients = options.Coefficients?.Solve(members[i], g.Basis, weights[i], memberGrams[i], grams.Rows) ?? g.Coefficients[i];
+                            output.Add(members[i].Name + ".coeff", coefficients.to_type(dtype), stored);
+                        }
+                        after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
+                    }
+                    else
+                    {
+                        var tied = SharedBasis.Tie(weights, options.WeightedTie ? memberGrams : null);
+                        output.Add(CompressedCheckpoint.SharedName(type, c, "weight"), (layout == WeightLayout.InOut ? tied : tied.t()).contiguous().to_type(dtype), stored);
+                        after += (long)din * dout;
+                    }
+                    for (int i = 0; i < members.Length; i++)
+                        if (biases[i] is { } b) output.Add(members[i].Name + ".bias", b, stored);
+                    foreach (var s in members) compressed.Add(s.Name);
+                    progress?.Report(new ProgressTick("compress", ++done, total, "groups"));
+                }
+                report.Add(new TypeCompression(type, tp.Mode, sites.Length, groups.Count, tp.Ranks, before, after, energy.Count > 0 ? energy.ToArray() : null));
+            }
+            // Everything else under its name, as the in-memory model's unique parameters: layer tensors read one at a time.
+            var prefixes = LayerStream.LayerPrefixes(shell.Config);
+            foreach (var (name, p) in shell.UniqueParameters())
+            {
+                int dot = name.LastIndexOf('.');
+                if (dot > 0 && compressed.Contains(name[..dot])) continue;
+                if (!prefixes.Any(name.StartsWith)) { output.Add(name, p, stored); continue; }
+                using var t = src.Take(name, p.shape);
+                output.Add(name, t, stored);
+            }
+        }
+        long modelBefore = shell.ParameterCount();
+        long modelAfter = modelBefore - report.Sum(r => r.ParametersBefore) + report.Sum(r => r.ParametersAfter);
+        return new CompressionReport(report, report.Sum(r => r.ParametersBefore), report.Sum(r => r.ParametersAfter),
+            modelBefore, modelAfter, modelAfter * dtype.ElementSize(), Refitted: false);
+    }
+
+    /// <summary>A projection's dense weight as [in, out], read from the checkpoint (shape and finiteness checked).</summary>
+    private static Tensor WeightInOut(TensorSource src, ProjectionSite site, WeightLayout layout) => layout == WeightLayout.InOut
+        ? src.Take(site.WeightName, site.InFeatures, site.OutFeatures)
+        : src.Take(site.WeightName, site.OutFeatures, site.InFeatures).t();
+}

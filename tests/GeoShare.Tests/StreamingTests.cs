@@ -1,0 +1,116 @@
+using GeoShare.Data;
+using GeoShare.Evaluation;
+using GeoShare.Models;
+using GeoShare.Sharing;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace GeoShare.Tests;
+
+/// <summary>
+/// The layer-wise path (one layer resident at a time) against the in-memory one on the bundled models: the same compressed
+/// checkpoint, the same logits, the same perplexity.
+/// </summary>
+public class StreamingTests
+{
+    private static double RelativeError(Tensor a, Tensor b)
+    {
+        using var d = a.sub(b);
+        using var dn = d.norm().to_type(ScalarType.Float64);
+        using var bn = b.norm().to_type(ScalarType.Float64);
+        return dn.item<double>() / bn.item<double>();
+    }
+
+    private static Tensor Logits(PretrainedModel m, Tensor ids) { using var _ = torch.no_grad(); return m.call(ids); }
+
+    [Theory]
+    [InlineData("gpt2-kjv-brown", "adjacent", 0.3, "basis")]
+    [InlineData("llama-kjv-brown", "adjacent", 0.3, "basis")]
+    [InlineData("gpt2-kjv-brown", "all", 0.3, "tie")]
+    public void StreamedCompressionGivesTheInMemoryCheckpointAndLogits(string name, string method, double ratio, string mode)
+    {
+        string dir = Repo.Model(name);
+        using var tmp = new TempDir();
+        var windows = TokenWindows.FromFile(Repo.Corpus("valid"), ByteLevelBpeTokenizer.Load(dir), 256);
+        var calibration = CalibrationSet.FromWindows(windows, windows.Select(4, 16));
+        var options = new BaselineOptions { Mode = mode == "tie" ? SharingMode.Tie : SharingMode.Basis };
+
+        // In memory: the whole model, PlanCompressor, CompressedCheckpoint.Save.
+        string inMemory = tmp.File("in-memory");
+        var model = ModelLoader.Load(dir);
+        SharingPlan plan;
+        using (var grams = ActivationGrams.Collect(model, calibration, model.Sites))
+        {
+            plan = Baselines.Create(method, model, ratio, options);
+            PlanCompressor.Apply(model, plan, grams, new CompressionOptions(), calibration);
+            CompressedCheckpoint.Save(model, plan, dir, inMemory);
+        }
+        model.Dispose();
+
+        // Layer by layer: grams spilled to disk, groups compressed from the checkpoint straight into the output.
+        string streamed = tmp.File("streamed");
+        using (var stream = LayerStream.OpenDense(dir))
+        {
+            var streamPlan = Baselines.Create(method, stream.Shell, ratio, options);
+            Assert.Equal(plan.ToJson(), streamPlan.ToJson());
+            using var grams = SpilledGrams.Collect(stream, calibration, StreamingCompressor.SitesNeeded(stream.Shell, streamPlan), tmp.File("grams"));
+            using var spill = new SafetensorsSpill(tmp.File("spill"));
+            var stored = CompressedCheckpoint.DefaultSaveDType(stream.Shell);
+            StreamingCompressor.Compress(stream, streamPlan, grams, new CompressionOptions(), spill, stored);
+            CompressedCheckpoint.Save(spill, streamPlan, dir, streamed);
+        }
+
+        var test = TokenWindows.FromFile(Repo.Corpus("test"), ByteLevelBpeTokenizer.Load(dir), 256);
+        using var ids = test.Batch([0, 1]);
+        using var a = ModelFolder.Load(inMemory);
+        using var b = ModelFolder.Load(streamed);
+        using var la = Logits(a, ids);
+        using var lb = Logits(b, ids);
+        Assert.True(RelativeError(lb, la) <= 1e-5, $"streamed compressed logits differ by {RelativeError(lb, la):G3} relative");
+        // Same operations on the same numbers: the files agree byte for byte.
+        Assert.Equal(File.ReadAllBytes(Path.Combine(inMemory, Checkpoint.SingleFile)), File.ReadAllBytes(Path.Combine(streamed, Checkpoint.SingleFile)));
+
+        // Streamed evaluation of the compressed folder: the in-memory perplexity.
+        var selection = Enumerable.Range(0, 4).ToArray();
+        var full = Evaluator.Perplexity(a, test, windows: selection);
+        using var evalStream = CompressedCheckpoint.OpenStream(streamed);
+        var layered = Evaluator.Perplexity(evalStream, test, windows: selection, hiddenBudgetBytes: 1);
+        Assert.True(Math.Abs(layered.MeanNll - full.MeanNll) <= 1e-5 * full.MeanNll, $"streamed NLL {layered.MeanNll} vs {full.MeanNll}");
+        Assert.Equal(a.ParameterCount(), layered.Parameters);
+    }
+
+    [Theory]
+    [InlineData("gpt2-kjv-brown")]
+    [InlineData("llama-kjv-brown")]
+    public void StreamedDenseLogitsAndGramsEqualTheWholeModels(string name)
+    {
+        string dir = Repo.Model(name);
+        using var tmp = new TempDir();
+        var windows = TokenWindows.FromFile(Repo.Corpus("valid"), ByteLevelBpeTokenizer.Load(dir), 256);
+        var calibration = CalibrationSet.FromWindows(windows, windows.Select(3, 16));
+        using var model = ModelLoader.Load(dir);
+        using var stream = LayerStream.OpenDense(dir);
+
+        using var ids = windows.Batch([0, 1]);
+        using var full = Logits(model, ids);
+        var (hidden, contexts) = stream.Run([ids]);
+        using var layered = Logits(stream, hidden[0]);
+        Assert.True(RelativeError(layered, full) <= 1e-6, $"streamed dense logits differ by {RelativeError(layered, full):G3}");
+        hidden[0].Dispose();
+        contexts[0].Dispose();
+
+        using var grams = ActivationGrams.Collect(model, calibration, model.Sites);
+        using var spilled = SpilledGrams.Collect(stream, calibration, stream.Shell.Sites, tmp.File("grams"));
+        Assert.Equal(grams.Rows, spilled.Rows);
+        foreach (var site in model.Sites)
+        {
+            using var g = spilled.Read(site.Name);
+            Assert.True(RelativeError(g, grams[site.Name]) <= 1e-12, $"{site.Name}: gram differs by {RelativeError(g, grams[site.Name]):G3}");
+        }
+        // q, k and v (and gate, up) read one input: one gram stored for each such set.
+        int files = Directory.GetFiles(tmp.File("grams")).Length;
+        Assert.Equal(model.Config.NumLayers, files);
+    }
+
+    private static Tensor Logits(LayerStream stream, Tensor hidden) { using var _ = torch.no_grad(); return stream.Parts.Head(hidden); }
+}
