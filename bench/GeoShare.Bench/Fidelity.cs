@@ -47,7 +47,7 @@ static class Fidelity
 
         var plans = new List<(string Label, SharingPlan Plan, ICoefficientSolver? Solver)>();
         foreach (double ratio in new[] { 0.1, 0.2, 0.3, 0.4 })
-            foreach (var m in new[] { "svd", "adjacent", "all", "sequence", "cycle", "cycle-rev", "sandwich", "similarity", "random" })
+            foreach (var m in Heuristics)
                 plans.Add(($"{m}-{ratio}", Baselines.Create(m, dense, ratio, new BaselineOptions { Seed = 1 }, grams), null));
         var planners = new List<PlannerResult>();
         foreach (var method in new[] { CurvatureMethod.Kfac, CurvatureMethod.Exact })
@@ -122,7 +122,7 @@ static class Fidelity
         foreach (double ratio in new[] { 0.6, 0.8 })
         {
             var plans = new List<(string Label, SharingPlan Plan, ICoefficientSolver? Solver, PlannerResult? Planner)>();
-            foreach (var m in new[] { "svd", "adjacent", "all", "sequence", "cycle", "cycle-rev", "sandwich", "similarity", "random" })
+            foreach (var m in Heuristics)
                 plans.Add(($"{m}-{ratio}", Baselines.Create(m, dense, ratio, new BaselineOptions { Seed = 1 }, grams), null, null));
             foreach (int maxGroup in new[] { 2, 3 })
             {
@@ -135,12 +135,7 @@ static class Fidelity
             {
                 var model = ModelLoader.Load(vitDir);
                 PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver });
-                double q = 0;
-                foreach (var s in model.Sites)
-                {
-                    using var delta = model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).sub(originals[s.Name]);
-                    q += 0.5 * curvature[s.Name].Quadratic(delta);
-                }
+                double q = QuadraticScore(model, originals, curvature);
                 double m = Evaluator.Accuracy(model, train, pre, indices: lossImages).MeanNll - baseLoss;
                 measured.Add(m);
                 scored.Add(q);
@@ -192,7 +187,7 @@ static class Fidelity
         foreach (double ratio in new[] { 0.2, 0.3, 0.4, 0.5 })
         {
             var plans = new List<(string Label, SharingPlan Plan, ICoefficientSolver? Solver, PlannerResult? Planner)>();
-            foreach (var m in new[] { "svd", "adjacent", "all", "sequence", "cycle", "cycle-rev", "sandwich", "similarity", "random" })
+            foreach (var m in Heuristics)
                 plans.Add(($"{m}-{ratio}", Baselines.Create(m, dense, ratio, new BaselineOptions { Seed = 1 }, grams), null, null));
             var r = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio, Curvature = CurvatureMethod.Kfac }, null, curvature);
             plans.Add(($"geo-{ratio}", r.Plan, new CurvatureAlignedSolver(r.Costs), r));
@@ -200,12 +195,7 @@ static class Fidelity
             {
                 var model = ModelLoader.Load(modelDir);
                 PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver });
-                double q = 0;
-                foreach (var s in model.Sites)
-                {
-                    using var delta = model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).sub(originals[s.Name]);
-                    q += 0.5 * curvature[s.Name].Quadratic(delta);
-                }
+                double q = QuadraticScore(model, originals, curvature);
                 double measured;
                 using (torch.no_grad())
                 using (var scope = torch.NewDisposeScope())
@@ -256,6 +246,21 @@ static class Fidelity
     }
 
     static string Name(CurvatureMethod m) => m == CurvatureMethod.Exact ? "exact" : "kfac";
+
+    /// <summary>Every heuristic of <see cref="Baselines"/> (the dense "none" left out), in its order.</summary>
+    static readonly string[] Heuristics = Baselines.Methods.Where(m => m != "none").ToArray();
+
+    /// <summary>The planner's score of a compressed model: Σ over its sites of ½δᵀĤδ, δ its weights less the dense ones.</summary>
+    static double QuadraticScore(PretrainedModel model, Dictionary<string, Tensor> originals, IReadOnlyDictionary<string, BlockCurvatureModel> curvature)
+    {
+        double q = 0;
+        foreach (var s in model.Sites)
+        {
+            using var delta = model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).sub(originals[s.Name]);
+            q += 0.5 * curvature[s.Name].Quadratic(delta);
+        }
+        return q;
+    }
 
     static void Log(string s) => Console.Error.WriteLine($"[fidelity] {s}");
 
