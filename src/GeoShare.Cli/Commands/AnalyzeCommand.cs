@@ -29,6 +29,7 @@ public sealed class AnalyzeCommand : ICommand
         new("--density-steps", "N", "Lanczos steps per density run", "60"),
         new("--method", "exact|kfac", "exact Hessian (Lanczos on Hessian-vector products) or the K-FAC Gauss-Newton approximation", "exact"),
         new("--kfac-samples", "N", "Monte-Carlo label samples for K-FAC's G (0: exact factors, one backward per class)", "1"),
+        new("--kfac-sweep", "auto|layers|graph", "K-FAC layer by layer (one layer's graph and factors resident; language models' decoder layers) or on one graph of the whole model; the same factors", "auto"),
         new("--dtype", "TYPE", "float32 or float64", "float32"),
         new("--tol", "X", "Lanczos residual tolerance relative to the largest |eigenvalue|", DefaultNote: "1e-3 (float32), 1e-10 (float64)"),
         new("--dense-below", "N", "blocks with at most N parameters get their dense Hessian: full spectrum and exact trace", "1024"),
@@ -62,6 +63,7 @@ public sealed class AnalyzeCommand : ICommand
             DensitySteps = a.Int("--density-steps", min: 2),
             Method = method,
             KfacSamples = a.Int("--kfac-samples", min: 0),
+            KfacSweep = Enum.Parse<KfacSweep>(a.Choice("--kfac-sweep", "auto", "layers", "graph"), ignoreCase: true),
             Tolerance = a.Has("--tol") ? a.Double("--tol", min: 1e-16, max: 1) : null,
             DenseBelow = a.Int("--dense-below", min: 0),
             Seed = a.Int("--seed", min: 0),
@@ -71,6 +73,7 @@ public sealed class AnalyzeCommand : ICommand
         a.RefuseUnless(a.Flag("--density"), "--density-runs", "applies to --density: give --density too");
         a.RefuseUnless(a.Flag("--density"), "--density-steps", "applies to --density: give --density too");
         a.RefuseUnless(method == CurvatureMethod.Kfac, "--kfac-samples", "applies to --method kfac");
+        a.RefuseUnless(method == CurvatureMethod.Kfac, "--kfac-sweep", "applies to --method kfac");
         a.NonEmptyList("--params", "every shareable weight matrix");
         a.Int("--windows", min: 1);
         a.Int("--stride", min: 1);

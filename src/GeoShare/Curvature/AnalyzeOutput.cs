@@ -30,9 +30,10 @@ public sealed record AnalyzeTiming(double TotalSeconds, double BlocksSeconds, do
 /// <see cref="CurvatureOptions"/> with the trace estimator as the two flags of the command line.
 /// </summary>
 public sealed record AnalyzeOptions(int Top, int Bottom, bool Trace, int TraceProducts, bool HutchPlusPlus, bool Density, int DensityRuns,
-    int DensitySteps, CurvatureMethod Method, double? Tolerance, int DenseBelow, int KfacSamples, long Seed, bool KeepVectors)
+    int DensitySteps, CurvatureMethod Method, double? Tolerance, int DenseBelow, int KfacSamples, long Seed, bool KeepVectors,
+    KfacSweep KfacSweep = KfacSweep.Auto)
 {
     public static AnalyzeOptions From(CurvatureOptions o) => new(o.Top, o.Bottom, o.Trace != TraceEstimator.None, o.TraceProducts,
         o.Trace == TraceEstimator.HutchPlusPlus, o.Density, o.DensityRuns, o.DensitySteps, o.Method, o.Tolerance, o.DenseBelow, o.KfacSamples,
-        o.Seed, o.KeepVectors);
+        o.Seed, o.KeepVectors, o.KfacSweep);
 }

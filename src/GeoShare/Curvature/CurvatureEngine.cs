@@ -8,6 +8,9 @@ namespace GeoShare.Curvature;
 
 public enum CurvatureMethod { Exact, Kfac }
 
+/// <summary>How K-FAC walks the model: layer by layer (<see cref="LayerwiseKfac"/>) or on one graph of the whole model; the same factors.</summary>
+public enum KfacSweep { Auto, Layers, Graph }
+
 /// <summary>How the engine estimates each block's trace on exact curvature (K-FAC's trace is always tr A · tr G).</summary>
 public enum TraceEstimator
 {
@@ -47,6 +50,12 @@ public sealed record CurvatureOptions
     /// instead of [k, parameters]; the planner multiplies them out when it uses them (the same numbers, a fraction of the memory).
     /// </summary>
     public bool FactoredVectors { get; init; }
+    /// <summary>
+    /// K-FAC's sweep: layer by layer (<see cref="LayerwiseKfac"/>: one layer's graph and factors resident, the same A and G),
+    /// or one graph over the whole model. Auto: layer by layer where the model is a layered language model and every
+    /// block is a decoder-layer projection, else the whole graph.
+    /// </summary>
+    public KfacSweep KfacSweep { get; init; }
 }
 
 /// <summary>Curvature of one block: what `geoshare analyze` reports per block, and what the planner's cost model is built from.</summary>
@@ -261,33 +270,64 @@ public static class CurvatureEngine
             weights.Add(d.Weight);
         }
         var sw = Stopwatch.StartNew();
-        var (loss, gradients) = o.KeepGradient ? Gradients(model, batch, weights) : (null, null);
-        var kfac = KfacBlock.Compute(model, batch, layers, o.KfacSamples, o.Seed, progress);
-        double shared = sw.Elapsed.TotalSeconds / Math.Max(1, kfac.Count);
-        var results = new List<BlockCurvature>();
-        for (int i = 0; i < kfac.Count; i++)
+        var results = new BlockCurvature?[layers.Count];
+        var sites = LayerwiseSites(model, batch, blocks, o);
+        if (sites is not null)
         {
-            using var k = kfac[i];
-            var bs = Stopwatch.StartNew();
-            bool factored = o.FactoredVectors && o.KeepVectors && o.Top > 0;
-            var factors = factored ? KfacBlock.KroneckerTopFactors(k.A, k.G, o.Top, o.Seed + i) : ((double[] Values, Tensor A, Tensor G)?)null;
-            var top = o.Top > 0 && !factored ? k.Top(o.Top, o.Seed + i) : ((double[] Values, Tensor Vectors)?)null;
-            double[]? bottom = o.Bottom > 0 ? k.BottomEigenvalues(o.Bottom) : null;
-            results.Add(new BlockCurvature
-            {
-                Name = k.Name, Shape = k.WeightShape, Parameters = k.WeightShape[0] * k.WeightShape[1], Method = "kfac",
-                Loss = loss, GradientNorm = gradients?[i].norm().item<double>(),
-                TopEigenvalues = factors?.Values ?? top?.Values ?? [], BottomEigenvalues = bottom,
-                TopInputFactors = factors?.A, TopOutputFactors = factors?.G,
-                Trace = k.Trace, TraceStandardError = 0, TraceMethod = "kfac",
-                TopVectors = o.KeepVectors ? top?.Vectors : null,
-                OutputFactorDiagonal = o.KeepVectors ? k.G.diagonal().clone() : null,
-                Gradient = gradients?[i],
-                Seconds = shared + bs.Elapsed.TotalSeconds,
-            });
-            if (!o.KeepVectors) top?.Vectors.Dispose();
+            double? loss = null;
+            loss = LayerwiseKfac.For(model).Compute((LanguageModelBatch)batch, sites, o.KfacSamples, o.Seed, o.KeepGradient,
+                r => results[r.Index] = Reduce(r.Index, r.Block, r.Gradient, null, o), progress);
+            if (o.KeepGradient) for (int i = 0; i < results.Length; i++) results[i] = results[i]! with { Loss = loss };
         }
-        return results;
+        else
+        {
+            var (loss, gradients) = o.KeepGradient ? Gradients(model, batch, weights) : (null, null);
+            var kfac = KfacBlock.Compute(model, batch, layers, o.KfacSamples, o.Seed, progress);
+            for (int i = 0; i < kfac.Count; i++) results[i] = Reduce(i, kfac[i], gradients?[i], loss, o);
+        }
+        // The sweep's time, shared equally (the reductions are small beside it).
+        double shared = sw.Elapsed.TotalSeconds / Math.Max(1, layers.Count);
+        return results.Select(r => r! with { Seconds = shared }).ToList();
+    }
+
+    /// <summary>
+    /// The blocks as sites of a layered language model's decoder layers, where the layer-wise sweep applies
+    /// (<see cref="CurvatureOptions.KfacSweep"/>: Auto where it can, Layers requires it); null: the whole-graph K-FAC.
+    /// </summary>
+    private static List<LayerwiseKfac.Site>? LayerwiseSites(PretrainedModel model, LossBatch batch, IReadOnlyList<string[]> blocks, CurvatureOptions o)
+    {
+        if (o.KfacSweep == KfacSweep.Graph) return null;
+        var byWeight = model.Sites.ToDictionary(s => s.WeightName);
+        bool can = model is ILayeredModel && batch is LanguageModelBatch && blocks.All(b => byWeight.ContainsKey(b[0]));
+        if (!can)
+        {
+            if (o.KfacSweep == KfacSweep.Layers)
+                throw new UsageException("kfac_sweep", $"layers needs a layered language model ({Architectures.LayeredTypes}) and decoder-layer projections only");
+            return null;
+        }
+        return blocks.Select(b => byWeight[b[0]]).Select(s => new LayerwiseKfac.Site(s.Layer, s.Type, s.WeightName)).ToList();
+    }
+
+    /// <summary>One block's result from its factors: top pairs (or their factors), bottom eigenvalues, trace, diag G; disposes the block.</summary>
+    private static BlockCurvature Reduce(int i, KfacBlock kfac, Tensor? gradient, double? loss, CurvatureOptions o)
+    {
+        using var k = kfac;
+        bool factored = o.FactoredVectors && o.KeepVectors && o.Top > 0;
+        var factors = factored ? KfacBlock.KroneckerTopFactors(k.A, k.G, o.Top, o.Seed + i) : ((double[] Values, Tensor A, Tensor G)?)null;
+        var top = o.Top > 0 && !factored ? k.Top(o.Top, o.Seed + i) : ((double[] Values, Tensor Vectors)?)null;
+        double[]? bottom = o.Bottom > 0 ? k.BottomEigenvalues(o.Bottom) : null;
+        if (!o.KeepVectors) top?.Vectors.Dispose();
+        return new BlockCurvature
+        {
+            Name = k.Name, Shape = k.WeightShape, Parameters = k.WeightShape[0] * k.WeightShape[1], Method = "kfac",
+            Loss = loss, GradientNorm = gradient?.norm().item<double>(),
+            TopEigenvalues = factors?.Values ?? top?.Values ?? [], BottomEigenvalues = bottom,
+            TopInputFactors = factors?.A, TopOutputFactors = factors?.G,
+            Trace = k.Trace, TraceStandardError = 0, TraceMethod = "kfac",
+            TopVectors = o.KeepVectors ? top?.Vectors : null,
+            OutputFactorDiagonal = o.KeepVectors ? k.G.diagonal().clone() : null,
+            Gradient = gradient,
+        };
     }
 
     /// <summary>∂L/∂W of every weight in one backward pass, flat in storage order, float64; and the loss.</summary>

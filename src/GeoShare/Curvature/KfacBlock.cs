@@ -178,7 +178,7 @@ public sealed class KfacBlock : IDisposable
         }
     }
 
-    private static Parameter WeightOf(LinearMap layer) => layer switch
+    internal static Parameter WeightOf(LinearMap layer) => layer switch
     {
         DenseLinear d => d.Weight,
         SharedBasisLinear s => s.Coefficients,
@@ -186,7 +186,7 @@ public sealed class KfacBlock : IDisposable
     };
 
     /// <summary>Keeps each layer's input and (graph-attached) output alive past the layer's own dispose scope, until disposed.</summary>
-    private sealed class CapturingProbe : IProjectionProbe, IDisposable
+    internal sealed class CapturingProbe : IProjectionProbe, IDisposable
     {
         public Dictionary<LinearMap, Tensor> Inputs { get; } = new(ReferenceEqualityComparer.Instance);
         public Dictionary<LinearMap, Tensor> Outputs { get; } = new(ReferenceEqualityComparer.Instance);

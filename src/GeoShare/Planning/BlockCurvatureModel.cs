@@ -39,8 +39,19 @@ public sealed class BlockCurvatureModel : IDisposable
     }
     /// <summary>K-FAC: eigenvector i = outer(A[i], G[i]), A [k, in], G [k, out] (null: <see cref="TopVectors"/> is stored).</summary>
     public (Tensor A, Tensor G)? TopFactors { get; init; }
-    /// <summary>Input second moment E[xxᵀ], [in, in], float64.</summary>
-    public required Tensor A { get; init; }
+    private readonly Tensor? _a;
+    private readonly (Tensor Gram, double Rows)? _moment;
+    /// <summary>
+    /// Input second moment E[xxᵀ], [in, in], float64: owned by the model, or made on each read from a borrowed calibration
+    /// gram (XᵀX / rows, a new tensor the caller's scope owns) so that the planner holds the grams once, not twice.
+    /// </summary>
+    public Tensor A
+    {
+        get => _a ?? (_moment is var (gram, rows) ? gram.DivScalar(rows) : throw new InvalidOperationException("no second moment"));
+        init => _a = value;
+    }
+    /// <summary>A read as <c>Gram / Rows</c> from a gram the caller keeps alive for the model's lifetime (not disposed here).</summary>
+    public (Tensor Gram, double Rows)? BorrowedMoment { get => _moment; init => _moment = value; }
     /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
     public required Tensor OutputWeights { get; init; }
     /// <summary>cᵢ ≥ 0 for the top eigenvectors.</summary>
@@ -51,7 +62,7 @@ public sealed class BlockCurvatureModel : IDisposable
     /// <summary>The trace estimate's standard error (exact curvature); null where the trace is exact (K-FAC).</summary>
     public double? TraceStandardError { get; init; }
 
-    public int InFeatures => (int)A.shape[0];
+    public int InFeatures => (int)(_a ?? _moment!.Value.Gram).shape[0];
     public int OutFeatures => (int)OutputWeights.shape[0];
 
     public double Linear(Tensor delta)
@@ -85,22 +96,30 @@ public sealed class BlockCurvatureModel : IDisposable
     public static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor vectors, Tensor a, Tensor gamma, double trace,
         double? traceStandardError = null) => Create(site, method, gradient, values, vectors, null, a, gamma, trace, traceStandardError);
 
-    /// <summary>A K-FAC model whose top eigenvectors are kept as factors (outer(fa[i], fg[i])); takes ownership of the tensors.</summary>
-    public static BlockCurvatureModel CreateFactored(string site, Tensor? gradient, double[] values, Tensor fa, Tensor fg, Tensor a, Tensor gamma, double trace) =>
-        Create(site, "kfac", gradient, values, null, (fa, fg), a, gamma, trace, null);
+    /// <summary>
+    /// A K-FAC model whose top eigenvectors are kept as factors (outer(fa[i], fg[i])) and whose A is read from a borrowed
+    /// calibration gram; takes ownership of the other tensors.
+    /// </summary>
+    public static BlockCurvatureModel CreateFactored(string site, Tensor? gradient, double[] values, Tensor fa, Tensor fg, (Tensor Gram, double Rows) moment,
+        Tensor gamma, double trace) =>
+        Create(site, "kfac", gradient, values, null, (fa, fg), null, moment, gamma, trace, null);
 
     private static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor? vectors, (Tensor, Tensor)? factors,
-        Tensor a, Tensor gamma, double trace, double? traceStandardError)
+        Tensor a, Tensor gamma, double trace, double? traceStandardError) =>
+        Create(site, method, gradient, values, vectors, factors, a, null, gamma, trace, traceStandardError);
+
+    private static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor? vectors, (Tensor, Tensor)? factors,
+        Tensor? a, (Tensor, double)? moment, Tensor gamma, double trace, double? traceStandardError)
     {
         var model = new BlockCurvatureModel
         {
-            Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors!, TopFactors = factors, A = a, OutputWeights = gamma,
-            Corrections = [], Trace = trace, TraceStandardError = traceStandardError,
+            Site = site, Method = method, Gradient = gradient, TopValues = values, TopVectors = vectors!, TopFactors = factors, A = a!, BorrowedMoment = moment,
+            OutputWeights = gamma, Corrections = [], Trace = trace, TraceStandardError = traceStandardError,
         };
         using (var scope = torch.NewDisposeScope())
         {
             var v = model.TopVectors;
-            var along = a.unsqueeze(0).matmul(v).mul(v).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
+            var along = model.A.unsqueeze(0).matmul(v).mul(v).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
             model.Corrections = values.Select((x, i) => Math.Max(0, x - along[i])).ToArray();
         }
         return model;
@@ -137,7 +156,8 @@ public sealed class BlockCurvatureModel : IDisposable
 
     /// <summary>
     /// The second-order model of every site of the model from the curvature engine (<see cref="CurvatureEngine"/>):
-    /// exact (Lanczos + joint Hutchinson traces on one gradient graph) or K-FAC; A from the calibration second moments.
+    /// exact (Lanczos + joint Hutchinson traces on one gradient graph) or K-FAC; A from the calibration second moments
+    /// (K-FAC's models borrow <paramref name="grams"/>: keep them alive while the models are used).
     /// </summary>
     public static Dictionary<string, BlockCurvatureModel> Collect(PretrainedModel model, LossBatch batch, ActivationGrams grams,
         PlannerOptions o, IProgress<ProgressTick>? progress)
@@ -146,6 +166,7 @@ public sealed class BlockCurvatureModel : IDisposable
         if (sites.Any(s => model.GetProjection(s) is not DenseLinear)) throw new UsageException("curvature needs the dense model");
         var blocks = CurvatureEngine.Collect(model, batch, sites.Select(s => new[] { s.WeightName }).ToList(), EngineOptions(o), progress);
         Tensor A(ProjectionSite s) => grams[s.Name].DivScalar(grams.Rows);
+        (Tensor, double) Moment(ProjectionSite s) => (grams[s.Name], grams.Rows);
         var result = new Dictionary<string, BlockCurvatureModel>();
         for (int i = 0; i < sites.Count; i++)
         {
@@ -153,7 +174,7 @@ public sealed class BlockCurvatureModel : IDisposable
             var gradient = b.Gradient is null ? null : ToInOut(model, sites[i], b.Gradient.unsqueeze(0))[0];
             // The model takes over diag G (and K-FAC's vector factors); the flat gradient and vectors were copied (or viewed) into [in, out].
             if (b.TopInputFactors is { } fa)
-                result[sites[i].Name] = CreateFactored(sites[i].Name, gradient, b.TopEigenvalues, fa, b.TopOutputFactors!, A(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value);
+                result[sites[i].Name] = CreateFactored(sites[i].Name, gradient, b.TopEigenvalues, fa, b.TopOutputFactors!, Moment(sites[i]), b.OutputFactorDiagonal!, b.Trace!.Value);
             else
             {
                 var vectors = ToInOut(model, sites[i], b.TopVectors!);
@@ -183,7 +204,7 @@ public sealed class BlockCurvatureModel : IDisposable
         Gradient?.Dispose();
         _vectors?.Dispose();
         if (TopFactors is var (fa, fg)) { fa.Dispose(); fg.Dispose(); }
-        A.Dispose();
+        _a?.Dispose();
         OutputWeights.Dispose();
     }
 }
