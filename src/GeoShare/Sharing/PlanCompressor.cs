@@ -17,6 +17,12 @@ public sealed record CompressionReport(
     public double Ratio => 1 - (double)MatrixParametersAfter / MatrixParametersBefore;
 }
 
+/// <summary>
+/// One color's compressed matrices, float64: a shared basis [in, k] and each member's coefficients [k, out] (basis mode),
+/// or one tied matrix [in, out] (tie mode); with the members' dense weights [in, out] they came from.
+/// </summary>
+public sealed record CompressedGroup(ProjectionSite[] Members, Tensor[] Weights, Tensor? Basis, Tensor[] Coefficients, Tensor? Tied);
+
 /// <summary>Coefficients for a fixed basis, as the compressor asks for them (initially and in the refit).</summary>
 public interface ICoefficientSolver
 {
@@ -52,65 +58,35 @@ public static class PlanCompressor
         plan.Validate(model, "plan");
         bool refit = (options.Refit ?? (plan.Ratio ?? 0) >= CompressionOptions.AutoRefitRatio) && calibration is not null;
         long modelBefore = model.ParameterCount();
-        var report = new List<TypeCompression>();
         var dtype = model.DType;
         var newMaps = new Dictionary<string, SharedBasisLinear>();
         var originals = new Dictionary<string, Tensor>();   // dense weights [in, out], float64, for the refit
-        int total = plan.Types.Values.Where(p => p.Mode != SharingMode.Dense).Sum(p => p.Colors), done = 0;
-        progress?.Report(new ProgressTick("compress", 0, total, "groups"));
-        using (torch.no_grad())
-        {
-            foreach (var type in model.ProjectionTypes)
+        var report = CompressGroups(model, plan, options, s => model.GetProjection(s).WeightInOut().to_type(ScalarType.Float64), s => grams[s.Name], grams.Rows,
+            (type, color, g) =>
             {
-                var sites = Enumerable.Range(0, model.Config.NumLayers).Select(l => model.Site(type, l)).ToArray();
-                int din = sites[0].InFeatures, dout = sites[0].OutFeatures;
-                long before = (long)sites.Length * din * dout;
-                if (!plan.Types.TryGetValue(type, out var tp) || tp.Mode == SharingMode.Dense)
+                // The members' projections are still the dense ones: this group has not been put in place yet.
+                var maps = g.Members.Select(model.GetProjection).ToArray();
+                var biases = maps.Select(m => m.Bias is null ? null : m.Bias.detach().clone()).ToArray();
+                if (g.Basis is { } b)
                 {
-                    report.Add(new TypeCompression(type, SharingMode.Dense, sites.Length, sites.Length, null, before, before, null));
-                    continue;
+                    var basis = new Parameter(b.to_type(dtype).MoveToOuterDisposeScope(), requires_grad: false);
+                    for (int i = 0; i < g.Members.Length; i++)
+                    {
+                        var layer = new SharedBasisLinear(basis, g.Coefficients[i].to_type(dtype).MoveToOuterDisposeScope(), biases[i]?.MoveToOuterDisposeScope());
+                        model.SetProjection(g.Members[i], layer);
+                        newMaps[g.Members[i].Name] = layer;
+                        if (refit) originals[g.Members[i].Name] = g.Weights[i].detach().clone().MoveToOuterDisposeScope();
+                    }
                 }
-                var groups = tp.Groups();
-                long after = 0;
-                var energy = new List<double>();
-                for (int c = 0; c < groups.Count; c++)
+                else
                 {
-                    using var scope = torch.NewDisposeScope();
-                    var members = groups[c].Select(l => sites[l]).ToArray();
-                    var maps = members.Select(s => model.GetProjection(s)).ToArray();
-                    var weights = maps.Select(m => m.WeightInOut().to_type(ScalarType.Float64)).ToArray();
-                    var biases = maps.Select(m => m.Bias is null ? null : m.Bias.detach().clone()).ToArray();
-                    if (tp.Mode == SharingMode.Basis)
-                    {
-                        var gram = members.Select(s => grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
-                        var g = SharedBasis.Compute(weights, gram, tp.Ranks![c]);
-                        energy.Add(g.RetainedEnergy);
-                        var basis = new Parameter(g.Basis.to_type(dtype).MoveToOuterDisposeScope(), requires_grad: false);
-                        for (int i = 0; i < members.Length; i++)
-                        {
-                            var coefficients = options.Coefficients?.Solve(members[i], g.Basis, weights[i], grams[members[i].Name], grams.Rows) ?? g.Coefficients[i];
-                            var layer = new SharedBasisLinear(basis, coefficients.to_type(dtype).MoveToOuterDisposeScope(), biases[i]?.MoveToOuterDisposeScope());
-                            model.SetProjection(members[i], layer);
-                            newMaps[members[i].Name] = layer;
-                            if (refit) originals[members[i].Name] = weights[i].detach().clone().MoveToOuterDisposeScope();
-                        }
-                        after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
-                    }
-                    else
-                    {
-                        var tied = SharedBasis.Tie(weights, options.WeightedTie ? members.Select(s => grams[s.Name]).ToArray() : null);
-                        var layout = maps[0].Layout;
-                        var stored = (layout == WeightLayout.InOut ? tied : tied.t()).contiguous().to_type(dtype);
-                        var weight = new Parameter(stored.MoveToOuterDisposeScope(), requires_grad: false);
-                        for (int i = 0; i < members.Length; i++)
-                            model.SetProjection(members[i], new DenseLinear(weight, biases[i]?.MoveToOuterDisposeScope(), layout));
-                        after += (long)din * dout;
-                    }
-                    progress?.Report(new ProgressTick("compress", ++done, total, "groups"));
+                    var layout = maps[0].Layout;
+                    var stored = (layout == WeightLayout.InOut ? g.Tied! : g.Tied!.t()).contiguous().to_type(dtype);
+                    var weight = new Parameter(stored.MoveToOuterDisposeScope(), requires_grad: false);
+                    for (int i = 0; i < g.Members.Length; i++)
+                        model.SetProjection(g.Members[i], new DenseLinear(weight, biases[i]?.MoveToOuterDisposeScope(), layout));
                 }
-                report.Add(new TypeCompression(type, tp.Mode, sites.Length, groups.Count, tp.Ranks, before, after, energy.Count > 0 ? energy.ToArray() : null));
-            }
-        }
+            }, progress);
         bool refitted = false;
         if (refit && newMaps.Count > 0 && calibration is not null)
         {
@@ -119,6 +95,60 @@ public static class PlanCompressor
         }
         return new CompressionReport(report, report.Sum(r => r.ParametersBefore), report.Sum(r => r.ParametersAfter),
             modelBefore, model.ParameterCount(), model.ParameterBytes(), refitted);
+    }
+
+    /// <summary>
+    /// The group-by-group walk of both compressors (this one and <see cref="StreamingCompressor"/>): for every compressed
+    /// type and color, the members' dense weights ([in, out] float64, from <paramref name="weight"/>) and grams, the shared
+    /// basis and each member's coefficients (or the tied matrix); <paramref name="store"/> puts them in place (the model's
+    /// projections, or the output file) inside the group's dispose scope. Returns the per-type parameter counts.
+    /// </summary>
+    public static List<TypeCompression> CompressGroups(PretrainedModel model, SharingPlan plan, CompressionOptions options, Func<ProjectionSite, Tensor> weight,
+        Func<ProjectionSite, Tensor> gram, long rows, Action<string, int, CompressedGroup> store, IProgress<ProgressTick>? progress)
+    {
+        var report = new List<TypeCompression>();
+        int total = plan.Types.Values.Where(p => p.Mode != SharingMode.Dense).Sum(p => p.Colors), done = 0;
+        progress?.Report(new ProgressTick("compress", 0, total, "groups"));
+        using var _ = torch.no_grad();
+        foreach (var type in model.ProjectionTypes)
+        {
+            var sites = Enumerable.Range(0, model.Config.NumLayers).Select(l => model.Site(type, l)).ToArray();
+            int din = sites[0].InFeatures, dout = sites[0].OutFeatures;
+            long before = (long)sites.Length * din * dout;
+            if (!plan.Types.TryGetValue(type, out var tp) || tp.Mode == SharingMode.Dense)
+            {
+                report.Add(new TypeCompression(type, SharingMode.Dense, sites.Length, sites.Length, null, before, before, null));
+                continue;
+            }
+            var groups = tp.Groups();
+            long after = 0;
+            var energy = new List<double>();
+            for (int c = 0; c < groups.Count; c++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var members = groups[c].Select(l => sites[l]).ToArray();
+                var weights = members.Select(weight).ToArray();
+                var grams = members.Select(gram).ToArray();
+                if (tp.Mode == SharingMode.Basis)
+                {
+                    var g = SharedBasis.Compute(weights, grams.Aggregate((a, b) => a.add(b, Scalars.One)), tp.Ranks![c]);
+                    energy.Add(g.RetainedEnergy);
+                    // Every member's coefficients before any is put in place: a solver may read the dense model.
+                    var coefficients = members.Select((s, i) => options.Coefficients?.Solve(s, g.Basis, weights[i], grams[i], rows) ?? g.Coefficients[i]).ToArray();
+                    store(type, c, new CompressedGroup(members, weights, g.Basis, coefficients, null));
+                    after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
+                }
+                else
+                {
+                    var tied = SharedBasis.Tie(weights, options.WeightedTie ? grams : null);
+                    store(type, c, new CompressedGroup(members, weights, null, [], tied));
+                    after += (long)din * dout;
+                }
+                progress?.Report(new ProgressTick("compress", ++done, total, "groups"));
+            }
+            report.Add(new TypeCompression(type, tp.Mode, sites.Length, groups.Count, tp.Ranks, before, after, energy.Count > 0 ? energy.ToArray() : null));
+        }
+        return report;
     }
 
     /// <summary>

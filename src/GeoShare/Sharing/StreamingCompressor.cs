@@ -173,60 +173,29 @@ public static class StreamingCompressor
             throw new UsageException("refit", "the layer-wise path does not refit coefficients yet (ratio ≥ 0.4 refits by default): turn the refit off, or compress in memory");
         var dtype = shell.DType;
         var src = new CheckpointTensorSource(Checkpoint.Open(stream.Dir), dtype);
-        var report = new List<TypeCompression>();
         var compressed = new HashSet<string>();
-        int total = plan.Types.Values.Where(p => p.Mode != SharingMode.Dense).Sum(p => p.Colors), done = 0;
-        progress?.Report(new ProgressTick("compress", 0, total, "groups"));
+        WeightLayout Layout(ProjectionSite s) => shell.GetProjection(s).Layout;
+        var report = PlanCompressor.CompressGroups(shell, plan, options, s => WeightInOut(src, s, Layout(s)).to_type(ScalarType.Float64), s => grams.Read(s.Name),
+            grams.Rows, (type, color, g) =>
+            {
+                if (g.Basis is { } basis)
+                {
+                    output.Add(CompressedCheckpoint.SharedName(type, color, "basis"), basis.to_type(dtype), stored);
+                    for (int i = 0; i < g.Members.Length; i++) output.Add(g.Members[i].Name + ".coeff", g.Coefficients[i].to_type(dtype), stored);
+                }
+                else
+                {
+                    var layout = Layout(g.Members[0]);
+                    output.Add(CompressedCheckpoint.SharedName(type, color, "weight"), (layout == WeightLayout.InOut ? g.Tied! : g.Tied!.t()).contiguous().to_type(dtype), stored);
+                }
+                foreach (var s in g.Members)
+                {
+                    if (shell.GetProjection(s).Bias is not null) output.Add(s.Name + ".bias", src.TakeZeros(s.Name + ".bias", s.OutFeatures), stored);
+                    compressed.Add(s.Name);
+                }
+            }, progress);
         using (torch.no_grad())
         {
-            foreach (var type in shell.ProjectionTypes)
-            {
-                var sites = Enumerable.Range(0, shell.Config.NumLayers).Select(l => shell.Site(type, l)).ToArray();
-                int din = sites[0].InFeatures, dout = sites[0].OutFeatures;
-                long before = (long)sites.Length * din * dout;
-                if (!plan.Types.TryGetValue(type, out var tp) || tp.Mode == SharingMode.Dense)
-                {
-                    report.Add(new TypeCompression(type, SharingMode.Dense, sites.Length, sites.Length, null, before, before, null));
-                    continue;
-                }
-                var layout = shell.GetProjection(sites[0]).Layout;
-                bool hasBias = shell.GetProjection(sites[0]).Bias is not null;
-                var groups = tp.Groups();
-                long after = 0;
-                var energy = new List<double>();
-                for (int c = 0; c < groups.Count; c++)
-                {
-                    using var scope = torch.NewDisposeScope();
-                    var members = groups[c].Select(l => sites[l]).ToArray();
-                    var weights = members.Select(s => WeightInOut(src, s, layout).to_type(ScalarType.Float64)).ToArray();
-                    var biases = members.Select(s => hasBias ? src.TakeZeros(s.Name + ".bias", dout) : null).ToArray();
-                    var memberGrams = members.Select(s => grams.Read(s.Name)).ToArray();
-                    if (tp.Mode == SharingMode.Basis)
-                    {
-                        var gram = memberGrams.Aggregate((a, b) => a.add(b, Scalars.One));
-                        var g = SharedBasis.Compute(weights, gram, tp.Ranks![c]);
-                        energy.Add(g.RetainedEnergy);
-                        output.Add(CompressedCheckpoint.SharedName(type, c, "basis"), g.Basis.to_type(dtype), stored);
-                        for (int i = 0; i < members.Length; i++)
-                        {
-                            var coefficients = options.Coefficients?.Solve(members[i], g.Basis, weights[i], memberGrams[i], grams.Rows) ?? g.Coefficients[i];
-                            output.Add(members[i].Name + ".coeff", coefficients.to_type(dtype), stored);
-                        }
-                        after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
-                    }
-                    else
-                    {
-                        var tied = SharedBasis.Tie(weights, options.WeightedTie ? memberGrams : null);
-                        output.Add(CompressedCheckpoint.SharedName(type, c, "weight"), (layout == WeightLayout.InOut ? tied : tied.t()).contiguous().to_type(dtype), stored);
-                        after += (long)din * dout;
-                    }
-                    for (int i = 0; i < members.Length; i++)
-                        if (biases[i] is { } b) output.Add(members[i].Name + ".bias", b, stored);
-                    foreach (var s in members) compressed.Add(s.Name);
-                    progress?.Report(new ProgressTick("compress", ++done, total, "groups"));
-                }
-                report.Add(new TypeCompression(type, tp.Mode, sites.Length, groups.Count, tp.Ranks, before, after, energy.Count > 0 ? energy.ToArray() : null));
-            }
             // Everything else under its name, as the in-memory model's unique parameters: layer tensors read one at a time.
             var prefixes = LayerStream.LayerPrefixes(shell.Config);
             foreach (var (name, p) in shell.UniqueParameters())
