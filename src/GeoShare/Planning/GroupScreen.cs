@@ -274,7 +274,15 @@ public static class GroupScreen
         {
             var costed = groups.ToDictionary(kv => kv.Key, kv => kv.Value.Select(Mask).ToHashSet());
             var exact = Jobs(model, groups);
-            var evaluated = SingleThreadedWorkers.Map(exact, j => Exact(j.Type, j.Layers));
+            int toCost = exact.Count(j => !costs.IsCached(j.Type, j.Layers)), costedNow = 0;
+            progress?.Report(new ProgressTick("group costs", 0, toCost, "groups"));
+            var evaluated = SingleThreadedWorkers.Map(exact, j =>
+            {
+                bool cached = costs.IsCached(j.Type, j.Layers);
+                var c = Exact(j.Type, j.Layers);
+                if (!cached) progress?.Report(new ProgressTick("group costs", Math.Min(Interlocked.Increment(ref costedNow), toCost), toCost, "groups"));
+                return c;
+            });
             var types = model.ProjectionTypes.Select(t => new TypeSearch(t, n,
                 evaluated.Where(c => c.Type == t)
                     .Concat(bounds.GetValueOrDefault(t)?.Values.Where(b => !costed[t].Contains(Mask(b.Layers))).Select(b => AsCandidate(model, b)) ?? [])
