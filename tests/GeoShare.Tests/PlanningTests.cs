@@ -113,11 +113,13 @@ public class PlanningTests
         block.Dispose();
     }
 
-    [Fact]
-    public void AlignedCoefficientsAreOptimalWithinTheTrustRegionAndScoredConsistently()
+    [Theory]
+    [InlineData(CurvatureMethod.Exact)]
+    [InlineData(CurvatureMethod.Kfac)] // top vectors kept as factors, A read from the borrowed gram
+    public void AlignedCoefficientsAreOptimalWithinTheTrustRegionAndScoredConsistently(CurvatureMethod method)
     {
         var (model, grams, batch) = TinyDeep(3);
-        var options = new PlannerOptions { Ratio = 0.5, Curvature = CurvatureMethod.Exact, TopK = 3, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
+        var options = new PlannerOptions { Ratio = 0.5, Curvature = method, TopK = 3, Tolerance = 1e-8, TraceProducts = 16, UseGradient = true };
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         var sites = new[] { model.Site("mlp.c_fc", 0), model.Site("mlp.c_fc", 2) };
         var weights = sites.Select(s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone()).ToArray();
@@ -125,6 +127,7 @@ public class PlanningTests
         for (int i = 0; i < 2; i++)
         {
             var m = curvature[sites[i].Name];
+            Assert.Equal(method == CurvatureMethod.Kfac, m.TopFactors is not null);
             using var aligned = new AlignedCoefficients(basis.Basis, weights[i], m);
             foreach (int rank in new[] { 3, 6 })
             foreach (double trust in new[] { 0.0, 0.5, 4.0 })

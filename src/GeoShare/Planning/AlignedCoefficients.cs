@@ -40,18 +40,30 @@ public sealed class AlignedCoefficients : IDisposable
     {
         _m = model;
         using var scope = torch.NewDisposeScope();
-        var aa = a ?? model.A;
+        // A·y (A symmetric: BᵀA = (AB)ᵀ), never A itself where it is read from the calibration gram.
+        Tensor TimesA(Tensor y) => a is not null ? a.matmul(y) : model.TimesA(y);
         _b = basis;
         _gamma = model.OutputWeights;
-        var aw = aa.matmul(weight);
-        _btA = basis.t().matmul(aa).MoveToOuterDisposeScope();
+        var aw = TimesA(weight);
+        _btA = TimesA(basis).t().contiguous().MoveToOuterDisposeScope();
         _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
         _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
         _btGr = model.Gradient is null ? null : basis.t().matmul(model.Gradient).MoveToOuterDisposeScope();
         int k = model.Corrections.Length;
-        var vectors = k == 0 ? null : model.TopVectors; // K-FAC's are multiplied out from their factors: once, here
-        _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(vectors![i]).MoveToOuterDisposeScope()).ToArray();
-        _vDotW = Enumerable.Range(0, k).Select(i => vectors![i].mul(weight).sum().item<double>()).ToArray();
+        if (k > 0 && model.TopFactors is var (fa, fg))
+        {
+            // K-FAC's Vᵢ = aᵢgᵢᵀ: BᵀVᵢ = (Bᵀaᵢ)gᵢᵀ and ⟨Vᵢ, W⟩ = aᵢᵀWgᵢ, without the [k, in, out] vectors.
+            var bta = basis.t().matmul(fa.t());                                   // [rmax, k]
+            _btV = Enumerable.Range(0, k).Select(i => torch.outer(bta[TensorIndex.Colon, i], fg[i]).MoveToOuterDisposeScope()).ToArray();
+            var wg = weight.matmul(fg.t());                                       // [in, k]
+            _vDotW = fa.mul(wg.t()).sum(1).data<double>().ToArray();
+        }
+        else
+        {
+            var vectors = k == 0 ? null : model.TopVectors;
+            _btV = Enumerable.Range(0, k).Select(i => basis.t().matmul(vectors![i]).MoveToOuterDisposeScope()).ToArray();
+            _vDotW = Enumerable.Range(0, k).Select(i => vectors![i].mul(weight).sum().item<double>()).ToArray();
+        }
         _wNormSq = weight.PowScalar(2).sum().item<double>();
         _gDotW = model.Gradient is null ? 0 : model.Gradient.mul(weight).sum().item<double>();
         _bulkW = aw.mul(weight).mul(_gamma).sum().item<double>();

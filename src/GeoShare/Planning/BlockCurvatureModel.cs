@@ -50,6 +50,10 @@ public sealed class BlockCurvatureModel : IDisposable
         get => _a ?? (_moment is var (gram, rows) ? gram.DivScalar(rows) : throw new InvalidOperationException("no second moment"));
         init => _a = value;
     }
+    /// <summary>A·y, [in, n]: with a borrowed gram (XᵀX·y) / rows, without making A (an [in, in] copy per call).</summary>
+    public Tensor TimesA(Tensor y) => _a is not null ? _a.matmul(y)
+        : _moment is var (gram, rows) ? gram.matmul(y).DivScalar(rows) : throw new InvalidOperationException("no second moment");
+
     /// <summary>A read as <c>Gram / Rows</c> from a gram the caller keeps alive for the model's lifetime (not disposed here).</summary>
     public (Tensor Gram, double Rows)? BorrowedMoment { get => _moment; init => _moment = value; }
     /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
@@ -75,7 +79,7 @@ public sealed class BlockCurvatureModel : IDisposable
     public double Quadratic(Tensor delta)
     {
         using var scope = torch.NewDisposeScope();
-        double bulk = A.matmul(delta).mul(delta).mul(OutputWeights).sum().item<double>();
+        double bulk = TimesA(delta).mul(delta).mul(OutputWeights).sum().item<double>();
         if (Corrections.Length == 0) return bulk;
         var proj = TopVectors.mul(delta.unsqueeze(0)).sum([1L, 2L]);
         return bulk + proj.PowScalar(2).mul(torch.tensor(Corrections)).sum().item<double>();

@@ -48,7 +48,7 @@ public static class GroupScreen
                 var m = curvature[site.Name];
                 Tensor x;
                 using (torch.no_grad()) x = model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone();
-                bulkW[l] = m.A.matmul(x).mul(x).mul(m.OutputWeights).sum().item<double>();
+                bulkW[l] = m.TimesA(x).mul(x).mul(m.OutputWeights).sum().item<double>();
                 vDotW[l] = m.Corrections.Length == 0 ? [] : TopProjections(m, x).data<double>().ToArray();
                 q[l] = x.matmul(x.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
                 w[l] = x.DetachFromDisposeScope();
@@ -86,7 +86,7 @@ public static class GroupScreen
         {
             var m = curvature[sites[i].Name];
             var x = w[layers[i]]!;
-            var ab = m.A.matmul(basis);                                             // [in, K]
+            var ab = m.TimesA(basis);                                               // [in, K]
             var l = Cholesky(basis.t().matmul(ab));
             var z = torch.linalg.solve_triangular(l, ab.t().matmul(x), upper: false); // L⁻¹BᵀAW [K, out]
             var gamma = m.OutputWeights;
