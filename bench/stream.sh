@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/scale
 mkdir -p "$out"
-cli=src/GeoShare.Cli/bin/Release/net10.0/linux-x64/GeoShare.Cli
+cli=${GEOSHARE_CLI:-src/GeoShare.Cli/bin/Release/net10.0/linux-x64/GeoShare.Cli}   # GEOSHARE_CLI: a copy, so that a rebuild cannot replace the binary under a long run
 ./geoshare --help >/dev/null   # build before measuring: no compiler inside the cgroup
 
 cgroup_dir() { # the cgroup of this shell, v1 memory controller or v2

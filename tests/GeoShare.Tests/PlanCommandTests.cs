@@ -179,6 +179,14 @@ public class PlanCommandTests
         Assert.Equal("exact", (string?)search["chosen"]);
         var costing = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["costing"]!;
         Assert.Equal(("full", 286, 286), ((string?)costing["chosen"], (int)costing["allowed_groups"]!, (int)costing["costed_groups"]!));
+        // The group-size histogram covers every layer of the shared types once, and the console says the same.
+        var sizes = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["group_sizes"]!.AsObject()
+            .ToDictionary(kv => int.Parse(kv.Key), kv => (int)kv.Value!);
+        var plan = SharingPlan.Load(tmp.File("p.json"));
+        int sharedLayers = plan.Types.Values.Where(t => t.Mode != SharingMode.Dense).Sum(t => t.Coloring.Length);
+        Assert.Equal(sharedLayers, sizes.Sum(kv => kv.Key * kv.Value));
+        Assert.All(sizes.Keys, k => Assert.InRange(k, 1, 2));
+        Assert.Contains($"group sizes (groups × layers per group): {SharingPlan.DescribeGroupSizes(sizes)}", auto.Stdout);
     }
 
     [Fact]

@@ -210,6 +210,7 @@ public static class PlannerCliOptions
             $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s ({Name(r.SearchChoice.Method)}: {r.SearchChoice.Reason}); " +
             $"curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, screen {CommonOptions.Fmt(r.ScreenSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
         Console.WriteLine(table);
+        Console.WriteLine($"group sizes (groups × layers per group): {SharingPlan.DescribeGroupSizes(r.Plan.GroupSizes())}");
         if (r.GreedyComparison is { } g)
             Console.WriteLine($"greedy search on the same costs: predicted ΔL {CommonOptions.Fmt(g.Objective, "0.00000")} " +
                 $"({CommonOptions.Fmt(100 * (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300), "0.00")}% above the optimum)");
@@ -237,6 +238,7 @@ public static class PlannerCliOptions
         Groups = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => new PlannedGroup(
             g.Type, g.Layers, g.Option.Rank, g.Option.Parameters, g.Option.Predicted, g.Option.Linear, g.Option.Quadratic,
             g.Option.HighCurvatureEnergy)).ToList(),
+        GroupSizes = r.Plan.GroupSizes(),
         PairwiseCost = r.PairwiseCost.ToDictionary(kv => kv.Key, kv => PlannerSummary.Rows(kv.Value)),
         Blocks = r.Curvature.Values.Select(c => new PlannedBlockCurvature(c.Site, c.Method, c.TopValues, c.Corrections, c.Trace, c.TraceStandardError)).ToList(),
     };

@@ -21,6 +21,8 @@ public sealed record PlannerSummary
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required IReadOnlyList<PlannedGroup> Groups { get; init; }
+    /// <summary>Group-size histogram of the plan: layers per group → number of groups, over the shared types (absent in cells written before it).</summary>
+    public IReadOnlyDictionary<int, int>? GroupSizes { get; init; }
     /// <summary>Per matrix type, layers × layers: ΔL(pair) − ΔL(i) − ΔL(j).</summary>
     public required IReadOnlyDictionary<string, double[][]> PairwiseCost { get; init; }
     /// <summary>Absent in cells written before the block curvature was reported.</summary>

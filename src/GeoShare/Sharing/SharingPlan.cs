@@ -75,6 +75,19 @@ public sealed record SharingPlan
     /// <summary>What the coefficients need (Geo-Sharing's plans); null: Basis Sharing's coefficients.</summary>
     public CoefficientRecipe? Coefficients { get; init; }
 
+    /// <summary>Group-size histogram: how many colors of each size (layers sharing) the compressed types have, by size.</summary>
+    public SortedDictionary<int, int> GroupSizes()
+    {
+        var counts = new SortedDictionary<int, int>();
+        foreach (var tp in Types.Values.Where(t => t.Mode != SharingMode.Dense))
+            foreach (var g in tp.Groups()) counts[g.Length] = counts.GetValueOrDefault(g.Length) + 1;
+        return counts;
+    }
+
+    /// <summary>"12 × 1, 18 × 2" (groups × layers per group), for a report line.</summary>
+    public static string DescribeGroupSizes(IReadOnlyDictionary<int, int> sizes) =>
+        string.Join(", ", sizes.OrderBy(kv => kv.Key).Select(kv => $"{kv.Value} × {kv.Key}"));
+
     public static bool IsCanonical(IReadOnlyList<int> coloring)
     {
         int next = 0;
