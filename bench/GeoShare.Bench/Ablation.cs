@@ -78,7 +78,7 @@ static class Ablation
                 var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver }, calibration);
                 var s = Score(model, test, testSelection, ood);
                 rows.Add(new AblationRow(label, report.Ratio, report.MatrixParametersAfter, report.Refitted, s.Test, s.OutOfDomain,
-                    GroupSizes(plan)));
+                    plan.GroupSizes()));
                 Log($"{modelName} {ratio} {label}: achieved {report.Ratio:F4}, test {s.Test:F4}, out-of-domain {s.OutOfDomain:F4}");
                 model.Dispose();
             }
@@ -98,15 +98,6 @@ static class Ablation
 
     static (double Test, double OutOfDomain) Score(PretrainedModel model, TokenWindows test, int[] testSelection, TokenWindows ood) =>
         (Evaluator.Perplexity(model, test, windows: testSelection).Perplexity, Evaluator.Perplexity(model, ood).Perplexity);
-
-    /// <summary>How many groups of each size the plan's shared types have (size → count), over all types.</summary>
-    static SortedDictionary<int, int> GroupSizes(SharingPlan plan)
-    {
-        var h = new SortedDictionary<int, int>();
-        foreach (var tp in plan.Types.Values.Where(t => t.Mode != SharingMode.Dense))
-            foreach (var g in tp.Groups()) h[g.Length] = h.GetValueOrDefault(g.Length) + 1;
-        return h;
-    }
 
     static void Log(string s) => Console.Error.WriteLine($"[ablation] {s}");
 
