@@ -107,18 +107,31 @@ public sealed class AlignedCoefficients : IDisposable
         var u = active.Length == 0 ? null : torch.stack(active.Select(i => ph[i].reshape(-1)).ToArray());
         var invC = active.Length == 0 ? null : torch.diag(torch.tensor(active.Select(i => 1.0 / c[i]).ToArray()));
 
+        // Each trial ν in its own scope: the search below makes tens of them, each with [a, r·out] temporaries that
+        // would otherwise all live until Solve returns (gigabytes at 124M-shape widths with two workers).
         Tensor SolveHat(double nu)
         {
+            using var trial = torch.NewDisposeScope();
             var d = d0.AddScalar(nu + eps).reshape(-1);
             var x = y0h.add(y1h.MulScalar(nu)).reshape(-1).div(d);
-            if (u is null) return x.reshape(y0h.shape);
+            if (u is null) return x.reshape(y0h.shape).MoveToOuterDisposeScope();
             // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
             var dinvU = u.div(d);
             var small = u.matmul(dinvU.t()).add(invC!, Scalars.One);
             var coef = torch.linalg.solve(small, u.matmul(x));
-            return x.sub(coef.matmul(dinvU)).reshape(y0h.shape);
+            return x.sub(coef.matmul(dinvU)).reshape(y0h.shape).MoveToOuterDisposeScope();
         }
-        double DeltaNorm(Tensor ch) => Math.Sqrt(Math.Max(0, ch.PowScalar(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
+        double DeltaNorm(Tensor ch)
+        {
+            using var trial = torch.NewDisposeScope();
+            return Math.Sqrt(Math.Max(0, ch.PowScalar(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
+        }
+        // The kept solution replaces the previous one, which is freed now.
+        Tensor Keep(Tensor previous, Tensor next)
+        {
+            if (!ReferenceEquals(previous, next)) previous.Dispose();
+            return next;
+        }
 
         // Trust radius from Basis Sharing's own perturbation: ΘĈ = Ĥ(BᵀAW).
         double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).AddScalar(eps)));
@@ -136,7 +149,7 @@ public sealed class AlignedCoefficients : IDisposable
             double flo = n0 - radius, fhi;
             while (true)
             {
-                chat = SolveHat(hi);
+                chat = Keep(chat, SolveHat(hi));
                 fhi = DeltaNorm(chat) - radius;
                 if (fhi <= 0 || hi > 1e300) break;
                 lo = hi; flo = fhi; hi *= 100;
@@ -151,13 +164,14 @@ public sealed class AlignedCoefficients : IDisposable
                 double fx = DeltaNorm(cx) - radius;
                 if (fx > 0)
                 {
+                    cx.Dispose();
                     xlo = x; flo = fx;
                     if (side == -1) fhi *= 0.5;
                     side = -1;
                 }
                 else
                 {
-                    xhi = x; fhi = fx; chat = cx;
+                    xhi = x; fhi = fx; chat = Keep(chat, cx);
                     if (side == 1) flo *= 0.5;
                     side = 1;
                     if (fx >= -0.02 * radius) break;
