@@ -103,8 +103,13 @@ public static class PlanCompressor
     /// basis and each member's coefficients (or the tied matrix); <paramref name="store"/> puts them in place (the model's
     /// projections, or the output file) inside the group's dispose scope. Returns the per-type parameter counts.
     /// </summary>
+    /// <param name="ownedGrams">
+    /// <paramref name="gram"/> returns a new tensor per call (read from a spill): the walk sums a group's grams in place and
+    /// frees each member's as soon as it is added where nothing else needs it, and returns the allocator's cache after
+    /// every group, so that a memory-limited run holds one group's working set, not the largest one's plus a cache.
+    /// </param>
     public static List<TypeCompression> CompressGroups(PretrainedModel model, SharingPlan plan, CompressionOptions options, Func<ProjectionSite, Tensor> weight,
-        Func<ProjectionSite, Tensor> gram, long rows, Action<string, int, CompressedGroup> store, IProgress<ProgressTick>? progress)
+        Func<ProjectionSite, Tensor> gram, long rows, Action<string, int, CompressedGroup> store, IProgress<ProgressTick>? progress, bool ownedGrams = false)
     {
         var report = new List<TypeCompression>();
         int total = plan.Types.Values.Where(p => p.Mode != SharingMode.Dense).Sum(p => p.Colors), done = 0;
@@ -125,25 +130,39 @@ public static class PlanCompressor
             var energy = new List<double>();
             for (int c = 0; c < groups.Count; c++)
             {
-                using var scope = torch.NewDisposeScope();
-                var members = groups[c].Select(l => sites[l]).ToArray();
-                var weights = members.Select(weight).ToArray();
-                var grams = members.Select(gram).ToArray();
-                if (tp.Mode == SharingMode.Basis)
+                using (var scope = torch.NewDisposeScope())
                 {
-                    var g = SharedBasis.Compute(weights, grams.Aggregate((a, b) => a.add(b, Scalars.One)), tp.Ranks![c]);
-                    energy.Add(g.RetainedEnergy);
-                    // Every member's coefficients before any is put in place: a solver may read the dense model.
-                    var coefficients = members.Select((s, i) => options.Coefficients?.Solve(s, g.Basis, weights[i], grams[i], rows) ?? g.Coefficients[i]).ToArray();
-                    store(type, c, new CompressedGroup(members, weights, g.Basis, coefficients, null));
-                    after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
+                    var members = groups[c].Select(l => sites[l]).ToArray();
+                    var weights = members.Select(weight).ToArray();
+                    // Each member's gram is needed beside the sum by a coefficient solver and by the weighted tie.
+                    bool memberGrams = options.Coefficients is not null || (tp.Mode == SharingMode.Tie && options.WeightedTie);
+                    var grams = new Tensor[members.Length];
+                    Tensor? sum = null;
+                    for (int i = 0; i < members.Length; i++)
+                    {
+                        var gi = gram(members[i]);
+                        grams[i] = gi;
+                        if (sum is null) sum = gi;
+                        else if (ownedGrams && !memberGrams) { sum.add_(gi, Scalars.One); gi.Dispose(); }
+                        else sum = sum.add(gi, Scalars.One);
+                    }
+                    if (tp.Mode == SharingMode.Basis)
+                    {
+                        var g = SharedBasis.Compute(weights, sum!, tp.Ranks![c]);
+                        energy.Add(g.RetainedEnergy);
+                        // Every member's coefficients before any is put in place: a solver may read the dense model.
+                        var coefficients = members.Select((s, i) => options.Coefficients?.Solve(s, g.Basis, weights[i], grams[i], rows) ?? g.Coefficients[i]).ToArray();
+                        store(type, c, new CompressedGroup(members, weights, g.Basis, coefficients, null));
+                        after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
+                    }
+                    else
+                    {
+                        var tied = SharedBasis.Tie(weights, options.WeightedTie ? grams : null);
+                        store(type, c, new CompressedGroup(members, weights, null, [], tied));
+                        after += (long)din * dout;
+                    }
                 }
-                else
-                {
-                    var tied = SharedBasis.Tie(weights, options.WeightedTie ? grams : null);
-                    store(type, c, new CompressedGroup(members, weights, null, [], tied));
-                    after += (long)din * dout;
-                }
+                if (ownedGrams) NativeAllocator.ReleaseCache();
                 progress?.Report(new ProgressTick("compress", ++done, total, "groups"));
             }
             report.Add(new TypeCompression(type, tp.Mode, sites.Length, groups.Count, tp.Ranks, before, after, energy.Count > 0 ? energy.ToArray() : null));
