@@ -19,7 +19,8 @@ public sealed record CompressionReport(
 
 /// <summary>
 /// One color's compressed matrices, float64: a shared basis [in, k] and each member's coefficients [k, out] (basis mode),
-/// or one tied matrix [in, out] (tie mode); with the members' dense weights [in, out] they came from.
+/// or one tied matrix [in, out] (tie mode); with the members' dense weights [in, out] they came from (empty where the
+/// streaming walk freed them already).
 /// </summary>
 public sealed record CompressedGroup(ProjectionSite[] Members, Tensor[] Weights, Tensor? Basis, Tensor[] Coefficients, Tensor? Tied);
 
@@ -148,11 +149,13 @@ public static class PlanCompressor
                     }
                     if (tp.Mode == SharingMode.Basis)
                     {
-                        var g = SharedBasis.Compute(weights, sum!, tp.Ranks![c]);
+                        // A spilled group's inputs are its own and, without a solver, needed by nothing after the SVD.
+                        bool consume = ownedGrams && !memberGrams;
+                        var g = SharedBasis.Compute(weights, sum!, tp.Ranks![c], consumeInputs: consume);
                         energy.Add(g.RetainedEnergy);
                         // Every member's coefficients before any is put in place: a solver may read the dense model.
                         var coefficients = members.Select((s, i) => options.Coefficients?.Solve(s, g.Basis, weights[i], grams[i], rows) ?? g.Coefficients[i]).ToArray();
-                        store(type, c, new CompressedGroup(members, weights, g.Basis, coefficients, null));
+                        store(type, c, new CompressedGroup(members, consume ? [] : weights, g.Basis, coefficients, null));
                         after += SharedBasis.BasisParameters(din, dout, members.Length, tp.Ranks[c]);
                     }
                     else

@@ -42,15 +42,22 @@ public static class SharedBasis
 
     /// <param name="weights">[in, out] matrices of the group, float64.</param>
     /// <param name="gram">Σ over the group's layers of XᵀX.</param>
-    public static GroupBasis Compute(IReadOnlyList<Tensor> weights, Tensor gram, int rank)
+    public static GroupBasis Compute(IReadOnlyList<Tensor> weights, Tensor gram, int rank, bool consumeInputs = false)
     {
         using var scope = torch.NewDisposeScope();
         long din = weights[0].shape[0], dout = weights[0].shape[1];
         int full = SharingPlan.FullRank((int)din, (int)dout, weights.Count);
         if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
         var s = WhiteningFactor(gram);
+        // consumeInputs: the gram and the weights are freed as soon as they are used, before the SVD's own memory (a
+        // down_proj pair of a 1B model: 537 MB of gram and 268 MB of weights less at its peak).
+        if (consumeInputs) gram.Dispose();
         var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
-        var (u, sigma, vh) = torch.linalg.svd(s.matmul(stacked), fullMatrices: false);
+        if (consumeInputs) foreach (var w in weights) w.Dispose();
+        var whitened = s.matmul(stacked);
+        if (consumeInputs) stacked.Dispose();
+        var (u, sigma, vh) = torch.linalg.svd(whitened, fullMatrices: false);
+        if (consumeInputs) whitened.Dispose();
         var uk = u.narrow(1, 0, rank);
         var sk = sigma.narrow(0, 0, rank);
         var basis = torch.linalg.solve_triangular(s, uk.mul(sk.unsqueeze(0)), upper: true); // S⁻¹ U_k Σ_k
