@@ -55,5 +55,9 @@ for model in ("gpt2", "llama"):
             row.append(", ".join(f"{k}×{n}" for k, n in sorted(x["group_sizes"].items(), key=lambda kv: int(kv[0]))))
         out.append(f"| {v} | " + " | ".join(row) + " |")
     out.append("")
+# The reading (what each part buys, in words) is written by hand from the tables: bench/results/ablation/reading.md.
+reading = root / "bench/results/ablation/reading.md"
+if reading.exists():
+    out += ["## Reading", ""] + reading.read_text().rstrip("\n").split("\n") + [""]
 (root / "bench/ablation.md").write_text("\n".join(out) + "\n")
 print("\n".join(out))
