@@ -274,8 +274,7 @@ public static class CurvatureEngine
         var sites = LayerwiseSites(model, batch, blocks, o);
         if (sites is not null)
         {
-            double? loss = null;
-            loss = LayerwiseKfac.For(model).Compute((LanguageModelBatch)batch, sites, o.KfacSamples, o.Seed, o.KeepGradient,
+            double loss = LayerwiseKfac.For(model).Compute((LanguageModelBatch)batch, sites, o.KfacSamples, o.Seed, o.KeepGradient,
                 r => results[r.Index] = Reduce(r.Index, r.Block, r.Gradient, null, o), progress);
             if (o.KeepGradient) for (int i = 0; i < results.Length; i++) results[i] = results[i]! with { Loss = loss };
         }

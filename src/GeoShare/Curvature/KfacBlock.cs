@@ -142,11 +142,7 @@ public sealed class KfacBlock : IDisposable
         {
             var output = batch.Output(model);
             var ys = layers.Select(l => probe.Outputs[l.Layer]).ToList();
-            var a = layers.Select(l =>
-            {
-                var x = probe.Inputs[l.Layer].to_type(ScalarType.Float64).reshape(-1, l.Layer.InFeatures);
-                return x.t().matmul(x).DivScalar(x.shape[0]);
-            }).ToList();
+            var a = layers.Select(l => InputMoment(probe.Inputs[l.Layer], l.Layer.InFeatures)).ToList();
             var g = layers.Select(l => torch.zeros(l.Layer.OutFeatures, l.Layer.OutFeatures, dtype: ScalarType.Float64)).ToList();
             var gen = new Generator((ulong)seed);
             int done = 0;
@@ -176,6 +172,13 @@ public sealed class KfacBlock : IDisposable
             foreach (var (_, layer) in layers) layer.Probe = null;
             for (int i = 0; i < weights.Count; i++) weights[i].requires_grad = had[i];
         }
+    }
+
+    /// <summary>K-FAC's A: the mean over positions of x xᵀ of a projection's input, [in, in] float64.</summary>
+    internal static Tensor InputMoment(Tensor input, int inFeatures)
+    {
+        var x = input.to_type(ScalarType.Float64).reshape(-1, inFeatures);
+        return x.t().matmul(x).DivScalar(x.shape[0]);
     }
 
     internal static Parameter WeightOf(LinearMap layer) => layer switch

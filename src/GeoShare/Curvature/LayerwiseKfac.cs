@@ -128,11 +128,7 @@ public sealed class LayerwiseKfac
                         var y = layer.Forward(x, context!);
                         foreach (var m in maps) m.Probe = null;
                         var ys = maps.Select(m => probe.Outputs[m]).ToList();
-                        var a = maps.Select(m =>
-                        {
-                            var xi = probe.Inputs[m].to_type(ScalarType.Float64).reshape(-1, m.InFeatures);
-                            return xi.t().matmul(xi).DivScalar(xi.shape[0]);
-                        }).ToList();
+                        var a = maps.Select(m => KfacBlock.InputMoment(probe.Inputs[m], m.InFeatures)).ToList();
                         var g = maps.Select(m => torch.zeros(m.OutFeatures, m.OutFeatures, dtype: ScalarType.Float64)).ToList();
                         var weightGrads = new Tensor?[maps.Count];
                         bool needInput = l > lowest;
