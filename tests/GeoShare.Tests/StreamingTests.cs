@@ -1,6 +1,8 @@
+using GeoShare.Curvature;
 using GeoShare.Data;
 using GeoShare.Evaluation;
 using GeoShare.Models;
+using GeoShare.Planning;
 using GeoShare.Sharing;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -104,12 +106,69 @@ public class StreamingTests
         Assert.Equal(grams.Rows, spilled.Rows);
         foreach (var site in model.Sites)
         {
-            using var g = spilled.Read(site.Name);
+            using var g = spilled.Gram(site.Name);
             Assert.True(RelativeError(g, grams[site.Name]) <= 1e-12, $"{site.Name}: gram differs by {RelativeError(g, grams[site.Name]):G3}");
         }
         // q, k and v (and gate, up) read one input: one gram stored for each such set.
         int files = Directory.GetFiles(tmp.File("grams")).Length;
         Assert.Equal(model.Config.NumLayers, files);
+    }
+
+    /// <summary>
+    /// Geo-Sharing layer by layer (grams spilled, weights read from the checkpoint per group, K-FAC swept over the streamed
+    /// layers) against the whole model: the same coloring and ranks, the same predicted ΔL, and compressed logits within
+    /// 1e-5 relative. Consecutive groups only, so that the test costs a few dozen groups.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2-kjv-brown")]
+    [InlineData("llama-kjv-brown")]
+    public void StreamedGeoPlanAndCompressionEqualTheInMemoryOnes(string name)
+    {
+        string dir = Repo.Model(name);
+        using var tmp = new TempDir();
+        var windows = TokenWindows.FromFile(Repo.Corpus("valid"), ByteLevelBpeTokenizer.Load(dir), 256);
+        var calibration = CalibrationSet.FromWindows(windows, windows.Select(4, 16));
+        var o = new PlannerOptions { Ratio = 0.3, Curvature = CurvatureMethod.Kfac, Contiguous = true, Costing = CostingMethod.Full };
+
+        string inMemory = tmp.File("in-memory");
+        var model = ModelLoader.Load(dir);
+        SharingPlan plan;
+        double[] predicted;
+        using (var grams = ActivationGrams.Collect(model, calibration, model.Sites))
+        using (var batch = LanguageModelBatch.FromWindows(windows, windows.Select(2, 1)))
+        using (var r = GeoPlanner.Plan(model, grams, batch, o))
+        {
+            plan = r.Plan;
+            predicted = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => g.Option.Predicted).ToArray();
+            PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = false, Coefficients = new CurvatureAlignedSolver(r.Costs) }, calibration);
+            CompressedCheckpoint.Save(model, plan, dir, inMemory);
+        }
+        model.Dispose();
+
+        string streamed = tmp.File("streamed");
+        using (var stream = LayerStream.OpenDense(dir))
+        using (var grams = SpilledGrams.Collect(stream, calibration, stream.Shell.Sites, tmp.File("grams")))
+        using (var batch = LanguageModelBatch.FromWindows(windows, windows.Select(2, 1)))
+        using (var r = GeoPlanner.Plan(PlanningInputs.Streamed(stream, grams), batch, o))
+        {
+            Assert.Equal(plan.ToJson(), r.Plan.ToJson());
+            var p = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => g.Option.Predicted).ToArray();
+            Assert.Equal(predicted.Length, p.Length);
+            for (int i = 0; i < p.Length; i++)
+                Assert.True(Math.Abs(p[i] - predicted[i]) <= 1e-9 * Math.Max(1e-12, Math.Abs(predicted[i])), $"group {i}: predicted ΔL {p[i]} streamed, {predicted[i]} in memory");
+            using var spill = new SafetensorsSpill(tmp.File("spill"));
+            StreamingCompressor.Compress(stream, r.Plan, grams, new CompressionOptions { Refit = false, Coefficients = new CurvatureAlignedSolver(r.Costs) },
+                spill, CompressedCheckpoint.DefaultSaveDType(stream.Shell));
+            CompressedCheckpoint.Save(spill, r.Plan, dir, streamed);
+        }
+
+        var test = TokenWindows.FromFile(Repo.Corpus("test"), ByteLevelBpeTokenizer.Load(dir), 256);
+        using var ids = test.Batch([0, 1]);
+        using var a = ModelFolder.Load(inMemory);
+        using var b = ModelFolder.Load(streamed);
+        using var la = Logits(a, ids);
+        using var lb = Logits(b, ids);
+        Assert.True(RelativeError(lb, la) <= 1e-5, $"streamed geo logits differ by {RelativeError(lb, la):G3} relative");
     }
 
     private static Tensor Logits(LayerStream stream, Tensor hidden) { using var _ = torch.no_grad(); return stream.Parts.Head(hidden); }

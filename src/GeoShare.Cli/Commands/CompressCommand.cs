@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using GeoShare.Curvature;
 using GeoShare.Data;
 using GeoShare.Evaluation;
 using GeoShare.Models;
@@ -157,8 +158,11 @@ public sealed class CompressCommand : ICommand
     private static string? StreamingRefusal(ParsedArgs a, SharingPlan? loadedPlan, string? outDir)
     {
         if (CompressedCheckpoint.IsCompressed(a.Required("--model"))) return null; // refused below as already compressed
-        if (loadedPlan?.Coefficients is not null || a.String("--method") == "geo")
-            return "Geo-Sharing needs K-FAC curvature of the whole model, which has no layer-wise path yet (use --streaming off, or a heuristic --method)";
+        bool geo = loadedPlan?.Coefficients is not null || a.String("--method") == "geo";
+        var curvature = loadedPlan?.Coefficients?.Curvature
+            ?? (a.Has("--curvature") && a.Choice("--curvature", "exact", "kfac") == "exact" ? CurvatureMethod.Exact : CurvatureMethod.Kfac);
+        if (geo && curvature == CurvatureMethod.Exact)
+            return "exact curvature needs the whole model in memory (Hessian-vector products); the layer-wise path has K-FAC (--curvature kfac, or --streaming off)";
         double ratio = loadedPlan?.Ratio ?? (a.Has("--ratio") ? a.Ratio("--ratio") : 0);
         string refit = a.Choice("--refit", "auto", "on", "off");
         if (refit == "on" || (refit == "auto" && ratio >= CompressionOptions.AutoRefitRatio))
@@ -198,12 +202,32 @@ public sealed class CompressCommand : ICommand
             };
             double ratio = loadedPlan?.Ratio ?? a.Ratio("--ratio");
             // Every compressed type's sites; similarity's coloring compares the shared types' grams before the plan exists.
-            var sites = loadedPlan is not null ? StreamingCompressor.SitesNeeded(shell, loadedPlan)
+            // Geo-Sharing's planner (and a plan's aligned coefficients) reads every site's gram.
+            bool aligned = method == "geo" || loadedPlan?.Coefficients is not null;
+            var sites = aligned ? shell.Sites : loadedPlan is not null ? StreamingCompressor.SitesNeeded(shell, loadedPlan)
                 : method == "none" ? [] : shell.Sites;
+            using var recordedBatch = loadedPlan?.Coefficients is { } recipe ? PlannerCliOptions.RecordedCurvatureBatch(a, shell, modelDir, recipe, a.String("--plan")!) : null;
+            var plannerOptions = method == "geo" ? PlannerCliOptions.Parse(a, shell, ratio) : null;
             using var grams = SpilledGrams.Collect(stream, calibration, sites, gramsDir, progress);
             progress.EndLine();
             SharingPlan plan;
-            if (loadedPlan is not null) plan = loadedPlan;
+            PlannerResult? planner = null;
+            AlignedCoefficientSolver? recomputed = null;
+            if (loadedPlan is not null)
+            {
+                plan = loadedPlan;
+                if (recordedBatch is not null)
+                {
+                    recomputed = GeoPlanner.AlignedCoefficients(PlanningInputs.Streamed(stream, grams), plan, recordedBatch, progress);
+                    progress.EndLine();
+                }
+            }
+            else if (method == "geo")
+            {
+                planner = PlannerCliOptions.Run(shell, modelDir, a, plannerOptions!, progress, grams, stream);
+                PlannerCliOptions.PrintSummary(shell, planner);
+                plan = planner.Plan;
+            }
             else if (method == "similarity")
             {
                 using var loaded = grams.Load(shell.Sites.Where(s => options.SharedTypes.Contains(s.Type)).Select(s => s.Name));
@@ -212,7 +236,8 @@ public sealed class CompressCommand : ICommand
             else plan = Baselines.Create(method, shell, ratio, options);
             var stored = saveDType ?? CompressedCheckpoint.DefaultSaveDType(shell);
             using var spill = new SafetensorsSpill(spillPath);
-            var report = StreamingCompressor.Compress(stream, plan, grams, new CompressionOptions { Refit = false }, spill, stored, progress);
+            ICoefficientSolver? coefficients = planner is not null ? new CurvatureAlignedSolver(planner.Costs) : recomputed;
+            var report = StreamingCompressor.Compress(stream, plan, grams, new CompressionOptions { Refit = false, Coefficients = coefficients }, spill, stored, progress);
             progress.EndLine();
             PrintReport(plan, report);
             var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
@@ -238,11 +263,14 @@ public sealed class CompressCommand : ICommand
                     Calibration = calibration.Description, Refit = false, Report = report, AchievedRatio = report.Ratio,
                     ParameterBytes = report.ModelBytesAfter, Evaluation = evalResult, OutDir = outDir, SaveDtype = CalibrationOptions.Name(stored),
                     CheckpointBytes = new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
+                    Planner = planner is null ? null : PlannerCliOptions.Summary(planner),
                     Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds, Streaming = true,
                     PeakResidentBytes = ResidentMemory.PeakBytes,
                 });
                 ConsoleProgress.Status($"wrote {jsonPath}");
             }
+            planner?.Dispose();
+            recomputed?.Dispose();
         }
         finally
         {

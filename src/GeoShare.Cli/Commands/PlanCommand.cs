@@ -25,6 +25,7 @@ public sealed class PlanCommand : ICommand
         new("--plots", "DIR", "folder for the pictures (coloring, pairwise sharing costs)", "geoshare-plots/plan"),
         new("--cells", "DIR", "folder of costed groups (one file each, written atomically): read where present, written where computed"),
         new("--shard", "I/N", "with --cells: cost only share I of N (0 ≤ I < N) of the groups into DIR and stop; a run without --shard finishes from the cells"),
+        CommonOptions.Streaming,
         CommonOptions.Seed,
         CommonOptions.Threads,
         CommonOptions.Json,
@@ -36,6 +37,7 @@ public sealed class PlanCommand : ICommand
         "geoshare compress --model assets/models/gpt2-kjv-brown --data assets/data/corpus/valid.txt --plan gpt2-geo-30.json --eval assets/data/corpus/test.txt",
         "geoshare plan --model M --data D --ratio 0.3 --cells cells --shard 0/3   # and 1/3, 2/3 on other machines; then:",
         "geoshare plan --model M --data D --ratio 0.3 --cells cells --out plan.json",
+        "geoshare plan --model bench/fixtures/gpt2-124m --data assets/data/corpus/valid.txt --ratio 0.3 --streaming on   # one layer resident; grams spilled beside --out",
     ]);
 
     public int Execute(ParsedArgs a)
@@ -58,8 +60,13 @@ public sealed class PlanCommand : ICommand
             PlannerCliOptions.Shard(a);
         }
 
-        ConsoleProgress.Status($"loading {modelDir}");
-        var model = ModelFolder.Load(modelDir);
+        // Layer by layer: K-FAC only (Hessian-vector products need the whole model's graph).
+        string? refusal = a.Has("--curvature") && a.Choice("--curvature", "exact", "kfac") == "exact"
+            ? "--curvature exact needs the whole model in memory (Hessian-vector products); the layer-wise path has K-FAC" : null;
+        using var stream = CommonOptions.UseStreaming(a, modelDir, torch.ScalarType.Float32, refusal) ? LayerStream.OpenDense(modelDir) : null;
+        ConsoleProgress.Status(stream is null ? $"loading {modelDir}" : $"opening {modelDir} layer by layer");
+        using var loaded = stream is null ? ModelFolder.Load(modelDir) : null;
+        var model = stream?.Shell ?? loaded!;
         if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
             throw new UsageException($"{modelDir} is already compressed; plan on the original model");
         var options = PlannerCliOptions.Parse(a, model, ratio);
@@ -69,14 +76,14 @@ public sealed class PlanCommand : ICommand
             options = options with { Cells = new GroupCostCells(cellsDir, PlannerCliOptions.CellFingerprint(model, modelDir, a, options)) };
             if (a.Has("--shard"))
             {
-                var s = PlannerCliOptions.RunShard(model, modelDir, a, options, progress);
+                var s = PlannerCliOptions.RunShard(model, modelDir, a, options, progress, stream, spillNear: cellsDir);
                 progress.EndLine();
                 Console.WriteLine($"shard {s.Shard}/{s.Shards}: {s.Share} of {s.Groups} groups ({s.Costing.Method.ToString().ToLowerInvariant()} costing, {s.ScreenedGroups} screened) into {cellsDir}: " +
                     $"{s.Computed} costed here, {s.FromCells} already there; curvature {s.CurvatureSeconds:0} s, costs {s.CostSeconds:0} s");
                 return 0;
             }
         }
-        using var result = PlannerCliOptions.Run(model, modelDir, a, options, progress);
+        using var result = PlannerCliOptions.Run(model, modelDir, a, options, progress, stream: stream, spillNear: planPath);
         progress.EndLine();
 
         result.Plan.Save(planPath);

@@ -162,37 +162,73 @@ public static class PlannerCliOptions
     }
 
     /// <summary>`plan --cells DIR --shard i/n`: calibration, curvature and the screen, then this shard's share of the group costs into DIR.</summary>
-    public static GeoPlanner.ShardResult RunShard(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress)
+    public static GeoPlanner.ShardResult RunShard(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress,
+        LayerStream? stream = null, string? spillNear = null)
     {
         var (shard, shards) = Shard(a);
-        var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
-        using var grams = ActivationGrams.Collect(model, calibration, model.Sites, progress);
+        using var grams = CalibrationGrams.Collect(model, modelDir, a, progress, stream, spillNear);
         using var batch = CurvatureBatch(model, modelDir, a);
-        return GeoPlanner.CostShard(model, grams, batch, options, shard, shards, progress);
+        return GeoPlanner.CostShard(grams.Inputs(model, stream), batch, options, shard, shards, progress);
     }
 
-    /// <summary>Calibration second moments (unless given), the curvature batch, and the planner.</summary>
-    public static PlannerResult Run(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress,
-        ActivationGrams? grams = null)
+    /// <summary>The planner's calibration grams: in memory, or (a layer-wise run) collected layer by layer and spilled to a folder that is removed with them.</summary>
+    private sealed class CalibrationGrams : IDisposable
     {
-        ActivationGrams? own = null;
-        if (grams is null)
+        private readonly string? _spillDir;
+        public IGramSource Grams { get; }
+
+        private CalibrationGrams(IGramSource grams, string? spillDir)
+        {
+            Grams = grams;
+            _spillDir = spillDir;
+        }
+
+        public PlanningInputs Inputs(PretrainedModel model, LayerStream? stream) =>
+            stream is null ? PlanningInputs.Resident(model, Grams) : PlanningInputs.Streamed(stream, Grams);
+
+        /// <param name="spillNear">a layer-wise run spills beside this path (the output), under a name of this process.</param>
+        public static CalibrationGrams Collect(PretrainedModel model, string modelDir, ParsedArgs a, ConsoleProgress progress, LayerStream? stream, string? spillNear)
         {
             var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
-            grams = own = ActivationGrams.Collect(model, calibration, model.Sites, progress);
+            if (stream is null) return new(ActivationGrams.Collect(model, calibration, model.Sites, progress), null);
+            string dir = PartialOutputs.StagingName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(spillNear ?? modelDir)), "grams");
+            PartialOutputs.Register(dir);
+            try
+            {
+                var spilled = SpilledGrams.Collect(stream, calibration, model.Sites, dir, progress);
+                progress.EndLine();
+                return new(spilled, dir);
+            }
+            catch
+            {
+                PartialOutputs.Forget(dir); // removed by Collect
+                throw;
+            }
         }
-        try
+
+        public void Dispose()
         {
-            using var batch = CurvatureBatch(model, modelDir, a);
-            var r = GeoPlanner.Plan(model, grams, batch, options, progress);
-            progress.EndLine();
-            ConsoleProgress.Status($"costing: {Name(r.Costing.Method)} ({r.Costing.Reason}); search: {Name(r.SearchChoice.Method)} ({r.SearchChoice.Reason})");
-            return r;
+            ((IDisposable)Grams).Dispose();
+            if (_spillDir is not null) PartialOutputs.Forget(_spillDir); // removed by SpilledGrams' Dispose
         }
-        finally
-        {
-            own?.Dispose();
-        }
+    }
+
+    /// <summary>
+    /// Calibration second moments (unless given), the curvature batch, and the planner. With <paramref name="stream"/>
+    /// (the model is its shell): the grams are collected layer by layer and spilled beside <paramref name="spillNear"/>,
+    /// the weights read from the checkpoint per group, K-FAC swept layer by layer.
+    /// </summary>
+    public static PlannerResult Run(PretrainedModel model, string modelDir, ParsedArgs a, PlannerOptions options, ConsoleProgress progress,
+        IGramSource? grams = null, LayerStream? stream = null, string? spillNear = null)
+    {
+        using var own = grams is null ? CalibrationGrams.Collect(model, modelDir, a, progress, stream, spillNear) : null;
+        grams ??= own!.Grams;
+        using var batch = CurvatureBatch(model, modelDir, a);
+        var inputs = stream is null ? PlanningInputs.Resident(model, grams) : PlanningInputs.Streamed(stream, grams);
+        var r = GeoPlanner.Plan(inputs, batch, options, progress);
+        progress.EndLine();
+        ConsoleProgress.Status($"costing: {Name(r.Costing.Method)} ({r.Costing.Reason}); search: {Name(r.SearchChoice.Method)} ({r.SearchChoice.Reason})");
+        return r;
     }
 
     public static void PrintSummary(PretrainedModel model, PlannerResult r)

@@ -131,8 +131,9 @@ public static class CurvatureEngine
     }
 
     /// <summary>The curvature of each block (parameter names; several make one block), in the blocks' order.</summary>
+    /// <param name="stream">The model's layers read from its checkpoint (the model is the stream's shell): K-FAC sweeps it layer by layer.</param>
     public static IReadOnlyList<BlockCurvature> Collect(PretrainedModel model, LossBatch batch, IReadOnlyList<string[]> blocks,
-        CurvatureOptions options, IProgress<ProgressTick>? progress = null)
+        CurvatureOptions options, IProgress<ProgressTick>? progress = null, LayerStream? stream = null)
     {
         var byName = model.ParametersByName();
         foreach (var b in blocks)
@@ -141,8 +142,10 @@ public static class CurvatureEngine
             int wanted = Math.Max(options.Top, options.Bottom);
             if (wanted > n) throw new UsageException(options.Top >= options.Bottom ? "top" : "bottom", $"{wanted} eigenvalues, but block {string.Join("+", b)} has only {n} parameters");
         }
+        if (stream is not null && (options.Method != CurvatureMethod.Kfac || options.KfacSweep == KfacSweep.Graph))
+            throw new UsageException("curvature", "a model streamed layer by layer has K-FAC's layer-wise sweep only (exact curvature and the whole-graph sweep need the model in memory)");
         return options.Method == CurvatureMethod.Kfac
-            ? Kfac(model, batch, blocks, options, progress)
+            ? Kfac(model, batch, blocks, options, progress, stream)
             : Exact(model, batch, blocks, options, progress);
     }
 
@@ -256,7 +259,8 @@ public static class CurvatureEngine
         return results;
     }
 
-    private static List<BlockCurvature> Kfac(PretrainedModel model, LossBatch batch, IReadOnlyList<string[]> blocks, CurvatureOptions o, IProgress<ProgressTick>? progress)
+    private static List<BlockCurvature> Kfac(PretrainedModel model, LossBatch batch, IReadOnlyList<string[]> blocks, CurvatureOptions o, IProgress<ProgressTick>? progress,
+        LayerStream? stream)
     {
         var layers = new List<(string, LinearMap)>();
         var weights = new List<Tensor>();
@@ -271,10 +275,10 @@ public static class CurvatureEngine
         }
         var sw = Stopwatch.StartNew();
         var results = new BlockCurvature?[layers.Count];
-        var sites = LayerwiseSites(model, batch, blocks, o);
+        var sites = LayerwiseSites(model, batch, blocks, stream is null ? o : o with { KfacSweep = KfacSweep.Layers });
         if (sites is not null)
         {
-            double loss = LayerwiseKfac.For(model).Compute((LanguageModelBatch)batch, sites, o.KfacSamples, o.Seed, o.KeepGradient,
+            double loss = (stream is null ? LayerwiseKfac.For(model) : LayerwiseKfac.For(stream)).Compute((LanguageModelBatch)batch, sites, o.KfacSamples, o.Seed, o.KeepGradient,
                 r => results[r.Index] = Reduce(r.Index, r.Block, r.Gradient, null, o), progress);
             if (o.KeepGradient) for (int i = 0; i < results.Length; i++) results[i] = results[i]! with { Loss = loss };
         }

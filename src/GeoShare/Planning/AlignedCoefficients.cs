@@ -35,13 +35,14 @@ public sealed class AlignedCoefficients : IDisposable
 
     /// <param name="basis">[in, rmax] float64; ranks are its leading columns (borrowed).</param>
     /// <param name="weight">[in, out] float64, the layer's original matrix (borrowed).</param>
-    /// <param name="a">Input second moment used for this layer (the model's A, or one measured on the compressed model for a refit).</param>
-    public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null)
+    /// <param name="a">Input second moment used for this layer instead of the model's A (one measured on the compressed model for a refit).</param>
+    /// <param name="calibrationGram">The block's own calibration gram where the caller has read it already (borrowed; a spilled gram is not read again).</param>
+    public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null, Tensor? calibrationGram = null)
     {
         _m = model;
         using var scope = torch.NewDisposeScope();
         // A·y (A symmetric: BᵀA = (AB)ᵀ), never A itself where it is read from the calibration gram.
-        Tensor TimesA(Tensor y) => a is not null ? a.matmul(y) : model.TimesA(y);
+        Tensor TimesA(Tensor y) => a is not null ? a.matmul(y) : model.TimesA(y, calibrationGram);
         _b = basis;
         _gamma = model.OutputWeights;
         var aw = TimesA(weight);

@@ -40,22 +40,49 @@ public sealed class BlockCurvatureModel : IDisposable
     /// <summary>K-FAC: eigenvector i = outer(A[i], G[i]), A [k, in], G [k, out] (null: <see cref="TopVectors"/> is stored).</summary>
     public (Tensor A, Tensor G)? TopFactors { get; init; }
     private readonly Tensor? _a;
-    private readonly (Tensor Gram, double Rows)? _moment;
+    private readonly (IGramSource Grams, string Site)? _moment;
+    private readonly int _inFeatures;
     /// <summary>
     /// Input second moment E[xxᵀ], [in, in], float64: owned by the model, or made on each read from a borrowed calibration
-    /// gram (XᵀX / rows, a new tensor the caller's scope owns) so that the planner holds the grams once, not twice.
+    /// gram (XᵀX / rows, a new tensor the caller's scope owns) so that the planner holds the grams once (or not at all, where
+    /// they are on disk), not twice.
     /// </summary>
     public Tensor A
     {
-        get => _a ?? (_moment is var (gram, rows) ? gram.DivScalar(rows) : throw new InvalidOperationException("no second moment"));
+        get
+        {
+            if (_a is not null) return _a;
+            using var gram = BorrowedGram();
+            return gram.DivScalar(_moment!.Value.Grams.Rows);
+        }
         init => _a = value;
     }
-    /// <summary>A·y, [in, n]: with a borrowed gram (XᵀX·y) / rows, without making A (an [in, in] copy per call).</summary>
-    public Tensor TimesA(Tensor y) => _a is not null ? _a.matmul(y)
-        : _moment is var (gram, rows) ? gram.matmul(y).DivScalar(rows) : throw new InvalidOperationException("no second moment");
 
-    /// <summary>A read as <c>Gram / Rows</c> from a gram the caller keeps alive for the model's lifetime (not disposed here).</summary>
-    public (Tensor Gram, double Rows)? BorrowedMoment { get => _moment; init => _moment = value; }
+    /// <summary>
+    /// A·y, [in, n]: with a borrowed gram (XᵀX·y) / rows, without making A (an [in, in] copy per call).
+    /// <paramref name="gram"/>: this block's calibration gram where the caller has it already (a spilled gram is not read again).
+    /// </summary>
+    public Tensor TimesA(Tensor y, Tensor? gram = null)
+    {
+        if (_a is not null) return _a.matmul(y);
+        if (_moment is null) throw new InvalidOperationException("no second moment");
+        if (gram is not null) return gram.matmul(y).DivScalar(_moment.Value.Grams.Rows);
+        using var own = BorrowedGram();
+        return own.matmul(y).DivScalar(_moment.Value.Grams.Rows);
+    }
+
+    private Tensor BorrowedGram() => _moment is var (grams, site) ? grams.Gram(site) : throw new InvalidOperationException("no second moment");
+
+    /// <summary>A read as <c>Gram / Rows</c> from a gram source the caller keeps alive for the model's lifetime (not disposed here).</summary>
+    public (IGramSource Grams, string Site)? BorrowedMoment
+    {
+        get => _moment;
+        init
+        {
+            _moment = value;
+            if (value is var (grams, site)) { using var g = grams.Gram(site); _inFeatures = (int)g.shape[0]; }
+        }
+    }
     /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
     public required Tensor OutputWeights { get; init; }
     /// <summary>cᵢ ≥ 0 for the top eigenvectors.</summary>
@@ -66,7 +93,7 @@ public sealed class BlockCurvatureModel : IDisposable
     /// <summary>The trace estimate's standard error (exact curvature); null where the trace is exact (K-FAC).</summary>
     public double? TraceStandardError { get; init; }
 
-    public int InFeatures => (int)(_a ?? _moment!.Value.Gram).shape[0];
+    public int InFeatures => _a is not null ? (int)_a.shape[0] : _inFeatures;
     public int OutFeatures => (int)OutputWeights.shape[0];
 
     public double Linear(Tensor delta)
@@ -104,7 +131,7 @@ public sealed class BlockCurvatureModel : IDisposable
     /// A K-FAC model whose top eigenvectors are kept as factors (outer(fa[i], fg[i])) and whose A is read from a borrowed
     /// calibration gram; takes ownership of the other tensors.
     /// </summary>
-    public static BlockCurvatureModel CreateFactored(string site, Tensor? gradient, double[] values, Tensor fa, Tensor fg, (Tensor Gram, double Rows) moment,
+    public static BlockCurvatureModel CreateFactored(string site, Tensor? gradient, double[] values, Tensor fa, Tensor fg, (IGramSource Grams, string Site) moment,
         Tensor gamma, double trace) =>
         Create(site, "kfac", gradient, values, null, (fa, fg), null, moment, gamma, trace, null);
 
@@ -113,7 +140,7 @@ public sealed class BlockCurvatureModel : IDisposable
         Create(site, method, gradient, values, vectors, factors, a, null, gamma, trace, traceStandardError);
 
     private static BlockCurvatureModel Create(string site, string method, Tensor? gradient, double[] values, Tensor? vectors, (Tensor, Tensor)? factors,
-        Tensor? a, (Tensor, double)? moment, Tensor gamma, double trace, double? traceStandardError)
+        Tensor? a, (IGramSource, string)? moment, Tensor gamma, double trace, double? traceStandardError)
     {
         var model = new BlockCurvatureModel
         {
@@ -164,13 +191,26 @@ public sealed class BlockCurvatureModel : IDisposable
     /// (K-FAC's models borrow <paramref name="grams"/>: keep them alive while the models are used).
     /// </summary>
     public static Dictionary<string, BlockCurvatureModel> Collect(PretrainedModel model, LossBatch batch, ActivationGrams grams,
-        PlannerOptions o, IProgress<ProgressTick>? progress)
+        PlannerOptions o, IProgress<ProgressTick>? progress) => Collect(PlanningInputs.Resident(model, grams), batch, o, progress);
+
+    /// <summary>
+    /// <see cref="Collect(PretrainedModel, LossBatch, ActivationGrams, PlannerOptions, IProgress{ProgressTick}?)"/> on the
+    /// planner's inputs: a layer-wise run's K-FAC sweeps its stream (one layer resident); exact curvature needs the whole model.
+    /// </summary>
+    public static Dictionary<string, BlockCurvatureModel> Collect(PlanningInputs inputs, LossBatch batch, PlannerOptions o, IProgress<ProgressTick>? progress)
     {
+        var (model, grams) = (inputs.Model, inputs.Grams);
         var sites = model.Sites.ToList();
         if (sites.Any(s => model.GetProjection(s) is not DenseLinear)) throw new UsageException("curvature needs the dense model");
-        var blocks = CurvatureEngine.Collect(model, batch, sites.Select(s => new[] { s.WeightName }).ToList(), EngineOptions(o), progress);
-        Tensor A(ProjectionSite s) => grams[s.Name].DivScalar(grams.Rows);
-        (Tensor, double) Moment(ProjectionSite s) => (grams[s.Name], grams.Rows);
+        if (inputs.Stream is not null && o.Curvature != CurvatureMethod.Kfac)
+            throw new UsageException("curvature", "exact (Hessian-vector product) curvature needs the whole model in memory; the layer-wise path has K-FAC");
+        var blocks = CurvatureEngine.Collect(model, batch, sites.Select(s => new[] { s.WeightName }).ToList(), EngineOptions(o), progress, inputs.Stream);
+        Tensor A(ProjectionSite s)
+        {
+            using var g = grams.Gram(s.Name);
+            return g.DivScalar(grams.Rows);
+        }
+        (IGramSource, string) Moment(ProjectionSite s) => (grams, s.Name);
         var result = new Dictionary<string, BlockCurvatureModel>();
         for (int i = 0; i < sites.Count; i++)
         {

@@ -225,36 +225,43 @@ public static class GeoPlanner
         Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds, int Initial, int Rounds, double BoundSeconds);
 
     /// <param name="verify">Screened costing: run the cost-then-verify loop (<see cref="GroupScreen.Select"/>); a shard costs the first set only.</param>
-    private static CandidateSet Candidates(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+    private static CandidateSet Candidates(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
         GroupCostEvaluator costs, PlannerOptions o, long budget, bool verify, IProgress<ProgressTick>? progress)
     {
+        var model = inputs.Model;
         var sw = Stopwatch.StartNew();
         var allowed = AllowedGroups(model, o);
         var costing = ChooseCosting(o.Costing, CostingWork(model, allowed), o.MaxGroupSize);
         int allowedCount = allowed.Values.Sum(v => v.Count);
         if (costing.Method == CostingMethod.Full) return new(allowed, costing, allowedCount, 0, new(), 0, allowedCount, 0, 0);
-        var s = GroupScreen.Select(model, grams, curvature, costs, o, allowed, KeptFractions(o), budget, verify, progress);
+        var s = GroupScreen.Select(inputs, curvature, costs, o, allowed, KeptFractions(o), budget, verify, progress);
         return new(s.Groups, costing, allowedCount, s.Screened, s.Gains, sw.Elapsed.TotalSeconds, s.Initial, s.Rounds, s.BoundSeconds);
     }
 
     /// <param name="curvature">Block models already collected (kept by the caller); null: collect them here.</param>
     public static PlannerResult Plan(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o,
+        IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null) =>
+        Plan(PlanningInputs.Resident(model, grams), curvatureBatch, o, progress, curvature);
+
+    /// <summary>The plan from <paramref name="inputs"/>: the resident model, or a layer-wise run (checkpoint, spilled grams, streamed K-FAC).</summary>
+    public static PlannerResult Plan(PlanningInputs inputs, LossBatch curvatureBatch, PlannerOptions o,
         IProgress<ProgressTick>? progress = null, IReadOnlyDictionary<string, BlockCurvatureModel>? curvature = null)
     {
+        var model = inputs.Model;
         o.Validate(model);
         var sw = Stopwatch.StartNew();
         bool owns = curvature is null;
-        curvature ??= BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
+        curvature ??= BlockCurvatureModel.Collect(inputs, curvatureBatch, o, progress);
         double curvatureSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
 
-        var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
+        var costs = new GroupCostEvaluator(inputs, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
         try
         {
             var shared = o.SharedTypes ?? ShareableTypes.Default(model);
             var kept = KeptFractions(o);
             long budget = Budget(model, o.Ratio);
-            var candidates = Candidates(model, grams, curvature, costs, o, budget, verify: true, progress);
+            var candidates = Candidates(inputs, curvature, costs, o, budget, verify: true, progress);
             var choice = ChooseSearch(o.Search, model.Config.NumLayers, SearchVariables(model, o, candidates.Groups));
             var (result, greedy, costSeconds) = Search(model, costs, o, candidates.Groups, kept, budget, choice.Method == SearchMethod.Exact, sw, progress);
             int searched = costs.Evaluated;
@@ -289,20 +296,25 @@ public static class GeoPlanner
     /// shard finishes from the cells.
     /// </summary>
     public static ShardResult CostShard(PretrainedModel model, ActivationGrams grams, LossBatch curvatureBatch, PlannerOptions o, int shard, int shards,
+        IProgress<ProgressTick>? progress = null) => CostShard(PlanningInputs.Resident(model, grams), curvatureBatch, o, shard, shards, progress);
+
+    /// <summary><see cref="CostShard(PretrainedModel, ActivationGrams, LossBatch, PlannerOptions, int, int, IProgress{ProgressTick}?)"/> on the planner's inputs.</summary>
+    public static ShardResult CostShard(PlanningInputs inputs, LossBatch curvatureBatch, PlannerOptions o, int shard, int shards,
         IProgress<ProgressTick>? progress = null)
     {
+        var model = inputs.Model;
         o.Validate(model);
         if (o.Cells is null) throw new UsageException("cells", "a shard writes its costs into a cells folder");
         if (shards < 1 || shard < 0 || shard >= shards) throw new UsageException("shard", $"shard {shard} of {shards} is not within 0..{shards - 1}");
         var sw = Stopwatch.StartNew();
-        var curvature = BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
+        var curvature = BlockCurvatureModel.Collect(inputs, curvatureBatch, o, progress);
         double curvatureSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
-        using var costs = new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
+        using var costs = new GroupCostEvaluator(inputs, curvature, o.Trust, o.UseGradient) { Cells = o.Cells };
         try
         {
             var kept = KeptFractions(o);
-            var candidates = Candidates(model, grams, curvature, costs, o, Budget(model, o.Ratio), verify: false, progress);
+            var candidates = Candidates(inputs, curvature, costs, o, Budget(model, o.Ratio), verify: false, progress);
             var jobs = Jobs(model, candidates.Groups);
             var mine = jobs.Where((_, i) => i % shards == shard).ToList();
             int done = 0;
@@ -385,8 +397,13 @@ public static class GeoPlanner
     /// by the plan writes the model the planner's own run writes.
     /// </summary>
     public static AlignedCoefficientSolver AlignedCoefficients(PretrainedModel model, SharingPlan plan, ActivationGrams grams, LossBatch curvatureBatch,
+        IProgress<ProgressTick>? progress = null) => AlignedCoefficients(PlanningInputs.Resident(model, grams), plan, curvatureBatch, progress);
+
+    /// <summary>The saved plan's curvature-aligned coefficients from <paramref name="inputs"/> (resident or layer-wise).</summary>
+    public static AlignedCoefficientSolver AlignedCoefficients(PlanningInputs inputs, SharingPlan plan, LossBatch curvatureBatch,
         IProgress<ProgressTick>? progress = null)
     {
+        var model = inputs.Model;
         var recipe = plan.Coefficients ?? throw new ArgumentException("the plan records no curvature-aligned coefficients (Basis Sharing's need no solver)", nameof(plan));
         if (recipe.CurvatureBatch != curvatureBatch.Description)
             throw new UsageException($"the plan's curvature batch is '{recipe.CurvatureBatch}', this one is '{curvatureBatch.Description}'");
@@ -394,8 +411,8 @@ public static class GeoPlanner
         if (recipe.ModelDtype != dtype)
             throw new UsageException($"the plan's curvature was computed on the {recipe.ModelDtype} model, this model is {dtype}");
         var o = PlannerOptions.FromRecipe(recipe, plan.Ratio ?? 0.5); // the ratio chooses ranks; it does not enter the curvature
-        var curvature = BlockCurvatureModel.Collect(model, curvatureBatch, grams, o, progress);
-        return new AlignedCoefficientSolver(new GroupCostEvaluator(model, grams, curvature, o.Trust, o.UseGradient), curvature);
+        var curvature = BlockCurvatureModel.Collect(inputs, curvatureBatch, o, progress);
+        return new AlignedCoefficientSolver(new GroupCostEvaluator(inputs, curvature, o.Trust, o.UseGradient), curvature);
     }
 
     /// <summary>The coloring (canonical) and ranks per type from chosen groups; predicted loss per color.</summary>

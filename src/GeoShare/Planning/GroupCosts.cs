@@ -20,7 +20,8 @@ public sealed record GroupCandidate(string Type, int[] Layers, IReadOnlyList<Ran
 public sealed class GroupCostEvaluator : IDisposable
 {
     private readonly PretrainedModel _model;
-    private readonly ActivationGrams _grams;
+    private readonly ProjectionWeights _weights;
+    private readonly IGramSource _grams;
     private readonly IReadOnlyDictionary<string, BlockCurvatureModel> _curvature;
     private readonly Dictionary<(string, long), GroupCandidate> _cache = new();
     public double Trust { get; }
@@ -36,24 +37,22 @@ public sealed class GroupCostEvaluator : IDisposable
     }
 
     public GroupCostEvaluator(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
+        : this(PlanningInputs.Resident(model, grams), curvature, trust, useGradient)
     {
-        _model = model;
-        _grams = grams;
+    }
+
+    /// <summary>Costs read each member's weight and gram from <paramref name="inputs"/> (the resident model, or the checkpoint and spilled grams).</summary>
+    public GroupCostEvaluator(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, double trust, bool useGradient)
+    {
+        _model = inputs.Model;
+        _weights = inputs.Weights;
+        _grams = inputs.Grams;
         _curvature = curvature;
         Trust = trust;
         UseGradient = useGradient;
     }
 
     public BlockCurvatureModel Curvature(string site) => _curvature[site];
-
-    /// <summary>
-    /// The layer's matrix [in, out] in float64, made for each group that uses it (in the caller's scope): converting is exact
-    /// and cheap beside the group's SVD, and keeping every matrix in float64 for the whole plan cost twice the float32 model.
-    /// </summary>
-    private Tensor Weight(ProjectionSite site)
-    {
-        using (torch.no_grad()) return _model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone(); // as the cache made it
-    }
 
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
@@ -77,14 +76,17 @@ public sealed class GroupCostEvaluator : IDisposable
     {
         using var scope = torch.NewDisposeScope();
         var sites = layers.Select(l => _model.Site(type, l)).ToArray();
-        var weights = sites.Select(Weight).ToArray();
-        var gram = sites.Select(s => _grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
+        // Each member's matrix [in, out] and gram, made (or read) for the group: float64 copies of every weight kept for the
+        // whole plan cost twice the float32 model, and the grams may be on disk.
+        var weights = sites.Select(_weights.Read).ToArray();
+        var grams = sites.Select(s => _grams.Gram(s.Name)).ToArray();
+        var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         int maxRank = ranks.Max();
         var g = SharedBasis.Compute(weights, gram, maxRank);
         var totals = ranks.Select(_ => new double[4]).ToArray();
         for (int i = 0; i < sites.Length; i++)
         {
-            using var aligned = new AlignedCoefficients(g.Basis, weights[i], _curvature[sites[i].Name]);
+            using var aligned = new AlignedCoefficients(g.Basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i]);
             for (int r = 0; r < ranks.Count; r++)
             {
                 var s = aligned.Solve(ranks[r], Trust, UseGradient);

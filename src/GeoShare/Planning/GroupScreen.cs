@@ -27,15 +27,24 @@ public static class GroupScreen
 
     public static long Mask(IEnumerable<int> layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
-    /// <summary>
-    /// Bounds of <paramref name="groups"/> (all of one type) at <paramref name="ranks"/>(group size). Per-layer
-    /// WWᵀ [in, in] is held for the type while the groups are bounded.
-    /// </summary>
+    /// <summary>Bounds on the resident model and grams (<see cref="Bounds(PlanningInputs, IReadOnlyDictionary{string, BlockCurvatureModel}, string, IReadOnlyList{int[]}, Func{int, IReadOnlyList{int}})"/>).</summary>
     public static GroupBound[] Bounds(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+        string type, IReadOnlyList<int[]> groups, Func<int, IReadOnlyList<int>> ranks) =>
+        Bounds(PlanningInputs.Resident(model, grams), curvature, type, groups, ranks);
+
+    /// <summary>
+    /// Bounds of <paramref name="groups"/> (all of one type) at <paramref name="ranks"/>(group size). Each layer's
+    /// bulk term and top projections are computed once; a group's weights and grams are read for it. Where in ≤ out,
+    /// per-layer WWᵀ [in, in] (no larger than W) is held for the type and summed per group; where in &gt; out, the group's
+    /// S·ΣWWᵀ·Sᵀ is made as (S·[W₁ … Wₙ])(S·[W₁ … Wₙ])ᵀ, fewer multiply-adds than S·Q·Sᵀ and no [in, in] per layer.
+    /// </summary>
+    public static GroupBound[] Bounds(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
         string type, IReadOnlyList<int[]> groups, Func<int, IReadOnlyList<int>> ranks)
     {
+        var model = inputs.Model;
         var layers = groups.SelectMany(g => g).Distinct().Order().ToList();
-        var w = new Tensor?[model.Config.NumLayers];
+        var first = model.Site(type, 0);
+        bool products = first.InFeatures <= first.OutFeatures;
         var q = new Tensor?[model.Config.NumLayers];
         var bulkW = new double[model.Config.NumLayers];
         var vDotW = new double[model.Config.NumLayers][];
@@ -46,19 +55,17 @@ public static class GroupScreen
                 using var scope = torch.NewDisposeScope();
                 var site = model.Site(type, l);
                 var m = curvature[site.Name];
-                Tensor x;
-                using (torch.no_grad()) x = model.GetProjection(site).WeightInOut().to_type(ScalarType.Float64).detach().clone();
-                bulkW[l] = m.TimesA(x).mul(x).mul(m.OutputWeights).sum().item<double>();
+                var x = inputs.Weights.Read(site);
+                var gram = inputs.Grams.Gram(site.Name);
+                bulkW[l] = m.TimesA(x, gram).mul(x).mul(m.OutputWeights).sum().item<double>();
                 vDotW[l] = m.Corrections.Length == 0 ? [] : TopProjections(m, x).data<double>().ToArray();
-                q[l] = x.matmul(x.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
-                w[l] = x.DetachFromDisposeScope();
+                if (products) q[l] = x.matmul(x.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
                 return 0;
             });
-            return SingleThreadedWorkers.Map(groups, g => Bound(model, grams, curvature, type, g, ranks(g.Length).ToArray(), w, q, bulkW, vDotW));
+            return SingleThreadedWorkers.Map(groups, g => Bound(inputs, curvature, type, g, ranks(g.Length).ToArray(), products ? q : null, bulkW, vDotW));
         }
         finally
         {
-            foreach (var t in w) t?.Dispose();
             foreach (var t in q) t?.Dispose();
         }
     }
@@ -68,15 +75,23 @@ public static class GroupScreen
         ? fa.matmul(x).mul(fg).sum(1)
         : m.TopVectors.mul(x.unsqueeze(0)).sum([1L, 2L]);
 
-    private static GroupBound Bound(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, string type,
-        int[] layers, int[] ranks, Tensor?[] w, Tensor?[] q, double[] bulkW, double[][] vDotW)
+    private static GroupBound Bound(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature, string type,
+        int[] layers, int[] ranks, Tensor?[]? q, double[] bulkW, double[][] vDotW)
     {
         using var scope = torch.NewDisposeScope();
-        var sites = layers.Select(l => model.Site(type, l)).ToArray();
+        var sites = layers.Select(l => inputs.Model.Site(type, l)).ToArray();
         int kmax = ranks.Max();
-        var gram = sites.Select(s => grams[s.Name]).Aggregate((a, b) => a.add(b, Scalars.One));
+        var w = sites.Select(inputs.Weights.Read).ToArray();
+        var grams = sites.Select(s => inputs.Grams.Gram(s.Name)).ToArray();
+        var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         var s = SharedBasis.WhiteningFactor(gram);
-        var k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
+        Tensor k;
+        if (q is not null) k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
+        else
+        {
+            var sw = s.matmul(w.Length == 1 ? w[0] : torch.cat(w, 1));
+            k = sw.matmul(sw.t());
+        }
         var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
         var u = vectors.narrow(1, vectors.shape[1] - kmax, kmax).flip(1);           // top kmax, descending
         var basis = torch.linalg.solve_triangular(s, u, upper: true);               // S⁻¹U: the exact basis's span, column by column
@@ -85,8 +100,8 @@ public static class GroupScreen
         for (int i = 0; i < layers.Length; i++)
         {
             var m = curvature[sites[i].Name];
-            var x = w[layers[i]]!;
-            var ab = m.TimesA(basis);                                               // [in, K]
+            var x = w[i];
+            var ab = m.TimesA(basis, grams[i]);                                     // [in, K]
             var l = Cholesky(basis.t().matmul(ab));
             var z = torch.linalg.solve_triangular(l, ab.t().matmul(x), upper: false); // L⁻¹BᵀAW [K, out]
             var gamma = m.OutputWeights;
@@ -200,10 +215,11 @@ public static class GroupScreen
     /// chooses that are only bounded are costed and the search runs again, until every chosen group is exact: that plan is
     /// the optimum over all screened groups. <paramref name="verify"/> false (a shard): the first set only.
     /// </summary>
-    public static Selection Select(PretrainedModel model, ActivationGrams grams, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
+    public static Selection Select(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
         GroupCostEvaluator costs, PlannerOptions o, IReadOnlyDictionary<string, List<int[]>> allowed, double[] kept, long budget, bool verify,
         IProgress<ProgressTick>? progress)
     {
+        var model = inputs.Model;
         int n = model.Config.NumLayers;
         double x0 = 1 - o.Ratio;
         var groups = new Dictionary<string, List<int[]>>();
@@ -227,7 +243,7 @@ public static class GroupScreen
             int maxSize = typeAllowed.Count == 0 ? 1 : typeAllowed.Max(g => g.Length);
             if (maxSize < 2) { progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types")); continue; }
             // The gains of sharing are against the single layers' upper bounds (what Basis Sharing's coefficients cost them).
-            var singleBounds = Bounds(model, grams, curvature, t, singles, sz => RanksOf(t, sz));
+            var singleBounds = Bounds(inputs, curvature, t, singles, sz => RanksOf(t, sz));
             var singleCost = singleBounds.ToDictionary(b => b.Layers[0], b => b.Upper[Nominal(t, 1, b.Ranks)]);
             screened += singles.Count;
             var gain = new Dictionary<long, double>();
@@ -238,7 +254,7 @@ public static class GroupScreen
             for (int size = 2; size <= maxSize; size++)
             {
                 var considered = typeAllowed.Where(g => g.Length == size && (size == 2 || Considered(g, keptBySize[size - 1], keptPairs))).ToList();
-                var b = Bounds(model, grams, curvature, t, considered, sz => RanksOf(t, sz));
+                var b = Bounds(inputs, curvature, t, considered, sz => RanksOf(t, sz));
                 screened += considered.Count;
                 var values = new double[considered.Count];
                 for (int i = 0; i < considered.Count; i++)

@@ -43,7 +43,7 @@ public sealed class CalibrationSet
 /// Second moments of each projection's inputs over a calibration set, XᵀX (float64): Basis Sharing's
 /// whitening matrix, K-FAC's A factor, and the weights of the least-squares refit.
 /// </summary>
-public sealed class ActivationGrams : IDisposable
+public sealed class ActivationGrams : IGramSource, IDisposable
 {
     private readonly Dictionary<string, Tensor> _gram;
     public long Rows { get; }
@@ -61,6 +61,9 @@ public sealed class ActivationGrams : IDisposable
     public Tensor this[string site] => _gram[site];
 
     public bool Contains(string site) => _gram.ContainsKey(site);
+
+    /// <summary>A view of the held gram (disposing it leaves the gram).</summary>
+    public Tensor Gram(string site) => _gram[site].alias();
 
     public static ActivationGrams Collect(PretrainedModel model, CalibrationSet calibration, IEnumerable<ProjectionSite> sites,
         IProgress<ProgressTick>? progress = null)

@@ -12,7 +12,9 @@ namespace GeoShare.Sharing;
 public static class SharedBasis
 {
     /// <summary>S with SᵀS = XᵀX + δI: Cholesky, adding damping until it succeeds.</summary>
-    public static Tensor WhiteningFactor(Tensor gram)
+    /// <param name="consume">Free <paramref name="gram"/> once its factor exists, before the factor's transposed copy is made
+    /// (a 1B down_proj: three 537 MB matrices at once become two).</param>
+    public static Tensor WhiteningFactor(Tensor gram, bool consume = false)
     {
         long n = gram.shape[0];
         double scale = Math.Max(gram.diagonal().mean().item<double>(), 1e-12);
@@ -24,11 +26,13 @@ public static class SharedBasis
                 if (damping == 0)
                 {
                     using var l0 = torch.linalg.cholesky(gram);
+                    if (consume) gram.Dispose();
                     return l0.t().contiguous();
                 }
                 using var eye = torch.eye(n, dtype: ScalarType.Float64);
                 using var a = gram.add(eye.MulScalar(damping));
                 using var l = torch.linalg.cholesky(a);
+                if (consume) gram.Dispose();
                 return l.t().contiguous();
             }
             catch (Exception) when (damping < scale)
@@ -48,10 +52,9 @@ public static class SharedBasis
         long din = weights[0].shape[0], dout = weights[0].shape[1];
         int full = SharingPlan.FullRank((int)din, (int)dout, weights.Count);
         if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
-        var s = WhiteningFactor(gram);
         // consumeInputs: the gram and the weights are freed as soon as they are used, before the SVD's own memory (a
         // down_proj pair of a 1B model: 537 MB of gram and 268 MB of weights less at its peak).
-        if (consumeInputs) gram.Dispose();
+        var s = WhiteningFactor(gram, consumeInputs);
         var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
         if (consumeInputs) foreach (var w in weights) w.Dispose();
         var whitened = s.matmul(stacked);

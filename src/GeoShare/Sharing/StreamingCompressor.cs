@@ -9,7 +9,7 @@ namespace GeoShare.Sharing;
 /// so that only the grams a group needs are in memory. Projections that read the same input tensor (LLaMA's q/k/v and
 /// gate/up) store one gram.
 /// </summary>
-public sealed class SpilledGrams : IDisposable
+public sealed class SpilledGrams : IGramSource, IDisposable
 {
     private readonly string _dir;
     private readonly Dictionary<string, (int Layer, string Stored)> _where;
@@ -25,14 +25,14 @@ public sealed class SpilledGrams : IDisposable
     public bool Contains(string site) => _where.ContainsKey(site);
 
     /// <summary>XᵀX (float64) of the inputs of <paramref name="site"/>; the caller disposes it.</summary>
-    public Tensor Read(string site)
+    public Tensor Gram(string site)
     {
         var (layer, stored) = _where.TryGetValue(site, out var w) ? w : throw new ArgumentException($"no gram collected for '{site}'");
         return SafetensorsFile.Open(LayerFile(_dir, layer)).Read(stored, ScalarType.Float64);
     }
 
     /// <summary>The grams of <paramref name="sites"/> in memory (for plans that compare layers by them, e.g. similarity).</summary>
-    public ActivationGrams Load(IEnumerable<string> sites) => ActivationGrams.Of(sites.Distinct().ToDictionary(s => s, Read), Rows);
+    public ActivationGrams Load(IEnumerable<string> sites) => ActivationGrams.Of(sites.Distinct().ToDictionary(s => s, Gram), Rows);
 
     private static string LayerFile(string dir, int layer) => Path.Combine(dir, $"grams-{layer}.safetensors");
 
@@ -175,7 +175,7 @@ public static class StreamingCompressor
         var src = new CheckpointTensorSource(Checkpoint.Open(stream.Dir), dtype);
         var compressed = new HashSet<string>();
         WeightLayout Layout(ProjectionSite s) => shell.GetProjection(s).Layout;
-        var report = PlanCompressor.CompressGroups(shell, plan, options, s => WeightInOut64(src, s, Layout(s)), s => grams.Read(s.Name),
+        var report = PlanCompressor.CompressGroups(shell, plan, options, s => ProjectionWeights.InOut64(src, s, Layout(s)), s => grams.Gram(s.Name),
             grams.Rows, (type, color, g) =>
             {
                 if (g.Basis is { } basis)
@@ -211,18 +211,5 @@ public static class StreamingCompressor
         long modelAfter = modelBefore - report.Sum(r => r.ParametersBefore) + report.Sum(r => r.ParametersAfter);
         return new CompressionReport(report, report.Sum(r => r.ParametersBefore), report.Sum(r => r.ParametersAfter),
             modelBefore, modelAfter, modelAfter * dtype.ElementSize(), Refitted: false);
-    }
-
-    /// <summary>
-    /// A projection's dense weight as [in, out] float64, read from the checkpoint (shape and finiteness checked); the
-    /// tensor as read is freed at once (for a down_proj of a 1B model, 67 MB a member).
-    /// </summary>
-    private static Tensor WeightInOut64(TensorSource src, ProjectionSite site, WeightLayout layout)
-    {
-        using var scope = torch.NewDisposeScope();
-        var w = layout == WeightLayout.InOut
-            ? src.Take(site.WeightName, site.InFeatures, site.OutFeatures)
-            : src.Take(site.WeightName, site.OutFeatures, site.InFeatures).t();
-        return w.to_type(ScalarType.Float64).MoveToOuterDisposeScope();
     }
 }
