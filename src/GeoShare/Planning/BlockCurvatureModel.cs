@@ -41,7 +41,6 @@ public sealed class BlockCurvatureModel : IDisposable
     public (Tensor A, Tensor G)? TopFactors { get; init; }
     private readonly Tensor? _a;
     private readonly (IGramSource Grams, string Site)? _moment;
-    private readonly int _inFeatures;
     /// <summary>
     /// Input second moment E[xxᵀ], [in, in], float64: owned by the model, or made on each read from a borrowed calibration
     /// gram (XᵀX / rows, a new tensor the caller's scope owns) so that the planner holds the grams once (or not at all, where
@@ -74,15 +73,7 @@ public sealed class BlockCurvatureModel : IDisposable
     private Tensor BorrowedGram() => _moment is var (grams, site) ? grams.Gram(site) : throw new InvalidOperationException("no second moment");
 
     /// <summary>A read as <c>Gram / Rows</c> from a gram source the caller keeps alive for the model's lifetime (not disposed here).</summary>
-    public (IGramSource Grams, string Site)? BorrowedMoment
-    {
-        get => _moment;
-        init
-        {
-            _moment = value;
-            if (value is var (grams, site)) { using var g = grams.Gram(site); _inFeatures = (int)g.shape[0]; }
-        }
-    }
+    public (IGramSource Grams, string Site)? BorrowedMoment { get => _moment; init => _moment = value; }
     /// <summary>γ, the bulk's weight per output unit, [out], float64.</summary>
     public required Tensor OutputWeights { get; init; }
     /// <summary>cᵢ ≥ 0 for the top eigenvectors.</summary>
@@ -93,7 +84,6 @@ public sealed class BlockCurvatureModel : IDisposable
     /// <summary>The trace estimate's standard error (exact curvature); null where the trace is exact (K-FAC).</summary>
     public double? TraceStandardError { get; init; }
 
-    public int InFeatures => _a is not null ? (int)_a.shape[0] : _inFeatures;
     public int OutFeatures => (int)OutputWeights.shape[0];
 
     public double Linear(Tensor delta)
