@@ -27,7 +27,7 @@ public static class PlannerCliOptions
         new("--contiguous", null, "only groups of consecutive layers"),
         new("--private", "LAYERS", "layers that never share (comma-separated indices)"),
         new("--search", "auto|exact|greedy", $"exact: CP-SAT over the costed groups, optimal (any depth); greedy: greedy merging + local search; auto: exact up to {GeoPlanner.ExactSearchMaxVariables:N0} group × rank choices, greedy beyond", Name(Defaults.Search)),
-        new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: estimate every group cheaply (one [in, in] eigenvalue decomposition) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
+        new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: bound every group cheaply (one eigendecomposition of the narrower side, [in, in] or [n·out, n·out]) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
         new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing", Text(Defaults.ScreenPartners)),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),

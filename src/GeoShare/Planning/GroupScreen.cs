@@ -36,7 +36,8 @@ public static class GroupScreen
     /// Bounds of <paramref name="groups"/> (all of one type) at <paramref name="ranks"/>(group size). Each layer's
     /// bulk term and top projections are computed once; a group's weights and grams are read for it. Where in ≤ out,
     /// per-layer WWᵀ [in, in] (no larger than W) is held for the type and summed per group; where in &gt; out, the group's
-    /// S·ΣWWᵀ·Sᵀ is made as (S·[W₁ … Wₙ])(S·[W₁ … Wₙ])ᵀ, fewer multiply-adds than S·Q·Sᵀ and no [in, in] per layer.
+    /// S·ΣWWᵀ·Sᵀ is made as (S·[W₁ … Wₙ])(S·[W₁ … Wₙ])ᵀ, fewer multiply-adds than S·Q·Sᵀ and no [in, in] per layer, or,
+    /// where the group is narrower than its input (n·out &lt; in), the span comes from WᵀXᵀXW's [n·out]² eigenvectors instead.
     /// </summary>
     public static GroupBound[] Bounds(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
         string type, IReadOnlyList<int[]> groups, Func<int, IReadOnlyList<int>> ranks)
@@ -84,17 +85,32 @@ public static class GroupScreen
         var w = sites.Select(inputs.Weights.Read).ToArray();
         var grams = sites.Select(s => inputs.Grams.Gram(s.Name)).ToArray();
         var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
-        var s = SharedBasis.WhiteningFactor(gram);
-        Tensor k;
-        if (q is not null) k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
+        Tensor basis;
+        long width = (long)w.Length * w[0].shape[1];
+        if (q is null && width < w[0].shape[0])
+        {
+            // Narrower than the input (as SharedBasis.Compute): S⁻¹U_kΣ_k = W V_k with V the top eigenvectors of
+            // WᵀXᵀXW, [n·out]² instead of [in]² (a 1B down_proj: 2048² instead of 8192²); the column scaling Σ_k
+            // changes nothing below (the Cholesky factor of BᵀAB absorbs it).
+            var stacked = w.Length == 1 ? w[0] : torch.cat(w, 1);
+            var m = stacked.t().matmul(gram.matmul(stacked));
+            var (_, v) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));   // ascending
+            basis = stacked.matmul(v.narrow(1, v.shape[1] - kmax, kmax).flip(1));
+        }
         else
         {
-            var sw = s.matmul(w.Length == 1 ? w[0] : torch.cat(w, 1));
-            k = sw.matmul(sw.t());
+            var s = SharedBasis.WhiteningFactor(gram);
+            Tensor k;
+            if (q is not null) k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
+            else
+            {
+                var sw = s.matmul(w.Length == 1 ? w[0] : torch.cat(w, 1));
+                k = sw.matmul(sw.t());
+            }
+            var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
+            var u = vectors.narrow(1, vectors.shape[1] - kmax, kmax).flip(1);           // top kmax, descending
+            basis = torch.linalg.solve_triangular(s, u, upper: true);                   // S⁻¹U: the exact basis's span, column by column
         }
-        var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
-        var u = vectors.narrow(1, vectors.shape[1] - kmax, kmax).flip(1);           // top kmax, descending
-        var basis = torch.linalg.solve_triangular(s, u, upper: true);               // S⁻¹U: the exact basis's span, column by column
         var lower = new double[ranks.Length];
         var upper = new double[ranks.Length];
         for (int i = 0; i < layers.Length; i++)
