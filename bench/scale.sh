@@ -2,7 +2,8 @@
 # bench/scale.md's runs. Usage:
 #   bench/scale.sh fixtures            # write the random-weight fixtures into bench/fixtures/ (ignored by git)
 #   bench/scale.sh compare             # bundled GPT-2 and LLaMA at 0.3 and 0.5: geo with full vs screened costing, test perplexity
-#   bench/scale.sh plan NAME RATIO COSTING   # one timed plan of a fixture (or bundled model), /usr/bin/time -v
+#   bench/scale.sh plan NAME RATIO COSTING [TAG OPTION…]   # one timed plan of a fixture (or bundled model), /usr/bin/time -v;
+#                                      # TAG names the run's extra plan options (e.g. stream --streaming on)
 #   bench/scale.sh kfac NAME WINDOWS   # K-FAC of every projection on the whole graph, then layer by layer: time, peak, ratio, top-λ agreement
 # Every run is its own process under /usr/bin/time -v (wall time, peak resident set); JSON into bench/results/scale/.
 # The machine is shared with other jobs: times are upper bounds of an idle machine's.
@@ -43,10 +44,10 @@ compare)
         done
     done ;;
 plan)
-    name=$2; ratio=$3; costing=$4
+    name=$2; ratio=$3; costing=$4; tag=${5:+-$5}; shift 5 2>/dev/null || shift $#
     model=bench/fixtures/$name; [ -d "$model" ] || model=assets/models/$name
-    timed "plan-$name-$ratio-$costing" ./geoshare plan --model "$model" --data assets/data/corpus/valid.txt --ratio "$ratio" --costing "$costing" \
-        --out /tmp/geoshare-scale-plan-$name.json --plots /tmp/geoshare-scale-plots-$name --json $out/plan-$name-$ratio-$costing.json ;;
+    timed "plan-$name-$ratio-$costing$tag" ./geoshare plan --model "$model" --data assets/data/corpus/valid.txt --ratio "$ratio" --costing "$costing" \
+        --out /tmp/geoshare-scale-plan-$name.json --plots /tmp/geoshare-scale-plots-$name --json $out/plan-$name-$ratio-$costing$tag.json "$@" ;;
 kfac)
     name=$2; windows=$3
     model=bench/fixtures/$name; [ -d "$model" ] || model=assets/models/$name

@@ -94,6 +94,11 @@ public class ScalablePlanningTests
             Assert.True(screened.ScreenRounds >= 1);
             Assert.Equal(full.Search.Objective, screened.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
             Assert.True(screened.CandidateGroups < full.CandidateGroups, $"{screened.CandidateGroups} of {full.CandidateGroups} costed");
+            // From the single layers alone (no partners first) the loop reaches the same optimum.
+            using var singles = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Screened, ScreenPartners = 0 }, curvature: curvature);
+            Assert.Equal(full.Search.Objective, singles.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
+            Assert.Equal(GeoPlanner.AllowedGroups(model, o).Values.Sum(v => v.Count(g => g.Length == 1)), singles.ScreenInitialGroups);
+            Assert.True(singles.ScreenRounds >= 1);
         }
         finally
         {

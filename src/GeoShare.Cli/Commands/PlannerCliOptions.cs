@@ -28,7 +28,7 @@ public static class PlannerCliOptions
         new("--private", "LAYERS", "layers that never share (comma-separated indices)"),
         new("--search", "auto|exact|greedy", $"exact: CP-SAT over the costed groups, optimal (any depth); greedy: greedy merging + local search; auto: exact up to {GeoPlanner.ExactSearchMaxVariables:N0} group × rank choices, greedy beyond", Name(Defaults.Search)),
         new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: bound every group cheaply (one eigendecomposition of the narrower side, [in, in] or [n·out, n·out]) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
-        new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing", Text(Defaults.ScreenPartners)),
+        new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing before the cost-then-verify loop (0: single layers only; the loop costs the groups the search chooses)", Text(Defaults.ScreenPartners)),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
     ];
@@ -39,7 +39,7 @@ public static class PlannerCliOptions
         a.Choice("--curvature", "exact", "kfac");
         a.Choice("--search", "auto", "exact", "greedy");
         a.Choice("--costing", "auto", "full", "screened");
-        a.Int("--screen-partners", min: 1);
+        a.Int("--screen-partners", min: 0);
         a.Int("--top", min: 1);
         a.Int("--max-group", min: 1);
         a.Double("--trust", min: 0);
@@ -71,7 +71,7 @@ public static class PlannerCliOptions
             UseGradient = a.Flag("--gradient"),
             Seed = a.Int("--seed", min: 0),
             Costing = a.Choice("--costing", "auto", "full", "screened") switch { "full" => CostingMethod.Full, "screened" => CostingMethod.Screened, _ => CostingMethod.Auto },
-            ScreenPartners = a.Int("--screen-partners", min: 1),
+            ScreenPartners = a.Int("--screen-partners", min: 0),
         };
         options.Validate(model); // before the calibration: e.g. an exact search the model is too deep for
         return options;

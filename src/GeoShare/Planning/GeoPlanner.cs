@@ -54,8 +54,11 @@ public sealed record PlannerOptions
     public long Seed { get; init; }
     /// <summary>Auto: full costing up to <see cref="GeoPlanner.FullCostingMaxWork"/>, screened beyond.</summary>
     public CostingMethod Costing { get; init; } = CostingMethod.Auto;
-    /// <summary>Screened costing: each layer keeps its best this many groups of each size (by the screen's estimate).</summary>
-    public int ScreenPartners { get; init; } = 3;
+    /// <summary>Screened costing: each layer's best this many groups of each size (by the upper bound) are costed in the first set;
+    /// 0 (the default): single layers only, the cost-then-verify loop costs what the search chooses (the same optimum; on the
+    /// GPT-2 124M fixture 65 groups costed instead of 127, bench/scale.md); where no verify loop runs (--gradient, a search too
+    /// large to be exact) each layer's best group of each size is costed too. Shards cost the first set.</summary>
+    public int ScreenPartners { get; init; }
     /// <summary>Costed groups are read from and written to this folder (shards, resumed runs); null: in memory only.</summary>
     public GroupCostCells? Cells { get; init; }
 
@@ -77,7 +80,7 @@ public sealed record PlannerOptions
         if (!(Trust >= 0)) Fail("trust", $"must be at least 0, got {Trust}");
         if (!(TimeLimitSeconds > 0)) Fail("time_limit", $"must be positive, got {TimeLimitSeconds} s");
         if (!Enum.IsDefined(Costing)) Fail("costing", $"method {(int)Costing} is not auto, full or screened");
-        if (ScreenPartners < 1) Fail("screen_partners", $"must be at least 1, got {ScreenPartners}");
+        if (ScreenPartners < 0) Fail("screen_partners", $"must be at least 0, got {ScreenPartners}");
         if (GeoPlanner.KeptFractions(this).Length == 0)
             Fail("kept_offsets", $"[{string.Join(", ", KeptOffsets)}] leave no kept fraction within [0.02, 0.98] at ratio {Ratio}");
         // Group costs are cached under a 64-bit mask of the group's layers.

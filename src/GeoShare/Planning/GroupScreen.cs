@@ -242,6 +242,7 @@ public static class GroupScreen
         var gains = new Dictionary<string, IReadOnlyDictionary<long, double>>();
         var bounds = new Dictionary<string, Dictionary<long, GroupBound>>();
         int screened = 0, done = 0;
+        var deferred = new List<(string Type, int[] Layers)>();   // ScreenPartners 0: each layer's best groups, costed only where no verify loop runs
         var clock = System.Diagnostics.Stopwatch.StartNew();
         IReadOnlyList<int> RanksOf(string t, int size) => costs.Ranks(t, size, kept);
         int Nominal(string t, int size, int[] ranks)
@@ -280,25 +281,31 @@ public static class GroupScreen
                     values[i] = b[i].Upper[Nominal(t, size, b[i].Ranks)] - g.Sum(l => singleCost.TryGetValue(l, out double v) ? v : 0);
                     gain[Mask(g)] = values[i];
                 }
-                // Each layer keeps its best `partners` groups of this size (ties by the groups' order: deterministic).
+                // Each layer keeps its best `partners` groups of this size (ties by the groups' order: deterministic); with 0,
+                // none is costed first (the verify loop costs what the search chooses) and the best one grows larger groups.
                 var chosen = new HashSet<long>();
                 for (int l = 0; l < n; l++)
                     foreach (int i in Enumerable.Range(0, considered.Count).Where(i => considered[i].Contains(l))
-                                 .OrderBy(i => values[i]).ThenBy(i => i).Take(o.ScreenPartners))
+                                 .OrderBy(i => values[i]).ThenBy(i => i).Take(Math.Max(1, o.ScreenPartners)))
                         chosen.Add(Mask(considered[i]));
                 keptBySize[size] = chosen;
                 if (size == 2) keptPairs = chosen;
-                groups[t].AddRange(considered.Where(g => chosen.Contains(Mask(g))));
+                var best = considered.Where(g => chosen.Contains(Mask(g)));
+                if (o.ScreenPartners > 0) groups[t].AddRange(best);
+                else deferred.AddRange(best.Select(g => (t, g)));
             }
             gains[t] = gain;
             bounds[t] = typeBounds;
             progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types"));
         }
-        int initial = groups.Values.Sum(v => v.Count);
         double boundSeconds = clock.Elapsed.TotalSeconds;
         // The verify search's (group, rank) choices: every single layer and every bounded group.
         long variables = (groups.Values.Sum(v => (long)v.Count(g => g.Length == 1)) + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
-        if (!verify || o.UseGradient || variables > GeoPlanner.ExactSearchMaxVariables) return new(groups, gains, screened, initial, 0, false, boundSeconds);
+        bool verifiable = !o.UseGradient && variables <= GeoPlanner.ExactSearchMaxVariables;
+        // Without a verify loop (here or in the run that finishes a shard's cells) the first set is all that is searched.
+        if (!verifiable) foreach (var (t, g) in deferred) groups[t].Add(g);
+        int initial = groups.Values.Sum(v => v.Count);
+        if (!verify || !verifiable) return new(groups, gains, screened, initial, 0, false, boundSeconds);
 
         // Cost-then-verify.
         int rounds = 0;
