@@ -86,16 +86,12 @@ public static class GroupScreen
         var grams = sites.Select(s => inputs.Grams.Gram(s.Name)).ToArray();
         var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         Tensor basis;
-        long width = (long)w.Length * w[0].shape[1];
-        if (q is null && width < w[0].shape[0])
+        if (SharedBasis.NarrowerThanInput(sites[0].InFeatures, sites[0].OutFeatures, layers.Length))
         {
-            // Narrower than the input (as SharedBasis.Compute): S⁻¹U_kΣ_k = W V_k with V the top eigenvectors of
-            // WᵀXᵀXW, [n·out]² instead of [in]² (a 1B down_proj: 2048² instead of 8192²); the column scaling Σ_k
-            // changes nothing below (the Cholesky factor of BᵀAB absorbs it).
+            // As SharedBasis.Compute: W V_k, [n·out]² instead of [in]² (a 1B down_proj: 2048² instead of 8192²); the
+            // column scaling Σ_k changes nothing below (the Cholesky factor of BᵀAB absorbs it).
             var stacked = w.Length == 1 ? w[0] : torch.cat(w, 1);
-            var m = stacked.t().matmul(gram.matmul(stacked));
-            var (_, v) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));   // ascending
-            basis = stacked.matmul(v.narrow(1, v.shape[1] - kmax, kmax).flip(1));
+            basis = stacked.matmul(SharedBasis.OutputSideSpectrum(stacked, gram, kmax).Vk);
         }
         else
         {

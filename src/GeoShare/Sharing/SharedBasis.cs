@@ -54,7 +54,7 @@ public static class SharedBasis
         if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
         // consumeInputs: the gram and the weights are freed as soon as they are used, before the SVD's own memory (a
         // down_proj pair of a 1B model: 537 MB of gram and 268 MB of weights less at its peak).
-        if ((long)weights.Count * dout < din) return FromOutputGram(weights, gram, rank, consumeInputs);
+        if (NarrowerThanInput(din, dout, weights.Count)) return FromOutputGram(weights, gram, rank, consumeInputs);
         var s = WhiteningFactor(gram, consumeInputs);
         var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
         if (consumeInputs) foreach (var w in weights) w.Dispose();
@@ -65,8 +65,31 @@ public static class SharedBasis
         var uk = u.narrow(1, 0, rank);
         var sk = sigma.narrow(0, 0, rank);
         var basis = torch.linalg.solve_triangular(s, uk.mul(sk.unsqueeze(0)), upper: true); // S⁻¹ U_k Σ_k
-        var coeff = vh.narrow(0, 0, rank);                                 // [k, n·out]
-        var parts = Enumerable.Range(0, weights.Count).Select(i => coeff.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
+        return Assemble(basis, vh.narrow(0, 0, rank), sigma, weights.Count, dout, rank);
+    }
+
+    /// <summary>Whether a group's basis comes from its output side (<see cref="OutputSideSpectrum"/>): n·out &lt; in, a down_proj.</summary>
+    public static bool NarrowerThanInput(long inFeatures, long outFeatures, int layers) => layers * outFeatures < inFeatures;
+
+    /// <summary>
+    /// Σ (all, descending) and V_k [n·out, k] of S·W (SᵀS = XᵀX) from the eigenpairs of WᵀXᵀXW = (SW)ᵀ(SW), without S:
+    /// S⁻¹U_kΣ_k = W V_k. <paramref name="consumeGram"/> frees the gram once XᵀX·W exists.
+    /// </summary>
+    public static (Tensor Sigma, Tensor Vk) OutputSideSpectrum(Tensor stacked, Tensor gram, int rank, bool consumeGram = false)
+    {
+        var gw = gram.matmul(stacked);
+        if (consumeGram) gram.Dispose();
+        var m = stacked.t().matmul(gw);
+        gw.Dispose();
+        var (eval, evec) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));  // ascending
+        m.Dispose();
+        return (eval.flip(0).clamp_min(0).sqrt(), evec.narrow(1, evec.shape[1] - rank, rank).flip(1));
+    }
+
+    /// <summary>The group's basis and its members' coefficients (C = [k, n·out] split per layer), spectrum and retained energy.</summary>
+    private static GroupBasis Assemble(Tensor basis, Tensor coeff, Tensor sigma, int layers, long dout, int rank)
+    {
+        var parts = Enumerable.Range(0, layers).Select(i => coeff.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
         var sv = sigma.data<double>().ToArray();
         double total = sv.Sum(x => x * x), kept = sv.Take(rank).Sum(x => x * x);
         return new GroupBasis(basis.contiguous().MoveToOuterDisposeScope(), parts, sv, total > 0 ? kept / total : 1);
@@ -80,23 +103,10 @@ public static class SharedBasis
     /// </summary>
     private static GroupBasis FromOutputGram(IReadOnlyList<Tensor> weights, Tensor gram, int rank, bool consumeInputs)
     {
-        long dout = weights[0].shape[1];
         var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
         if (consumeInputs) foreach (var w in weights) w.Dispose();
-        var gw = gram.matmul(stacked);
-        if (consumeInputs) gram.Dispose();
-        var m = stacked.t().matmul(gw);
-        gw.Dispose();
-        var (eval, evec) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));  // ascending
-        m.Dispose();
-        var sigma = eval.flip(0).clamp_min(0).sqrt();
-        var vk = evec.narrow(1, evec.shape[1] - rank, rank).flip(1);      // [n·out, k], leading first
-        var basis = stacked.matmul(vk);                                    // W V_k
-        var coeff = vk.t();                                                // [k, n·out]
-        var parts = Enumerable.Range(0, weights.Count).Select(i => coeff.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
-        var sv = sigma.data<double>().ToArray();
-        double total = sv.Sum(x => x * x), kept = sv.Take(rank).Sum(x => x * x);
-        return new GroupBasis(basis.contiguous().MoveToOuterDisposeScope(), parts, sv, total > 0 ? kept / total : 1);
+        var (sigma, vk) = OutputSideSpectrum(stacked, gram, rank, consumeInputs);
+        return Assemble(stacked.matmul(vk), vk.t(), sigma, weights.Count, stacked.shape[1] / weights.Count, rank); // W V_k, C = V_kᵀ
     }
 
     /// <summary>Least-squares coefficients for a fixed basis: C = (BᵀAB)⁻¹ BᵀA W, with A = XᵀX of this layer's inputs.</summary>
