@@ -29,7 +29,10 @@ public sealed class AlignedCoefficients : IDisposable
     private readonly BlockCurvatureModel _m;
     private readonly Tensor _b, _btA, _btW, _btAw, _gamma;
     private readonly Tensor? _btGr;
+    // The top directions' projections on the basis: BᵀVᵢ [rmax, out] each, or for K-FAC's Vᵢ = aᵢgᵢᵀ the factors
+    // Bᵀaᵢ (columns of [rmax, k]) and gᵢ (rows of [k, out]), so that a rank's projections cost O(r² + r·out), not O(r²·out).
     private readonly Tensor[] _btV;
+    private readonly Tensor? _btFa, _fg;
     private readonly double[] _vDotW;
     private readonly double _wNormSq, _gDotW, _bulkW;
 
@@ -54,8 +57,9 @@ public sealed class AlignedCoefficients : IDisposable
         if (k > 0 && model.TopFactors is var (fa, fg))
         {
             // K-FAC's Vᵢ = aᵢgᵢᵀ: BᵀVᵢ = (Bᵀaᵢ)gᵢᵀ and ⟨Vᵢ, W⟩ = aᵢᵀWgᵢ, without the [k, in, out] vectors.
-            var bta = basis.t().matmul(fa.t());                                   // [rmax, k]
-            _btV = Enumerable.Range(0, k).Select(i => torch.outer(bta[TensorIndex.Colon, i], fg[i]).MoveToOuterDisposeScope()).ToArray();
+            _btFa = basis.t().matmul(fa.t()).MoveToOuterDisposeScope();           // [rmax, k]
+            _fg = fg;                                                             // borrowed from the model
+            _btV = [];
             var wg = weight.matmul(fg.t());                                       // [in, k]
             _vDotW = fa.mul(wg.t()).sum(1).data<double>().ToArray();
         }
@@ -83,29 +87,53 @@ public sealed class AlignedCoefficients : IDisposable
     private MemberSolution Solve(int rank, double trust, bool useGradient, out Tensor? coefficients, bool wantCoefficients)
     {
         using var scope = torch.NewDisposeScope();
-        var b = _b.narrow(1, 0, rank);
-        var m = _btA.narrow(0, 0, rank).matmul(b);
-        var l = Cholesky(b.t().matmul(b));
-        var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
-        var mt = linv.matmul(m).matmul(linv.t());
-        var (theta, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
-        var t = q.t().matmul(linv);
+        // The setup's [r, r] and [r, out] temporaries die in inner scopes: only what the trials read stays (two workers at
+        // 124M-shape widths held hundreds of MB each of dead intermediates until Solve returned).
+        Tensor theta, t;
+        using (var setup = torch.NewDisposeScope())
+        {
+            var b = _b.narrow(1, 0, rank);
+            var m = _btA.narrow(0, 0, rank).matmul(b);
+            var l = Cholesky(b.t().matmul(b));
+            var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
+            var mt = linv.matmul(m).matmul(linv.t());
+            var (th, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
+            theta = th.MoveToOuterDisposeScope();
+            t = q.t().matmul(linv).MoveToOuterDisposeScope();
+        }
         Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
 
         var hAw = Hat(_btAw);
         if (useGradient && _btGr is null) throw new InvalidOperationException($"{_m.Site}: the first-order term needs the gradient, which was not collected");
         var hG = _btGr is null ? null : Hat(_btGr);
         var y1h = Hat(_btW);
-        var ph = _btV.Select(Hat).ToArray();
+        // P̂ᵢ = Ĥ(BᵀVᵢ), [k, r, out]; for K-FAC's Vᵢ = aᵢgᵢᵀ it is (T·(Bᵀaᵢ)[:r]) gᵢᵀ, O(r² + r·out) each, not O(r²·out).
+        int k = _btFa is not null ? (int)_btFa.shape[1] : _btV.Length;
+        Tensor? p = null;
+        if (k > 0)
+        {
+            using var made = torch.NewDisposeScope();
+            p = (_btFa is not null
+                ? Hat(_btFa).t().unsqueeze(2).mul(_fg!.unsqueeze(1))
+                : torch.stack(_btV.Select(Hat).ToArray())).MoveToOuterDisposeScope();
+        }
+        var ph = Enumerable.Range(0, k).Select(i => p![i]).ToArray();
         var c = _m.Corrections;
         var y0h = hAw.mul(_gamma);
-        if (useGradient) y0h = y0h.sub(hG!);
-        for (int i = 0; i < ph.Length; i++) y0h = y0h.add(ph[i].MulScalar(c[i] * _vDotW[i]), Scalars.One);
+        if (useGradient) y0h.sub_(hG!);
+        for (int i = 0; i < ph.Length; i++)
+        {
+            using var term = ph[i].MulScalar(c[i] * _vDotW[i]);
+            y0h.add_(term, Scalars.One);
+        }
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
-        double eps = 1e-12 * Math.Max(d0.abs().max().item<double>(), 1e-300);
+        double eps;
+        using (var abs = d0.abs()) using (var max = abs.max()) eps = 1e-12 * Math.Max(max.item<double>(), 1e-300);
         var active = Enumerable.Range(0, ph.Length).Where(i => c[i] > 0).ToArray();
-        // U: the active rank-one directions, flattened [a, r·out]; invC = diag(1/cᵢ).
-        var u = active.Length == 0 ? null : torch.stack(active.Select(i => ph[i].reshape(-1)).ToArray());
+        // U: the active rank-one directions, flattened [a, r·out] (a view of P̂ where all are active); invC = diag(1/cᵢ).
+        var u = active.Length == 0 ? null
+            : active.Length == k ? p!.reshape(k, -1)
+            : p!.index_select(0, torch.tensor(active.Select(i => (long)i).ToArray())).reshape(active.Length, -1);
         var invC = active.Length == 0 ? null : torch.diag(torch.tensor(active.Select(i => 1.0 / c[i]).ToArray()));
 
         // Each trial ν in its own scope: the search below makes tens of them, each with [a, r·out] temporaries that
@@ -135,7 +163,8 @@ public sealed class AlignedCoefficients : IDisposable
         }
 
         // Trust radius from Basis Sharing's own perturbation: ΘĈ = Ĥ(BᵀAW).
-        double bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).AddScalar(eps)));
+        double bsNorm;
+        using (var bs = torch.NewDisposeScope()) bsNorm = DeltaNorm(hAw.div(theta.unsqueeze(1).AddScalar(eps)));
         double radius = (1 + trust) * bsNorm;
 
         // ‖δ(ν)‖ falls as ν grows (ν → ∞ gives the unweighted least squares, ‖δ‖ ≤ ‖δ_BS‖ ≤ Δ). Find ‖δ(ν)‖ = Δ
@@ -180,11 +209,15 @@ public sealed class AlignedCoefficients : IDisposable
             }
             nuUsed = Math.Exp(xhi);
         }
-        double linear = useGradient ? chat.mul(hG!).sum().item<double>() - _gDotW : 0;
-        double bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
-        double extra = 0, energy = 0;
+        double linear, bulk, extra = 0, energy = 0;
+        using (var tail = torch.NewDisposeScope())
+        {
+            linear = useGradient ? chat.mul(hG!).sum().item<double>() - _gDotW : 0;
+            bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
+        }
         for (int i = 0; i < ph.Length; i++)
         {
+            using var tail = torch.NewDisposeScope();
             double proj = chat.mul(ph[i]).sum().item<double>() - _vDotW[i];
             extra += c[i] * proj * proj;
             energy += _m.TopValues[i] * proj * proj;
@@ -206,6 +239,7 @@ public sealed class AlignedCoefficients : IDisposable
     public void Dispose()
     {
         foreach (var t in new[] { _btA, _btW, _btAw }.Concat(_btV)) t.Dispose();
+        _btFa?.Dispose();
         _btGr?.Dispose();
     }
 }

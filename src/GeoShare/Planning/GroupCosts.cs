@@ -82,11 +82,12 @@ public sealed class GroupCostEvaluator : IDisposable
         var grams = sites.Select(s => _grams.Gram(s.Name)).ToArray();
         var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         int maxRank = ranks.Max();
-        var g = SharedBasis.Compute(weights, gram, maxRank);
+        // Only the basis's nested spans matter here (the coefficients are solved below): LeadingSpan, not Compute's SVD.
+        var basis = SharedBasis.LeadingSpan(weights, gram, maxRank);
         var totals = ranks.Select(_ => new double[4]).ToArray();
         for (int i = 0; i < sites.Length; i++)
         {
-            using var aligned = new AlignedCoefficients(g.Basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i]);
+            using var aligned = new AlignedCoefficients(basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i]);
             for (int r = 0; r < ranks.Count; r++)
             {
                 var s = aligned.Solve(ranks[r], Trust, UseGradient);

@@ -85,28 +85,8 @@ public static class GroupScreen
         var w = sites.Select(inputs.Weights.Read).ToArray();
         var grams = sites.Select(s => inputs.Grams.Gram(s.Name)).ToArray();
         var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
-        Tensor basis;
-        if (SharedBasis.NarrowerThanInput(sites[0].InFeatures, sites[0].OutFeatures, layers.Length))
-        {
-            // As SharedBasis.Compute: W V_k, [n·out]² instead of [in]² (a 1B down_proj: 2048² instead of 8192²); the
-            // column scaling Σ_k changes nothing below (the Cholesky factor of BᵀAB absorbs it).
-            var stacked = w.Length == 1 ? w[0] : torch.cat(w, 1);
-            basis = stacked.matmul(SharedBasis.OutputSideSpectrum(stacked, gram, kmax).Vk);
-        }
-        else
-        {
-            var s = SharedBasis.WhiteningFactor(gram);
-            Tensor k;
-            if (q is not null) k = s.matmul(layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One))).matmul(s.t());
-            else
-            {
-                var sw = s.matmul(w.Length == 1 ? w[0] : torch.cat(w, 1));
-                k = sw.matmul(sw.t());
-            }
-            var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
-            var u = vectors.narrow(1, vectors.shape[1] - kmax, kmax).flip(1);           // top kmax, descending
-            basis = torch.linalg.solve_triangular(s, u, upper: true);                   // S⁻¹U: the exact basis's span, column by column
-        }
+        // The exact cost's span (GroupCostEvaluator: the same LeadingSpan); per-layer WWᵀ summed where held.
+        var basis = SharedBasis.LeadingSpan(w, gram, kmax, q is null ? null : layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One)));
         var lower = new double[ranks.Length];
         var upper = new double[ranks.Length];
         for (int i = 0; i < layers.Length; i++)
@@ -260,7 +240,7 @@ public static class GroupScreen
             var singleCost = singleBounds.ToDictionary(b => b.Layers[0], b => b.Upper[Nominal(t, 1, b.Ranks)]);
             screened += singles.Count;
             var gain = new Dictionary<long, double>();
-            var typeBounds = new Dictionary<long, GroupBound>();
+            var typeBounds = singleBounds.ToDictionary(b => Mask(b.Layers), b => b);
             var keptBySize = new HashSet<long>[maxSize + 1];
             keptBySize[1] = singles.Select(Mask).ToHashSet();
             var keptPairs = new HashSet<long>();
@@ -295,11 +275,15 @@ public static class GroupScreen
             progress?.Report(new ProgressTick("screen", ++done, allowed.Count, "types"));
         }
         double boundSeconds = clock.Elapsed.TotalSeconds;
-        // The verify search's (group, rank) choices: every single layer and every bounded group.
-        long variables = (groups.Values.Sum(v => (long)v.Count(g => g.Length == 1)) + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
+        // The verify search's (group, rank) choices: every single layer and every bounded group (single layers of shared types among them).
+        long variables = (groups.Sum(kv => (long)kv.Value.Count(g => g.Length == 1 && !(bounds.GetValueOrDefault(kv.Key)?.ContainsKey(Mask(g)) ?? false)))
+            + bounds.Values.Sum(v => (long)v.Count)) * Math.Max(1, kept.Length);
         bool verifiable = !o.UseGradient && variables <= GeoPlanner.ExactSearchMaxVariables;
         // Without a verify loop (here or in the run that finishes a shard's cells) the first set is all that is searched.
         if (!verifiable) foreach (var (t, g) in deferred) groups[t].Add(g);
+        // With one (and not a shard, whose first set is what it costs), bounded single layers wait until the search chooses them.
+        if (verify && verifiable && !o.CostSinglesFirst)
+            foreach (var (t, typeBounds) in bounds) groups[t].RemoveAll(g => g.Length == 1 && typeBounds.ContainsKey(Mask(g)));
         int initial = groups.Values.Sum(v => v.Count);
         if (!verify || !verifiable) return new(groups, gains, screened, initial, 0, false, boundSeconds);
 

@@ -68,6 +68,31 @@ public static class SharedBasis
         return Assemble(basis, vh.narrow(0, 0, rank), sigma, weights.Count, dout, rank);
     }
 
+    /// <summary>
+    /// A basis [in, rank] whose leading r columns span those of <see cref="Compute"/>'s basis for every r ≤ rank (the
+    /// columns scaled differently): what the planner's costs and bounds need, since they solve their own coefficients. From
+    /// the eigenvectors of K = (SW)(SW)ᵀ ([in, in]; S⁻¹U_k) instead of the SVD of SW, or, narrower than the input, W V_k.
+    /// <paramref name="products"/>: Σ WᵢWᵢᵀ where the caller holds it (then K = S·ΣWWᵀ·Sᵀ).
+    /// </summary>
+    public static Tensor LeadingSpan(IReadOnlyList<Tensor> weights, Tensor gram, int rank, Tensor? products = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        var stacked = weights.Count == 1 ? weights[0] : torch.cat(weights.ToList(), 1);
+        if (NarrowerThanInput(stacked.shape[0], weights[0].shape[1], weights.Count))
+            return stacked.matmul(OutputSideSpectrum(stacked, gram, rank).Vk).MoveToOuterDisposeScope();
+        var s = WhiteningFactor(gram);
+        Tensor k;
+        if (products is not null) k = s.matmul(products).matmul(s.t());
+        else
+        {
+            var sw = s.matmul(stacked);
+            k = sw.matmul(sw.t());
+        }
+        var (_, vectors) = torch.linalg.eigh(k.add(k.t(), Scalars.One).MulScalar(0.5)); // ascending
+        var u = vectors.narrow(1, vectors.shape[1] - rank, rank).flip(1);           // top rank, descending
+        return torch.linalg.solve_triangular(s, u, upper: true).MoveToOuterDisposeScope(); // S⁻¹U, column by column
+    }
+
     /// <summary>Whether a group's basis comes from its output side (<see cref="OutputSideSpectrum"/>): n·out &lt; in, a down_proj.</summary>
     public static bool NarrowerThanInput(long inFeatures, long outFeatures, int layers) => layers * outFeatures < inFeatures;
 
