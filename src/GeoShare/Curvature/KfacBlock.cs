@@ -177,8 +177,9 @@ public sealed class KfacBlock : IDisposable
     /// <summary>K-FAC's A: the mean over positions of x xᵀ of a projection's input, [in, in] float64.</summary>
     internal static Tensor InputMoment(Tensor input, int inFeatures)
     {
-        var x = input.to_type(ScalarType.Float64).reshape(-1, inFeatures);
-        return x.t().matmul(x).DivScalar(x.shape[0]);
+        // The float64 copy freed here and the division in place: a 3072-wide input's A is one [in, in] tensor, not three.
+        using var x = input.to_type(ScalarType.Float64).reshape(-1, inFeatures);
+        return x.t().matmul(x).DivScalar_(x.shape[0]);
     }
 
     internal static Parameter WeightOf(LinearMap layer) => layer switch

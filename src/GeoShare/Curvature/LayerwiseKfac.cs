@@ -158,7 +158,7 @@ public sealed class LayerwiseKfac
                         for (int j = 0; j < maps.Count; j++)
                         {
                             var block = new KfacBlock(sites[here[j]].Name, a[j].MoveToOuterDisposeScope(),
-                                g[j].DivScalar(batch.Predictions).MoveToOuterDisposeScope(), maps[j].Layout);
+                                g[j].DivScalar_(batch.Predictions).MoveToOuterDisposeScope(), maps[j].Layout); // in place: no second [out, out]
                             var gradient = weightGrads[j];
                             // Out of this layer's scope: the consumer owns them.
                             block.A.DetachFromDisposeScope();

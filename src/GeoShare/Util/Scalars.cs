@@ -26,6 +26,8 @@ public static class Scalars
     public static Tensor MulScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.mul_(s); }
     public static Tensor DivScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.div(s); }
     public static Tensor DivScalar(this Tensor t, long v) { using var s = v.ToScalar(); return t.div(s); }
+    public static Tensor DivScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.div_(s); }
+    public static Tensor DivScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.div_(s); }
     public static Tensor AddScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.add(s); }
     public static Tensor AddScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.add_(s); }
     public static Tensor SubScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.sub_(s); }
