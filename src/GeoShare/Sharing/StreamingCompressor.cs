@@ -61,6 +61,7 @@ public sealed class SpilledGrams : IGramSource, IDisposable
                 {
                     if (probe.Names.Count == 0) return;
                     var stored = probe.Canonical();
+                    probe.Complete();
                     SafetensorsFile.Write(LayerFile(spillDir, l), stored.Distinct().Select(n => (n, probe.Gram(n))).ToList());
                     foreach (var (name, canonical) in probe.Names.Zip(stored)) where[name] = (l, canonical);
                     if (rows is long r && r != probe.Rows) throw new InvalidOperationException($"layer {l} saw {probe.Rows} rows, earlier layers {r}");
@@ -127,13 +128,14 @@ public sealed class SpilledGrams : IGramSource, IDisposable
             if (_alias.ContainsKey(site)) throw new InvalidOperationException($"{site} read another input than {_alias[site]} in a later batch");
             using var x = input.detach().reshape(-1, projection.InFeatures).to_type(ScalarType.Float64);
             if (site == Names[0]) Rows += x.shape[0];
-            var xtx = x.t().matmul(x);
-            if (_grams.TryGetValue(site, out var g))
-            {
-                g.add_(xtx, Scalars.One);
-                xtx.Dispose();
-            }
-            else _grams[site] = xtx.DetachFromDisposeScope(); // the first batch's is the sum so far; it outlives the forward pass's scope
+            // ActivationGrams.Collect's routine; the sum outlives the forward pass's scope.
+            _grams[site] = GramSum.Add(_grams.GetValueOrDefault(site), x).DetachFromDisposeScope();
+        }
+
+        /// <summary>Every gram whole (<see cref="GramSum.Complete"/>), once the layer's batches are done.</summary>
+        public void Complete()
+        {
+            foreach (var g in _grams.Values) GramSum.Complete(g);
         }
 
         public void Clear()
