@@ -95,10 +95,18 @@ public class ScalablePlanningTests
             Assert.Equal(full.Search.Objective, screened.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
             Assert.True(screened.CandidateGroups < full.CandidateGroups, $"{screened.CandidateGroups} of {full.CandidateGroups} costed");
             // From the single layers alone (no partners first) the loop reaches the same optimum.
-            using var singles = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Screened, ScreenPartners = 0 }, curvature: curvature);
+            using var singles = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Screened, ScreenPartners = 0, CostSinglesFirst = true }, curvature: curvature);
             Assert.Equal(full.Search.Objective, singles.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
-            Assert.Equal(GeoPlanner.AllowedGroups(model, o).Values.Sum(v => v.Count(g => g.Length == 1)), singles.ScreenInitialGroups);
+            var allowed = GeoPlanner.AllowedGroups(model, o);
+            Assert.Equal(allowed.Values.Sum(v => v.Count(g => g.Length == 1)), singles.ScreenInitialGroups);
             Assert.True(singles.ScreenRounds >= 1);
+            // And from nothing but the layers of types that never share (the default): single layers enter by their bounds and
+            // are costed when chosen; the same optimum, no more groups costed.
+            using var chosen = GeoPlanner.Plan(model, grams, batch, o with { Costing = CostingMethod.Screened, ScreenPartners = 0 }, curvature: curvature);
+            Assert.Equal(full.Search.Objective, chosen.Search.Objective, 1e-9 * Math.Abs(full.Search.Objective));
+            Assert.Equal(allowed.Values.Where(v => v.All(g => g.Length == 1)).Sum(v => v.Count), chosen.ScreenInitialGroups);
+            Assert.True(chosen.CandidateGroups <= singles.CandidateGroups, $"{chosen.CandidateGroups} costed against {singles.CandidateGroups}");
+            Assert.True(chosen.ScreenRounds >= 1);
         }
         finally
         {
@@ -113,7 +121,8 @@ public class ScalablePlanningTests
         using var _ = grams;
         using var __ = batch;
         using var tmp = new TempDir();
-        var o = new PlannerOptions { Ratio = 0.3, TopK = 2, MaxGroupSize = 3, Costing = CostingMethod.Screened, ScreenPartners = 2 };
+        // Shards cost the first set with every single layer in it: the one-process run that matches them does the same.
+        var o = new PlannerOptions { Ratio = 0.3, TopK = 2, MaxGroupSize = 3, Costing = CostingMethod.Screened, ScreenPartners = 2, CostSinglesFirst = true };
         using var one = GeoPlanner.Plan(model, grams, batch, o);
         string dir = tmp.File("cells");
         var shards = Enumerable.Range(0, 3).Select(i => GeoPlanner.CostShard(model, grams, batch, o with { Cells = new GroupCostCells(dir, "fp") }, i, 3)).ToList();
@@ -132,6 +141,11 @@ public class ScalablePlanningTests
         Assert.Equal(one.CandidateGroups, merged.CandidateGroups);
         Assert.Equal(one.ScreenInitialGroups, merged.CellGroups); // the first set all came from the cells
         Assert.Equal(one.CandidateGroups - one.ScreenInitialGroups + one.PictureGroups, cells.Written); // only the verify loop's and the picture's groups were costed here
+        // The default, single layers costed when chosen: the same plan, no more groups costed.
+        using var chosen = GeoPlanner.Plan(model, grams, batch, o with { CostSinglesFirst = false });
+        Assert.Equal(Describe(one), Describe(chosen));
+        Assert.Equal(one.Search.Objective, chosen.Search.Objective);
+        Assert.True(chosen.CandidateGroups <= one.CandidateGroups, $"{chosen.CandidateGroups} costed against {one.CandidateGroups}");
 
         // A cell costed for other inputs is an error naming the file, not a cost silently reused.
         var e = Assert.Throws<BadInputException>(() => GeoPlanner.Plan(model, grams, batch, o with { Cells = new GroupCostCells(dir, "other") }).Dispose());

@@ -29,6 +29,7 @@ public static class PlannerCliOptions
         new("--search", "auto|exact|greedy", $"exact: CP-SAT over the costed groups, optimal (any depth); greedy: greedy merging + local search; auto: exact up to {GeoPlanner.ExactSearchMaxVariables:N0} group × rank choices, greedy beyond", Name(Defaults.Search)),
         new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: bound every group cheaply (one eigendecomposition of the narrower side, [in, in] or [n·out, n·out]) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
         new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing before the cost-then-verify loop (0: single layers only; the loop costs the groups the search chooses)", Text(Defaults.ScreenPartners)),
+        new("--cost-singles", "chosen|first", "screened costing: cost a single layer when the cost-then-verify search chooses it (its bounds stand in until then), or every single layer before the first search (the same plan; more groups costed)", "chosen"),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
     ];
@@ -40,6 +41,7 @@ public static class PlannerCliOptions
         a.Choice("--search", "auto", "exact", "greedy");
         a.Choice("--costing", "auto", "full", "screened");
         a.Int("--screen-partners", min: 0);
+        a.Choice("--cost-singles", "chosen", "first");
         a.Int("--top", min: 1);
         a.Int("--max-group", min: 1);
         a.Double("--trust", min: 0);
@@ -72,6 +74,7 @@ public static class PlannerCliOptions
             Seed = a.Int("--seed", min: 0),
             Costing = a.Choice("--costing", "auto", "full", "screened") switch { "full" => CostingMethod.Full, "screened" => CostingMethod.Screened, _ => CostingMethod.Auto },
             ScreenPartners = a.Int("--screen-partners", min: 0),
+            CostSinglesFirst = a.Choice("--cost-singles", "chosen", "first") == "first",
         };
         options.Validate(model); // before the calibration: e.g. an exact search the model is too deep for
         return options;
@@ -250,6 +253,8 @@ public static class PlannerCliOptions
         if (r.GreedyComparison is { } g)
             Console.WriteLine($"greedy search on the same costs: predicted ΔL {CommonOptions.Fmt(g.Objective, "0.00000")} " +
                 $"({CommonOptions.Fmt(100 * (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300), "0.00")}% above the optimum)");
+        else if (r.SearchChoice.Method == SearchMethod.Exact)
+            Console.WriteLine("greedy search on the same costs: not run (it starts from every single layer; screening costed only those the search chose: --cost-singles first costs them all)");
     }
 
     /// <summary>The planner's result as JSON: the search, every chosen group's predicted cost, timings.</summary>

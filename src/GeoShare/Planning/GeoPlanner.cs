@@ -59,6 +59,11 @@ public sealed record PlannerOptions
     /// GPT-2 124M fixture 65 groups costed instead of 127, bench/scale.md); where no verify loop runs (--gradient, a search too
     /// large to be exact) each layer's best group of each size is costed too. Shards cost the first set.</summary>
     public int ScreenPartners { get; init; }
+    /// <summary>Screened costing: cost every single layer exactly before the first search (true), or (false, the default)
+    /// let single layers of shared types enter the cost-then-verify search by their bounds like larger groups, costed when
+    /// chosen (the same optimum; fewer groups costed). Where no verify loop runs (a shard, --gradient, a search too large to
+    /// be exact) single layers are costed first either way.</summary>
+    public bool CostSinglesFirst { get; init; }
     /// <summary>Costed groups are read from and written to this folder (shards, resumed runs); null: in memory only.</summary>
     public GroupCostCells? Cells { get; init; }
 
@@ -111,6 +116,7 @@ public sealed class PlannerResult : IDisposable
     public required IReadOnlyDictionary<string, BlockCurvatureModel> Curvature { get; init; }
     public required SearchChoice SearchChoice { get; init; }
     public required SearchResult Search { get; init; }
+    /// <summary>The greedy search on the same costs, beside the exact one; null where the search was greedy or not every single layer was costed.</summary>
     public SearchResult? GreedyComparison { get; init; }
     /// <summary>Extra predicted loss of sharing each pair of layers, per shared type (for the picture).</summary>
     public required Dictionary<string, double[,]> PairwiseCost { get; init; }
@@ -383,8 +389,10 @@ public static class GeoPlanner
             progress?.Report(new ProgressTick("search", 0, 1, "cp-sat"));
             result = ColoringSearch.Exact(types, budget, o.TimeLimitSeconds);
             progress?.Report(new ProgressTick("search", 1, 1, "cp-sat"));
-            // The heuristic on the same (cached) costs: its gap to the optimum is what it would lose on deeper models.
-            greedy = ColoringSearch.Greedy(typeSizes, (t, g) => Allowed(t, g) ? Cost(t, g) : null, budget);
+            // The heuristic on the same (cached) costs: its gap to the optimum is what it would lose on deeper models. It starts
+            // from every single layer, so it runs only where all were costed (not where screening let the search choose them).
+            if (model.ProjectionTypes.All(t => Enumerable.Range(0, n).All(l => Allowed(t, [l]))))
+                greedy = ColoringSearch.Greedy(typeSizes, (t, g) => Allowed(t, g) ? Cost(t, g) : null, budget);
         }
         else
         {
@@ -439,7 +447,8 @@ public static class GeoPlanner
 
     /// <summary>
     /// Extra predicted loss of sharing layers i and j (nominal rank) over keeping each alone. Screened costing: pairs that
-    /// were not costed show the screen's estimate of the same difference (<paramref name="screen"/>), and are not costed for the picture.
+    /// were not costed, or whose layers were not costed alone, show the screen's estimate of the same difference
+    /// (<paramref name="screen"/>), and nothing is costed for the picture.
     /// </summary>
     private static double[,] Pairwise(GroupCostEvaluator costs, PretrainedModel model, string type, double[] kept, double x0,
         IReadOnlyDictionary<long, double>? screen)
@@ -452,12 +461,15 @@ public static class GeoPlanner
             int target = costs.Ranks(type, layers.Length, [x0])[0];
             return c.Options.MinBy(op => Math.Abs(op.Rank - target))!;
         }
-        var single = Enumerable.Range(0, n).Select(l => Nominal([l]).Predicted).ToArray();
+        // Exact differences where the pair and both its layers were costed (all of them without screening); else the screen's.
+        var single = new double?[n];
+        double Single(int l) => single[l] ??= Nominal([l]).Predicted;
+        bool Costed(int i, int j) => costs.IsCached(type, [i, j]) && costs.IsCached(type, [i]) && costs.IsCached(type, [j]);
         for (int i = 0; i < n; i++)
             for (int j = i + 1; j < n; j++)
-                m[i, j] = m[j, i] = screen is not null && !costs.IsCached(type, [i, j]) && screen.TryGetValue((1L << i) | (1L << j), out double estimate)
+                m[i, j] = m[j, i] = screen is not null && !Costed(i, j) && screen.TryGetValue((1L << i) | (1L << j), out double estimate)
                     ? estimate
-                    : Nominal([i, j]).Predicted - single[i] - single[j];
+                    : Nominal([i, j]).Predicted - Single(i) - Single(j);
         return m;
     }
 }
