@@ -145,7 +145,7 @@ public sealed class LayerwiseKfac
                                 else
                                 {
                                     var gj = grads[j].to_type(ScalarType.Float64).reshape(-1, maps[j].OutFeatures);
-                                    g[j].add_(gj.t().matmul(gj), Scalars.One);
+                                    GramSum.Add(g[j], gj);
                                 }
                             }
                             if (needInput)
@@ -157,6 +157,7 @@ public sealed class LayerwiseKfac
                         }
                         for (int j = 0; j < maps.Count; j++)
                         {
+                            GramSum.Complete(g[j]);
                             var block = new KfacBlock(sites[here[j]].Name, a[j].MoveToOuterDisposeScope(),
                                 g[j].DivScalar_(batch.Predictions).MoveToOuterDisposeScope(), maps[j].Layout); // in place: no second [out, out]
                             var gradient = weightGrads[j];

@@ -40,62 +40,6 @@ public sealed class CalibrationSet
 }
 
 /// <summary>
-/// XᵀX summed over batches, both probes' one routine (the streamed grams equal the in-memory ones bit for bit). Inputs
-/// wider than <see cref="BlockWidth"/> are summed by column blocks, the upper triangle of blocks only, and
-/// <see cref="Complete"/> mirrors it: a 3072-wide input (GPT-2 124M's mlp.c_proj) costs 10 of 16 block products.
-/// </summary>
-public static class GramSum
-{
-    public const int BlockWidth = 1024;
-
-    /// <summary>Adds xᵀx (x [rows, n] float64) into <paramref name="sum"/> [n, n], or returns it as the first sum (null).</summary>
-    public static Tensor Add(Tensor? sum, Tensor x)
-    {
-        long n = x.shape[1];
-        if (n <= BlockWidth)
-        {
-            // As before blocks: one product and one add (the bundled models' numbers unchanged).
-            var xtx = x.t().matmul(x);
-            if (sum is null) return xtx;
-            sum.add_(xtx, Scalars.One);
-            xtx.Dispose();
-            return sum;
-        }
-        sum ??= torch.zeros(n, n, dtype: ScalarType.Float64);
-        using var scope = torch.NewDisposeScope();
-        var blocks = Blocks(n);
-        foreach (var (i0, bi) in blocks)
-        {
-            var xi = x.narrow(1, i0, bi);
-            foreach (var (j0, bj) in blocks.Where(b => b.Start >= i0))
-                sum.narrow(0, i0, bi).narrow(1, j0, bj).add_(xi.t().matmul(x.narrow(1, j0, bj)), Scalars.One);
-        }
-        return sum;
-    }
-
-    /// <summary>Fills the lower triangle of blocks from the upper one (a no-op for inputs summed in one block).</summary>
-    public static void Complete(Tensor sum)
-    {
-        long n = sum.shape[0];
-        if (n <= BlockWidth) return;
-        using var scope = torch.NewDisposeScope();
-        var blocks = Blocks(n);
-        foreach (var (i0, bi) in blocks)
-            foreach (var (j0, bj) in blocks.Where(b => b.Start > i0))
-                sum.narrow(0, j0, bj).narrow(1, i0, bi).copy_(sum.narrow(0, i0, bi).narrow(1, j0, bj).t());
-    }
-
-    /// <summary>Column blocks of about equal width, none wider than <see cref="BlockWidth"/>.</summary>
-    private static List<(long Start, long Width)> Blocks(long n)
-    {
-        long count = (n + BlockWidth - 1) / BlockWidth, width = (n + count - 1) / count;
-        var blocks = new List<(long, long)>();
-        for (long s = 0; s < n; s += width) blocks.Add((s, Math.Min(width, n - s)));
-        return blocks;
-    }
-}
-
-/// <summary>
 /// Second moments of each projection's inputs over a calibration set, XᵀX (float64): Basis Sharing's
 /// whitening matrix, K-FAC's A factor, and the weights of the least-squares refit.
 /// </summary>
