@@ -55,9 +55,9 @@ public sealed record PlannerOptions
     /// <summary>Auto: full costing up to <see cref="GeoPlanner.FullCostingMaxWork"/>, screened beyond.</summary>
     public CostingMethod Costing { get; init; } = CostingMethod.Auto;
     /// <summary>Screened costing: each layer's best this many groups of each size (by the upper bound) are costed in the first set;
-    /// 0 (the default): single layers only, the cost-then-verify loop costs what the search chooses (the same optimum; on the
-    /// GPT-2 124M fixture 65 groups costed instead of 127, bench/scale.md); where no verify loop runs (--gradient, a search too
-    /// large to be exact) each layer's best group of each size is costed too. Shards cost the first set.</summary>
+    /// 0 (the default): none, the cost-then-verify loop costs what the search chooses (the same optimum; bench/scale.md);
+    /// where no verify loop runs (--gradient, a search too large to be exact) each layer's best group of each size is
+    /// costed too. Shards cost the first set.</summary>
     public int ScreenPartners { get; init; }
     /// <summary>Screened costing: cost every single layer exactly before the first search (true), or (false, the default)
     /// let single layers of shared types enter the cost-then-verify search by their bounds like larger groups, costed when
