@@ -74,7 +74,7 @@ public sealed class ActivationGrams : IGramSource, IDisposable
         {
             var map = model.GetProjection(site);
             names[map] = site.Name;
-            probe.Watched.Add(map);
+            probe.Grams[map] = torch.zeros(map.InFeatures, map.InFeatures, dtype: ScalarType.Float64);
             map.Probe = probe;
         }
         int done = 0;
@@ -95,8 +95,6 @@ public sealed class ActivationGrams : IGramSource, IDisposable
         {
             foreach (var map in names.Keys) map.Probe = null;
         }
-        foreach (var map in names.Keys.Where(m => !probe.Grams.ContainsKey(m)))
-            probe.Grams[map] = torch.zeros(map.InFeatures, map.InFeatures, dtype: ScalarType.Float64); // no rows: nothing seen
         foreach (var g in probe.Grams.Values) GramSum.Complete(g);
         return new ActivationGrams(names.ToDictionary(kv => kv.Value, kv => probe.Grams[kv.Key]), probe.Rows);
     }
@@ -105,19 +103,17 @@ public sealed class ActivationGrams : IGramSource, IDisposable
     private sealed class GramProbe : IProjectionProbe
     {
         private LinearMap? _counted;
-        public HashSet<LinearMap> Watched { get; } = new(ReferenceEqualityComparer.Instance);
         public Dictionary<LinearMap, Tensor> Grams { get; } = new(ReferenceEqualityComparer.Instance);
         /// <summary>Input rows (tokens or patches) seen by one projection.</summary>
         public long Rows { get; private set; }
 
         public void OnForward(LinearMap projection, Tensor input, Tensor output)
         {
-            if (!Watched.Contains(projection)) return;
+            if (!Grams.TryGetValue(projection, out var g)) return;
             using var x = input.detach().reshape(-1, projection.InFeatures).to_type(ScalarType.Float64);
             _counted ??= projection;
             if (ReferenceEquals(_counted, projection)) Rows += x.shape[0];
-            // The sum outlives the forward pass's dispose scope.
-            Grams[projection] = GramSum.Add(Grams.GetValueOrDefault(projection), x).DetachFromDisposeScope();
+            GramSum.Add(g, x); // into g, in place
         }
     }
 
