@@ -49,6 +49,10 @@ public class OptionValidationTests
         [new[] { "analyze", "--model", Repo.Gpt2, "--data", Repo.Corpus("valid"), "--windows", "1", "--hutchpp" }, "--hutchpp chooses the trace estimator"],
         [new[] { "eval", "--model", Repo.Vit, "--fashion-mnist", Repo.FashionMnist, "--window", "64" }, "--window applies to language models"],
         [new[] { "plan", "--model", Repo.Gpt2, "--data", Repo.Corpus("valid"), "--ratio", "0.3", "--private", "" }, "--private: empty list"],
+        [Compress("--ratio", "0.3", "--method", "geo", "--kept-offsets", "0,1.5"), "--kept-offsets: every offset must be within (−1, 1], got 0,1.5"],
+        [Compress("--ratio", "0.3", "--method", "geo", "--kept-offsets", "0,x"), "--kept-offsets: expected numbers separated by commas, got 'x'"],
+        [Compress("--plan", "p.json", "--kept-offsets", "0"), "--kept-offsets shapes the planner's search, which --plan p.json has already made"],
+        [Compress("--plan", "p.json", "--max-group", "3"), "--max-group shapes the planner's search"],
     ];
 
     [Theory]

@@ -177,10 +177,20 @@ public class PlanningTests
         Assert.Equal(8, r.CandidateGroups);
         Assert.Equal(3, r.PictureGroups);
         Assert.Equal(3, r.PairwiseCost.Count);
-        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 40 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
+        // 8 groups × 9 rank options (kept 0.2 … 0.9 and 0.98 at ratio 0.4).
+        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 72 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
         Assert.Equal((CostingMethod.Full, 8, 0, 0), (r.Costing.Method, r.AllowedGroups, r.ScreenedGroups, r.CellGroups));
         var recipe = r.Plan.Coefficients!;
         Assert.Equal((CurvatureMethod.Kfac, 2, 0.5, "random tokens", "float64"), (recipe.Curvature, recipe.TopK, recipe.Trust, recipe.CurvatureBatch, recipe.ModelDtype));
+    }
+
+    [Fact]
+    public void RankOptionsReachNearlyUncompressedLayersAtAnyRatio()
+    {
+        // 1 − ratio − 0.4 … + 0.3 by 0.1, fractions above 0.98 lowered to it (once), those below 0.02 left out.
+        Assert.Equal([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.3 }));
+        Assert.Equal([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.7 }));
+        Assert.Equal([0.5, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.5, KeptOffsets = [0, 0.6, 0.9] }));
     }
 
     [Fact]
@@ -192,8 +202,8 @@ public class PlanningTests
         Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4, 10).Method);
         var deep = GeoPlanner.ChooseSearch(SearchMethod.Exact, 32, 1_000_000);
         Assert.Equal((SearchMethod.Exact, "requested; 1,000,000 group × rank choices on 32 layers per type"), (deep.Method, deep.Reason));
-        // 12 layers, groups of 2, 5 ranks: 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 5.
-        Assert.Equal((3 * 78 + 12) * 5L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
+        // 12 layers, groups of 2, 8 ranks (kept 0.3 … 0.9 and 0.98): 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 8.
+        Assert.Equal((3 * 78 + 12) * 8L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
     }
 
     [Fact]
@@ -213,7 +223,7 @@ public class PlanningTests
     [InlineData("ratio", "ratio: must be within (0, 1), got 0")]
     [InlineData("top", "top: must be at least 1, got 0")]
     [InlineData("private", "private: layer 2 is not a layer index in 0..1")]
-    [InlineData("offsets", "kept_offsets: [0.5] leave no kept fraction within [0.02, 0.98] at ratio 0.3")]
+    [InlineData("offsets", "kept_offsets: [-0.9] leave no kept fraction of at least 0.02 at ratio 0.3")]
     public void BadPlannerOptionsAreRefusedInTheLibrarysTerms(string what, string message)
     {
         var model = TinyModels.Gpt2();
@@ -223,7 +233,7 @@ public class PlanningTests
             "ratio" => o with { Ratio = 0 },
             "top" => o with { TopK = 0 },
             "private" => o with { PrivateLayers = new HashSet<int> { 2 } },
-            _ => o with { KeptOffsets = [0.5] },
+            _ => o with { KeptOffsets = [-0.9] },
         };
         Assert.Equal(message, Assert.Throws<UsageException>(() => o.Validate(model)).Message);
     }

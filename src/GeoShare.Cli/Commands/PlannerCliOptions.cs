@@ -32,6 +32,7 @@ public static class PlannerCliOptions
         new("--cost-singles", "chosen|first", "screened costing: cost a single layer when the cost-then-verify search chooses it (its bounds stand in until then), or every single layer before the first search (the same plan; more groups costed)", "chosen"),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
+        new("--kept-offsets", "D,D,…", "each group's rank options: kept fractions 1 − ratio + these offsets (above 0.98: 0.98; below 0.02: left out)", string.Join(",", Defaults.KeptOffsets.Select(Text))),
     ];
 
     /// <summary>The planner's options that need no model, checked before it is loaded (<paramref name="layers"/> from config.json).</summary>
@@ -45,9 +46,18 @@ public static class PlannerCliOptions
         a.Int("--top", min: 1);
         a.Int("--max-group", min: 1);
         a.Double("--trust", min: 0);
+        KeptOffsets(a);
         if (a.Has("--curvature-windows")) a.Int("--curvature-windows", min: 1);
         if (a.Has("--curvature-stride")) a.Int("--curvature-stride", min: 1);
         PrivateLayers(a, layers);
+    }
+
+    private static double[] KeptOffsets(ParsedArgs a)
+    {
+        var offsets = a.DoubleList("--kept-offsets");
+        if (offsets.Count == 0) throw new UsageException("--kept-offsets: empty list (leave it out for the default)");
+        if (offsets.Any(d => d <= -1 || d > 1)) throw new UsageException($"--kept-offsets: every offset must be within (−1, 1], got {a.String("--kept-offsets")}");
+        return offsets.ToArray();
     }
 
     private static HashSet<int> PrivateLayers(ParsedArgs a, int n) =>
@@ -70,6 +80,7 @@ public static class PlannerCliOptions
             SharedTypes = ShareableTypes.Resolve(model, a.List("--share")),
             Search = a.Choice("--search", "auto", "exact", "greedy") switch { "exact" => SearchMethod.Exact, "greedy" => SearchMethod.Greedy, _ => SearchMethod.Auto },
             Trust = a.Double("--trust", min: 0),
+            KeptOffsets = KeptOffsets(a),
             UseGradient = a.Flag("--gradient"),
             Seed = a.Int("--seed", min: 0),
             Costing = a.Choice("--costing", "auto", "full", "screened") switch { "full" => CostingMethod.Full, "screened" => CostingMethod.Screened, _ => CostingMethod.Auto },
