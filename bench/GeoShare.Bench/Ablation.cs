@@ -21,6 +21,14 @@ static class Ablation
 {
     public static readonly string[] Variants = ["svd", "adjacent", "geo-ranks-no-sharing", "geo-coloring-uniform-ranks", "geo-basis-sharing-coefficients", "geo"];
 
+    /// <summary>
+    /// The planner the first cells measured (rank options at kept fractions 1 − ratio ± 0.1, ± 0.2), fixed here so that every
+    /// cell's six variants are the same planner whatever the library's default; the improved planner (the default now:
+    /// <see cref="PlannerOptions.KeptOffsets"/>) is measured in a second cell per ratio (MODEL-RATIO-improved.json).
+    /// </summary>
+    static readonly double[] FirstOffsets = [-0.2, -0.1, 0, 0.1, 0.2];
+    public static readonly string[] ImprovedVariants = ["geo-improved-ranks-no-sharing", "geo-improved"];
+
     public static int Run(string modelName, string cellsDir, string outOfDomain, int testWindows, double[] ratios)
     {
         string dir = modelName switch
@@ -31,7 +39,7 @@ static class Ablation
         };
         if (!File.Exists(outOfDomain)) throw BadInputException.For(outOfDomain, "not found (the out-of-domain text)");
         Directory.CreateDirectory(cellsDir);
-        var todo = ratios.Where(r => !File.Exists(CellPath(cellsDir, modelName, r))).ToList();
+        var todo = ratios.Where(r => !File.Exists(CellPath(cellsDir, modelName, r)) || !File.Exists(CellPath(cellsDir, modelName, r, "-improved"))).ToList();
         if (todo.Count == 0) { Log("every cell exists"); return 0; }
 
         var total = Stopwatch.StartNew();
@@ -52,9 +60,27 @@ static class Ablation
 
         foreach (double ratio in todo)
         {
+            if (!File.Exists(CellPath(cellsDir, modelName, ratio)))
+                FirstCell(modelName, dir, cellsDir, ratio, dense, grams, batch, curvature, calibration, test, testSelection, ood, denseScore, curvatureSeconds);
+            if (!File.Exists(CellPath(cellsDir, modelName, ratio, "-improved")))
+                ImprovedCell(modelName, dir, cellsDir, ratio, dense, grams, batch, curvature, calibration, test, testSelection, ood, denseScore, curvatureSeconds);
+        }
+        foreach (var c in curvature.Values) c.Dispose();
+        Log($"done in {total.Elapsed.TotalSeconds:F0} s");
+        return 0;
+    }
+
+    /// <summary>The six variants of the first planner (<see cref="FirstOffsets"/>).</summary>
+    static void FirstCell(string modelName, string dir, string cellsDir, double ratio, PretrainedModel dense, ActivationGrams grams, LanguageModelBatch batch,
+        IReadOnlyDictionary<string, BlockCurvatureModel> curvature, CalibrationSet calibration, TokenWindows test, int[] testSelection, TokenWindows ood,
+        (double Test, double OutOfDomain) denseScore, double curvatureSeconds)
+    {
+        {
             var cellWatch = Stopwatch.StartNew();
-            var geo = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio }, null, curvature);
-            var alone = GeoPlanner.Plan(dense, grams, batch, new PlannerOptions { Ratio = ratio, MaxGroupSize = 1 }, null, curvature);
+            // The first planner left out fractions above 0.98 (the library lowers them to 0.98 now).
+            var first = new PlannerOptions { Ratio = ratio, KeptOffsets = FirstOffsets.Where(d => Math.Round(1 - ratio + d, 6) <= GeoPlanner.MaxKeptFraction).ToArray() };
+            var geo = GeoPlanner.Plan(dense, grams, batch, first, null, curvature);
+            var alone = GeoPlanner.Plan(dense, grams, batch, first with { MaxGroupSize = 1 }, null, curvature);
             // geo's coloring, every group's rank from Basis Sharing's formula for its size (the budget adjacent pairs get)
             var uniform = geo.Plan with
             {
@@ -71,30 +97,90 @@ static class Ablation
                 ("geo-basis-sharing-coefficients", geo.Plan, null),
                 ("geo", geo.Plan, new CurvatureAlignedSolver(geo.Costs)),
             };
-            var rows = new List<AblationRow>();
-            foreach (var (label, plan, solver) in plans)
-            {
-                var model = ModelLoader.Load(dir);
-                var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver }, calibration);
-                var s = Score(model, test, testSelection, ood);
-                rows.Add(new AblationRow(label, report.Ratio, report.MatrixParametersAfter, report.Refitted, s.Test, s.OutOfDomain,
-                    plan.GroupSizes()));
-                Log($"{modelName} {ratio} {label}: achieved {report.Ratio:F4}, test {s.Test:F4}, out-of-domain {s.OutOfDomain:F4}");
-                model.Dispose();
-            }
+            var rows = Measure(modelName, dir, ratio, plans, grams, calibration, test, testSelection, ood);
             geo.Dispose();
             alone.Dispose();
             JsonOutput.Write(CellPath(cellsDir, modelName, ratio), new AblationCell("ablation", modelName, dir, ratio, calibration.Description, batch.Description,
-                $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(outOfDomain)}", denseScore.Test, denseScore.OutOfDomain,
+                $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(ood.Source)}", denseScore.Test, denseScore.OutOfDomain,
                 rows, curvatureSeconds, cellWatch.Elapsed.TotalSeconds, torch.get_num_threads()));
         }
-        foreach (var c in curvature.Values) c.Dispose();
-        Log($"done in {total.Elapsed.TotalSeconds:F0} s");
+    }
+
+    /// <summary>The planner as the library's defaults make it now: its ranks with no sharing, and the whole of it.</summary>
+    static void ImprovedCell(string modelName, string dir, string cellsDir, double ratio, PretrainedModel dense, ActivationGrams grams, LanguageModelBatch batch,
+        IReadOnlyDictionary<string, BlockCurvatureModel> curvature, CalibrationSet calibration, TokenWindows test, int[] testSelection, TokenWindows ood,
+        (double Test, double OutOfDomain) denseScore, double curvatureSeconds)
+    {
+        var cellWatch = Stopwatch.StartNew();
+        var defaults = new PlannerOptions { Ratio = ratio };
+        using var geo = GeoPlanner.Plan(dense, grams, batch, defaults, null, curvature);
+        using var alone = GeoPlanner.Plan(dense, grams, batch, defaults with { MaxGroupSize = 1 }, null, curvature);
+        var plans = new (string Label, SharingPlan Plan, ICoefficientSolver? Solver)[]
+        {
+            ("geo-improved-ranks-no-sharing", alone.Plan, new CurvatureAlignedSolver(alone.Costs)),
+            ("geo-improved", geo.Plan, new CurvatureAlignedSolver(geo.Costs)),
+        };
+        var rows = Measure(modelName, dir, ratio, plans, grams, calibration, test, testSelection, ood);
+        JsonOutput.Write(CellPath(cellsDir, modelName, ratio, "-improved"), new AblationCell("ablation-improved", modelName, dir, ratio, calibration.Description,
+            batch.Description, $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(ood.Source)}", denseScore.Test,
+            denseScore.OutOfDomain, rows, curvatureSeconds, cellWatch.Elapsed.TotalSeconds, torch.get_num_threads())
+        {
+            KeptOffsets = defaults.KeptOffsets,
+        });
+    }
+
+    /// <summary>
+    /// Experiment: plan, compress (with its refit), measure every projection's inputs on that compressed model, plan again
+    /// with those second moments as the metric (K-FAC's A; G of the dense model), compress again on them. Logs only.
+    /// </summary>
+    public static int TwoPass(string modelName, double ratio, int testWindows)
+    {
+        string dir = modelName == "gpt2" ? "assets/models/gpt2-kjv-brown" : "assets/models/llama-kjv-brown";
+        var tokenizer = ByteLevelBpeTokenizer.Load(dir);
+        var valid = TokenWindows.FromFile("assets/data/corpus/valid.txt", tokenizer, 256);
+        var test = TokenWindows.FromFile("assets/data/corpus/test.txt", tokenizer, 256);
+        var ood = TokenWindows.FromFile("assets/data/out-of-domain/gpl-3.txt", tokenizer, 256);
+        var testSelection = Enumerable.Range(0, Math.Min(testWindows, test.Count)).ToArray();
+        using var dense = ModelLoader.Load(dir);
+        var calibration = CalibrationSet.FromWindows(valid, valid.Select(64, 16));
+        using var grams = ActivationGrams.Collect(dense, calibration, dense.Sites);
+        using var batch = LanguageModelBatch.FromWindows(valid, valid.Select(4, 1));
+        var o = new PlannerOptions { Ratio = ratio };
+        var curvature = BlockCurvatureModel.Collect(dense, batch, grams, o, null);
+        using var first = GeoPlanner.Plan(dense, grams, batch, o, null, curvature);
+        using var once = ModelLoader.Load(dir);
+        PlanCompressor.Apply(once, first.Plan, grams, new CompressionOptions { Coefficients = new CurvatureAlignedSolver(first.Costs) }, calibration);
+        var s1 = Score(once, test, testSelection, ood);
+        Log($"{modelName} {ratio} one pass: predicted {first.Search.Objective:G6}, test {s1.Test:F4}, out-of-domain {s1.OutOfDomain:F4}, {SharingPlan.DescribeGroupSizes(first.Plan.GroupSizes())}");
+        using var fed = ActivationGrams.Collect(once, calibration, dense.Sites);
+        var curvature2 = BlockCurvatureModel.Collect(dense, batch, fed, o, null);
+        using var second = GeoPlanner.Plan(dense, fed, batch, o, null, curvature2);
+        using var twice = ModelLoader.Load(dir);
+        PlanCompressor.Apply(twice, second.Plan, fed, new CompressionOptions { Coefficients = new CurvatureAlignedSolver(second.Costs) }, calibration);
+        var s2 = Score(twice, test, testSelection, ood);
+        Log($"{modelName} {ratio} two passes: predicted {second.Search.Objective:G6}, test {s2.Test:F4}, out-of-domain {s2.OutOfDomain:F4}, {SharingPlan.DescribeGroupSizes(second.Plan.GroupSizes())}");
+        foreach (var c in curvature.Values.Concat(curvature2.Values)) c.Dispose();
         return 0;
     }
 
-    static string CellPath(string dir, string model, double ratio) =>
-        Path.Combine(dir, $"{model}-{ratio.ToString("0.0##", System.Globalization.CultureInfo.InvariantCulture)}.json");
+    /// <summary>Each plan compressed on a fresh copy of the model (its refit as compress does it) and scored.</summary>
+    static List<AblationRow> Measure(string modelName, string dir, double ratio, (string Label, SharingPlan Plan, ICoefficientSolver? Solver)[] plans,
+        ActivationGrams grams, CalibrationSet calibration, TokenWindows test, int[] testSelection, TokenWindows ood)
+    {
+        var rows = new List<AblationRow>();
+        foreach (var (label, plan, solver) in plans)
+        {
+            using var model = ModelLoader.Load(dir);
+            var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Coefficients = solver }, calibration);
+            var s = Score(model, test, testSelection, ood);
+            rows.Add(new AblationRow(label, report.Ratio, report.MatrixParametersAfter, report.Refitted, s.Test, s.OutOfDomain, plan.GroupSizes()));
+            Log($"{modelName} {ratio} {label}: achieved {report.Ratio:F4}, test {s.Test:F4}, out-of-domain {s.OutOfDomain:F4}");
+        }
+        return rows;
+    }
+
+    static string CellPath(string dir, string model, double ratio, string suffix = "") =>
+        Path.Combine(dir, $"{model}-{ratio.ToString("0.0##", System.Globalization.CultureInfo.InvariantCulture)}{suffix}.json");
 
     static (double Test, double OutOfDomain) Score(PretrainedModel model, TokenWindows test, int[] testSelection, TokenWindows ood) =>
         (Evaluator.Perplexity(model, test, windows: testSelection).Perplexity, Evaluator.Perplexity(model, ood).Perplexity);
@@ -105,5 +191,9 @@ static class Ablation
         SortedDictionary<int, int> GroupSizes);
     record AblationCell(string Benchmark, string Model, string ModelDir, double Ratio, string Calibration, string CurvatureBatch, string TestWindows,
         string OutOfDomain, double DenseTestPerplexity, double DenseOutOfDomainPerplexity, IReadOnlyList<AblationRow> Rows, double CurvatureSeconds,
-        double CellSeconds, int Threads);
+        double CellSeconds, int Threads)
+    {
+        /// <summary>The planner's rank options (the improved cells; the first cells' are <see cref="FirstOffsets"/>).</summary>
+        public double[]? KeptOffsets { get; init; }
+    }
 }

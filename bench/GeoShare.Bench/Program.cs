@@ -36,6 +36,7 @@ static int Dispatch(string[] args)
     if (args.Length >= 3 && args[0] == "ablation")
         return Ablation.Run(args[1], args[2], args.Length >= 4 ? args[3] : "assets/data/out-of-domain/gpl-3.txt", args.Length >= 5 ? int.Parse(args[4]) : 256,
             args.Length >= 6 ? args[5..].Select(x => double.Parse(x, System.Globalization.CultureInfo.InvariantCulture)).ToArray() : [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]);
+    if (args.Length == 3 && args[0] == "two-pass") return Ablation.TwoPass(args[1], double.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture), 256);
     if (args.Length >= 3 && args[0] == "fidelity-sentences") return Fidelity.RunSentences(args[1], args[2], args.Length >= 4 ? int.Parse(args[3]) : 200);
     if (args.Length >= 3 && args[0] == "fidelity-images") return Fidelity.RunImages(args[1], args[2]);
     if (args.Length == 4 && args[0] == "screening-time") return Screening.Time(args[1], args[2], double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture));
