@@ -32,7 +32,7 @@ out = ["# What each part of Geo-Sharing buys (ablation)", "",
        "ratio in the cells).",
        "",
        "The first six variants are the planner of 2026-12-02 (each group's rank options at kept fractions 1 − ratio + "
-       "−0.2, −0.1, 0, 0.1, 0.2); the improved planner (the library's default now) offers "
+       "−0.2, −0.1, 0, 0.1, 0.2); the improved planner (`--kept-offsets wide`, not the default: it makes every group cost more) offers "
        + (", ".join(f"{x:+g}" for x in offsets[0]) if offsets else "wider options")
        + " with fractions above 0.98 lowered to 0.98 (cells MODEL-RATIO-improved.json).", ""]
 for model in ("gpt2", "llama"):

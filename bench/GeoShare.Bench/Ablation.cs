@@ -23,8 +23,8 @@ static class Ablation
 
     /// <summary>
     /// The planner the first cells measured (rank options at kept fractions 1 − ratio ± 0.1, ± 0.2), fixed here so that every
-    /// cell's six variants are the same planner whatever the library's default; the improved planner (the default now:
-    /// <see cref="PlannerOptions.KeptOffsets"/>) is measured in a second cell per ratio (MODEL-RATIO-improved.json).
+    /// cell's six variants are the same planner whatever the library's default; the improved planner
+    /// (<see cref="PlannerOptions.WideKeptOffsets"/>) is measured in a second cell per ratio (MODEL-RATIO-improved.json).
     /// </summary>
     static readonly double[] FirstOffsets = [-0.2, -0.1, 0, 0.1, 0.2];
     public static readonly string[] ImprovedVariants = ["geo-improved-ranks-no-sharing", "geo-improved"];
@@ -106,13 +106,13 @@ static class Ablation
         }
     }
 
-    /// <summary>The planner as the library's defaults make it now: its ranks with no sharing, and the whole of it.</summary>
+    /// <summary>The improved planner (`--kept-offsets wide`): its ranks with no sharing, and the whole of it.</summary>
     static void ImprovedCell(string modelName, string dir, string cellsDir, double ratio, PretrainedModel dense, ActivationGrams grams, LanguageModelBatch batch,
         IReadOnlyDictionary<string, BlockCurvatureModel> curvature, CalibrationSet calibration, TokenWindows test, int[] testSelection, TokenWindows ood,
         (double Test, double OutOfDomain) denseScore, double curvatureSeconds)
     {
         var cellWatch = Stopwatch.StartNew();
-        var defaults = new PlannerOptions { Ratio = ratio };
+        var defaults = new PlannerOptions { Ratio = ratio, KeptOffsets = PlannerOptions.WideKeptOffsets };
         using var geo = GeoPlanner.Plan(dense, grams, batch, defaults, null, curvature);
         using var alone = GeoPlanner.Plan(dense, grams, batch, defaults with { MaxGroupSize = 1 }, null, curvature);
         var plans = new (string Label, SharingPlan Plan, ICoefficientSolver? Solver)[]

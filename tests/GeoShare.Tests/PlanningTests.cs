@@ -177,8 +177,7 @@ public class PlanningTests
         Assert.Equal(8, r.CandidateGroups);
         Assert.Equal(3, r.PictureGroups);
         Assert.Equal(3, r.PairwiseCost.Count);
-        // 8 groups × 9 rank options (kept 0.2 … 0.9 and 0.98 at ratio 0.4).
-        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 72 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
+        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 40 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
         Assert.Equal((CostingMethod.Full, 8, 0, 0), (r.Costing.Method, r.AllowedGroups, r.ScreenedGroups, r.CellGroups));
         var recipe = r.Plan.Coefficients!;
         Assert.Equal((CurvatureMethod.Kfac, 2, 0.5, "random tokens", "float64"), (recipe.Curvature, recipe.TopK, recipe.Trust, recipe.CurvatureBatch, recipe.ModelDtype));
@@ -188,8 +187,10 @@ public class PlanningTests
     public void RankOptionsReachNearlyUncompressedLayersAtAnyRatio()
     {
         // 1 − ratio − 0.4 … + 0.3 by 0.1, fractions above 0.98 lowered to it (once), those below 0.02 left out.
-        Assert.Equal([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.3 }));
-        Assert.Equal([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.7 }));
+        var wide = PlannerOptions.WideKeptOffsets;
+        Assert.Equal([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.3, KeptOffsets = wide }));
+        Assert.Equal([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.7, KeptOffsets = wide }));
+        Assert.Equal([0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.2 }));
         Assert.Equal([0.5, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.5, KeptOffsets = [0, 0.6, 0.9] }));
     }
 
@@ -202,8 +203,8 @@ public class PlanningTests
         Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4, 10).Method);
         var deep = GeoPlanner.ChooseSearch(SearchMethod.Exact, 32, 1_000_000);
         Assert.Equal((SearchMethod.Exact, "requested; 1,000,000 group × rank choices on 32 layers per type"), (deep.Method, deep.Reason));
-        // 12 layers, groups of 2, 8 ranks (kept 0.3 … 0.9 and 0.98): 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 8.
-        Assert.Equal((3 * 78 + 12) * 8L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
+        // 12 layers, groups of 2, 5 ranks: 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 5.
+        Assert.Equal((3 * 78 + 12) * 5L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
     }
 
     [Fact]
