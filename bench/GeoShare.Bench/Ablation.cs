@@ -27,7 +27,6 @@ static class Ablation
     /// (<see cref="PlannerOptions.WideKeptOffsets"/>) is measured in a second cell per ratio (MODEL-RATIO-improved.json).
     /// </summary>
     static readonly double[] FirstOffsets = [-0.2, -0.1, 0, 0.1, 0.2];
-    public static readonly string[] ImprovedVariants = ["geo-improved-ranks-no-sharing", "geo-improved"];
 
     public static int Run(string modelName, string cellsDir, string outOfDomain, int testWindows, double[] ratios)
     {
@@ -75,35 +74,32 @@ static class Ablation
         IReadOnlyDictionary<string, BlockCurvatureModel> curvature, CalibrationSet calibration, TokenWindows test, int[] testSelection, TokenWindows ood,
         (double Test, double OutOfDomain) denseScore, double curvatureSeconds)
     {
+        var cellWatch = Stopwatch.StartNew();
+        // The first planner left out fractions above 0.98 (the library lowers them to 0.98 now).
+        var first = new PlannerOptions { Ratio = ratio, KeptOffsets = FirstOffsets.Where(d => Math.Round(1 - ratio + d, 6) <= GeoPlanner.MaxKeptFraction).ToArray() };
+        var geo = GeoPlanner.Plan(dense, grams, batch, first, null, curvature);
+        var alone = GeoPlanner.Plan(dense, grams, batch, first with { MaxGroupSize = 1 }, null, curvature);
+        // geo's coloring, every group's rank from Basis Sharing's formula for its size (the budget adjacent pairs get)
+        var uniform = geo.Plan with
         {
-            var cellWatch = Stopwatch.StartNew();
-            // The first planner left out fractions above 0.98 (the library lowers them to 0.98 now).
-            var first = new PlannerOptions { Ratio = ratio, KeptOffsets = FirstOffsets.Where(d => Math.Round(1 - ratio + d, 6) <= GeoPlanner.MaxKeptFraction).ToArray() };
-            var geo = GeoPlanner.Plan(dense, grams, batch, first, null, curvature);
-            var alone = GeoPlanner.Plan(dense, grams, batch, first with { MaxGroupSize = 1 }, null, curvature);
-            // geo's coloring, every group's rank from Basis Sharing's formula for its size (the budget adjacent pairs get)
-            var uniform = geo.Plan with
-            {
-                Method = "geo-coloring-uniform-ranks",
-                Types = geo.Plan.Types.ToDictionary(kv => kv.Key, kv => kv.Value.Mode == SharingMode.Basis
-                    ? Baselines.WithRanks(dense, kv.Key, kv.Value.Coloring, SharingMode.Basis, ratio) : kv.Value),
-            };
-            var plans = new (string Label, SharingPlan Plan, ICoefficientSolver? Solver)[]
-            {
-                ("svd", Baselines.Create("svd", dense, ratio, new BaselineOptions(), grams), null),
-                ("adjacent", Baselines.Create("adjacent", dense, ratio, new BaselineOptions(), grams), null),
-                ("geo-ranks-no-sharing", alone.Plan, new CurvatureAlignedSolver(alone.Costs)),
-                ("geo-coloring-uniform-ranks", uniform, new CurvatureAlignedSolver(geo.Costs)),
-                ("geo-basis-sharing-coefficients", geo.Plan, null),
-                ("geo", geo.Plan, new CurvatureAlignedSolver(geo.Costs)),
-            };
-            var rows = Measure(modelName, dir, ratio, plans, grams, calibration, test, testSelection, ood);
-            geo.Dispose();
-            alone.Dispose();
-            JsonOutput.Write(CellPath(cellsDir, modelName, ratio), new AblationCell("ablation", modelName, dir, ratio, calibration.Description, batch.Description,
-                $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(ood.Source)}", denseScore.Test, denseScore.OutOfDomain,
-                rows, curvatureSeconds, cellWatch.Elapsed.TotalSeconds, torch.get_num_threads()));
-        }
+            Method = "geo-coloring-uniform-ranks",
+            Types = geo.Plan.Types.ToDictionary(kv => kv.Key, kv => kv.Value.Mode == SharingMode.Basis
+                ? Baselines.WithRanks(dense, kv.Key, kv.Value.Coloring, SharingMode.Basis, ratio) : kv.Value),
+        };
+        var plans = new (string Label, SharingPlan Plan, ICoefficientSolver? Solver)[]
+        {
+            ("svd", Baselines.Create("svd", dense, ratio, new BaselineOptions(), grams), null),
+            ("adjacent", Baselines.Create("adjacent", dense, ratio, new BaselineOptions(), grams), null),
+            ("geo-ranks-no-sharing", alone.Plan, new CurvatureAlignedSolver(alone.Costs)),
+            ("geo-coloring-uniform-ranks", uniform, new CurvatureAlignedSolver(geo.Costs)),
+            ("geo-basis-sharing-coefficients", geo.Plan, null),
+            ("geo", geo.Plan, new CurvatureAlignedSolver(geo.Costs)),
+        };
+        var rows = Measure(modelName, dir, ratio, plans, grams, calibration, test, testSelection, ood);
+        geo.Dispose();
+        alone.Dispose();
+        WriteCell(CellPath(cellsDir, modelName, ratio), "ablation", modelName, dir, ratio, calibration, batch, testSelection, ood, denseScore, rows,
+            curvatureSeconds, cellWatch.Elapsed.TotalSeconds, null);
     }
 
     /// <summary>The improved planner (`--kept-offsets wide`): its ranks with no sharing, and the whole of it.</summary>
@@ -121,11 +117,20 @@ static class Ablation
             ("geo-improved", geo.Plan, new CurvatureAlignedSolver(geo.Costs)),
         };
         var rows = Measure(modelName, dir, ratio, plans, grams, calibration, test, testSelection, ood);
-        JsonOutput.Write(CellPath(cellsDir, modelName, ratio, "-improved"), new AblationCell("ablation-improved", modelName, dir, ratio, calibration.Description,
-            batch.Description, $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(ood.Source)}", denseScore.Test,
-            denseScore.OutOfDomain, rows, curvatureSeconds, cellWatch.Elapsed.TotalSeconds, torch.get_num_threads())
+        WriteCell(CellPath(cellsDir, modelName, ratio, "-improved"), "ablation-improved", modelName, dir, ratio, calibration, batch, testSelection, ood,
+            denseScore, rows, curvatureSeconds, cellWatch.Elapsed.TotalSeconds, defaults.KeptOffsets);
+    }
+
+    /// <summary>One cell's JSON: what was measured, on which data, and how long it took.</summary>
+    static void WriteCell(string path, string benchmark, string modelName, string dir, double ratio, CalibrationSet calibration, LanguageModelBatch batch,
+        int[] testSelection, TokenWindows ood, (double Test, double OutOfDomain) denseScore, List<AblationRow> rows, double curvatureSeconds,
+        double cellSeconds, double[]? keptOffsets)
+    {
+        JsonOutput.Write(path, new AblationCell(benchmark, modelName, dir, ratio, calibration.Description, batch.Description,
+            $"first {testSelection.Length} windows of test.txt", $"{ood.Count} windows of {Path.GetFileName(ood.Source)}", denseScore.Test,
+            denseScore.OutOfDomain, rows, curvatureSeconds, cellSeconds, torch.get_num_threads())
         {
-            KeptOffsets = defaults.KeptOffsets,
+            KeptOffsets = keptOffsets,
         });
     }
 
