@@ -114,7 +114,8 @@ public class StreamingTests
     /// <summary>
     /// Geo-Sharing layer by layer (grams spilled, weights read from the checkpoint per group, K-FAC swept over the streamed
     /// layers) against the whole model: the same coloring and ranks, the same predicted ΔL, and compressed logits within
-    /// 1e-5 relative. Consecutive groups only, so that the test costs a few dozen groups.
+    /// 1e-5 relative, with the coefficient refit on both (the streamed one layer by layer). Consecutive groups only, so
+    /// that the test costs a few dozen groups.
     /// </summary>
     [Theory]
     [InlineData("gpt2-kjv-brown")]
@@ -137,7 +138,8 @@ public class StreamingTests
         {
             plan = r.Plan;
             predicted = r.Search.Groups.OrderBy(g => g.Type).ThenBy(g => g.Layers[0]).Select(g => g.Option.Predicted).ToArray();
-            PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = false, Coefficients = new CurvatureAlignedSolver(r.Costs) }, calibration);
+            var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = true, Coefficients = new CurvatureAlignedSolver(r.Costs) }, calibration);
+            Assert.True(report.Refitted);
             CompressedCheckpoint.Save(model, plan, dir, inMemory);
         }
         model.Dispose();
@@ -154,8 +156,10 @@ public class StreamingTests
             for (int i = 0; i < p.Length; i++)
                 Assert.True(Math.Abs(p[i] - predicted[i]) <= 1e-9 * Math.Max(1e-12, Math.Abs(predicted[i])), $"group {i}: predicted ΔL {p[i]} streamed, {predicted[i]} in memory");
             using var spill = new SafetensorsSpill(tmp.File("spill"));
-            StreamingCompressor.Compress(stream, r.Plan, grams, new CompressionOptions { Refit = false, Coefficients = new CurvatureAlignedSolver(r.Costs) },
-                spill, CompressedCheckpoint.DefaultSaveDType(stream.Shell));
+            var report = StreamingCompressor.Compress(stream, r.Plan, grams, new CompressionOptions { Refit = true, Coefficients = new CurvatureAlignedSolver(r.Costs) },
+                spill, CompressedCheckpoint.DefaultSaveDType(stream.Shell), calibration: calibration, refitSpill: tmp.File("refit"));
+            Assert.True(report.Refitted);
+            Assert.False(File.Exists(tmp.File("refit")));
             CompressedCheckpoint.Save(spill, r.Plan, dir, streamed);
         }
 

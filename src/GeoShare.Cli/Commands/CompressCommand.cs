@@ -114,14 +114,8 @@ public sealed class CompressCommand : ICommand
             }
             else plan = Baselines.Create(method, model, ratio, options, grams);
         }
-        bool? refit = a.Choice("--refit", "auto", "on", "off") switch
-        {
-            "on" => true,
-            "off" => false,
-            _ => null,
-        };
         ICoefficientSolver? coefficients = planner is not null ? new CurvatureAlignedSolver(planner.Costs) : recomputed;
-        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = refit, Coefficients = coefficients }, calibration, progress);
+        var report = PlanCompressor.Apply(model, plan, grams, new CompressionOptions { Refit = RefitOption(a), Coefficients = coefficients }, calibration, progress);
         progress.EndLine();
 
         PrintReport(plan, report);
@@ -154,6 +148,14 @@ public sealed class CompressCommand : ICommand
         return 0;
     }
 
+    /// <summary>--refit: on, off, or null (auto: from ratio <see cref="CompressionOptions.AutoRefitRatio"/>).</summary>
+    private static bool? RefitOption(ParsedArgs a) => a.Choice("--refit", "auto", "on", "off") switch
+    {
+        "on" => true,
+        "off" => false,
+        _ => null,
+    };
+
     /// <summary>Why this run cannot go layer by layer (null: it can).</summary>
     private static string? StreamingRefusal(ParsedArgs a, SharingPlan? loadedPlan, string? outDir)
     {
@@ -163,10 +165,6 @@ public sealed class CompressCommand : ICommand
             ?? (a.Has("--curvature") && a.Choice("--curvature", "exact", "kfac") == "exact" ? CurvatureMethod.Exact : CurvatureMethod.Kfac);
         if (geo && curvature == CurvatureMethod.Exact)
             return "exact curvature needs the whole model in memory (Hessian-vector products); the layer-wise path has K-FAC (--curvature kfac, or --streaming off)";
-        double ratio = loadedPlan?.Ratio ?? (a.Has("--ratio") ? a.Ratio("--ratio") : 0);
-        string refit = a.Choice("--refit", "auto", "on", "off");
-        if (refit == "on" || (refit == "auto" && ratio >= CompressionOptions.AutoRefitRatio))
-            return $"the coefficient refit{(refit == "auto" ? $" (on by default from ratio {CompressionOptions.AutoRefitRatio})" : "")} has no layer-wise path yet (give --refit off, or --streaming off)";
         if (outDir is null) return "the layer-wise path writes the compressed model as it goes: give --out DIR";
         return null;
     }
@@ -187,9 +185,11 @@ public sealed class CompressCommand : ICommand
         string method = loadedPlan is null ? a.Required("--method") : "plan";
         loadedPlan?.Validate(shell, a.String("--plan")!);
         string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(outDir));
-        string gramsDir = PartialOutputs.StagingName(full, "grams"), spillPath = PartialOutputs.StagingName(full, "spill");
+        string gramsDir = PartialOutputs.StagingName(full, "grams"), spillPath = PartialOutputs.StagingName(full, "spill"),
+            refitPath = PartialOutputs.StagingName(full, "refit");
         PartialOutputs.Register(gramsDir);
         PartialOutputs.Register(spillPath);
+        PartialOutputs.Register(refitPath);
         try
         {
             var options = new BaselineOptions
@@ -237,7 +237,8 @@ public sealed class CompressCommand : ICommand
             var stored = saveDType ?? CompressedCheckpoint.DefaultSaveDType(shell);
             using var spill = new SafetensorsSpill(spillPath);
             ICoefficientSolver? coefficients = planner is not null ? new CurvatureAlignedSolver(planner.Costs) : recomputed;
-            var report = StreamingCompressor.Compress(stream, plan, grams, new CompressionOptions { Refit = false, Coefficients = coefficients }, spill, stored, progress);
+            var report = StreamingCompressor.Compress(stream, plan, grams, new CompressionOptions { Refit = RefitOption(a), Coefficients = coefficients }, spill, stored,
+                progress, calibration, refitPath);
             progress.EndLine();
             PrintReport(plan, report);
             var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
@@ -260,7 +261,7 @@ public sealed class CompressCommand : ICommand
                 JsonOutput.Write(jsonPath, new CompressOutput
                 {
                     Model = modelDir, ModelType = shell.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
-                    Calibration = calibration.Description, Refit = false, Report = report, AchievedRatio = report.Ratio,
+                    Calibration = calibration.Description, Refit = report.Refitted, Report = report, AchievedRatio = report.Ratio,
                     ParameterBytes = report.ModelBytesAfter, Evaluation = evalResult, OutDir = outDir, SaveDtype = CalibrationOptions.Name(stored),
                     CheckpointBytes = new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
                     Planner = planner is null ? null : PlannerCliOptions.Summary(planner),

@@ -207,7 +207,7 @@ public sealed class SafetensorsFile
     }
 
     /// <summary>Calls <paramref name="action"/> on the bytes of a contiguous CPU tensor, in spans of at most <see cref="ChunkBytes"/>.</summary>
-    private static void ForEachChunk(Tensor t, SpanAction action)
+    internal static void ForEachChunk(Tensor t, SpanAction action)
     {
         long total = t.numel() * t.element_size();
         if (total == 0) return;
@@ -221,7 +221,7 @@ public sealed class SafetensorsFile
         }
     }
 
-    private delegate void SpanAction(Span<byte> span);
+    internal delegate void SpanAction(Span<byte> span);
 
     /// <summary>
     /// Writes tensors to <paramref name="path"/> atomically (a temporary file in the same folder, renamed over the target

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace GeoShare.Models;
@@ -31,6 +32,30 @@ public sealed class SafetensorsSpill : IDisposable
         long offset = _spill.Position;
         SafetensorsFile.WriteData(_spill, tensor, type);
         _entries[name] = (type, tensor.shape, offset, _spill.Position - offset);
+    }
+
+    /// <summary>A tensor added earlier, in its stored dtype (a spill of work in progress read back, e.g. by the streamed refit).</summary>
+    public Tensor Read(string name)
+    {
+        if (!_entries.TryGetValue(name, out var e)) throw new ArgumentException($"no tensor '{name}' in the spill {_spillPath}");
+        var t = torch.empty(e.Shape, dtype: e.Stored);
+        long end = _spill.Position;   // where the next Add writes
+        try
+        {
+            _spill.Flush();
+            _spill.Seek(e.Offset, SeekOrigin.Begin);
+            SafetensorsFile.ForEachChunk(t, span => _spill.ReadExactly(span));
+        }
+        catch
+        {
+            t.Dispose();
+            throw;
+        }
+        finally
+        {
+            _spill.Seek(end, SeekOrigin.Begin);
+        }
+        return t;
     }
 
     /// <summary>Writes the file at <paramref name="path"/> (atomically) with every tensor added, in name order.</summary>

@@ -1,5 +1,6 @@
 using GeoShare.Models;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace GeoShare.Sharing;
@@ -91,7 +92,7 @@ public sealed class SpilledGrams : IGramSource, IDisposable
     /// XᵀX of each watched projection's input. A projection whose input is the same tensor as an earlier one's in every
     /// batch (q, k and v read one normed hidden state) shares that one's gram: computed once, stored once.
     /// </summary>
-    private sealed class Probe : IProjectionProbe
+    internal sealed class Probe : IProjectionProbe
     {
         private readonly Dictionary<LinearMap, string> _maps = new(ReferenceEqualityComparer.Instance);
         private readonly Dictionary<string, Tensor> _grams = [];
@@ -166,29 +167,40 @@ public static class StreamingCompressor
         shell.Sites.Where(s => plan.Types.TryGetValue(s.Type, out var tp) && tp.Mode != SharingMode.Dense).ToList();
 
     /// <param name="stored">dtype of the saved checkpoint's floating-point tensors</param>
+    /// <param name="calibration">The calibration set, for the refit (<see cref="CompressionOptions.Refit"/>; by default from ratio 0.4).</param>
+    /// <param name="refitSpill">Where the refit keeps the bases, first coefficients and tied matrices until it has run (in the
+    /// model's dtype; deleted after); the caller registers it as a partial output. Needed when the refit runs.</param>
     public static CompressionReport Compress(LayerStream stream, SharingPlan plan, SpilledGrams grams, CompressionOptions options,
-        SafetensorsSpill output, ScalarType stored, IProgress<ProgressTick>? progress = null)
+        SafetensorsSpill output, ScalarType stored, IProgress<ProgressTick>? progress = null, CalibrationSet? calibration = null, string? refitSpill = null)
     {
         var shell = stream.Shell;
         plan.Validate(shell, "plan");
-        if (options.Refit ?? (plan.Ratio ?? 0) >= CompressionOptions.AutoRefitRatio)
-            throw new UsageException("refit", "the layer-wise path does not refit coefficients yet (ratio ≥ 0.4 refits by default): turn the refit off, or compress in memory");
+        bool refit = options.Refit ?? (plan.Ratio ?? 0) >= CompressionOptions.AutoRefitRatio;
+        if (refit && (calibration is null || refitSpill is null))
+            throw new ArgumentException("the refit needs the calibration set and a spill path for the first coefficients");
         var dtype = shell.DType;
         var src = new CheckpointTensorSource(Checkpoint.Open(stream.Dir), dtype);
         var compressed = new HashSet<string>();
+        // With the refit, the group walk's tensors wait in the model's dtype (what the in-memory model holds) for the layer pass.
+        using var pending = refit ? new SafetensorsSpill(refitSpill!) : null;
+        void Put(string name, Tensor t)
+        {
+            if (pending is not null) pending.Add(name, t, dtype);
+            else output.Add(name, t, stored);
+        }
         WeightLayout Layout(ProjectionSite s) => shell.GetProjection(s).Layout;
         var report = PlanCompressor.CompressGroups(shell, plan, options, s => ProjectionWeights.InOut64(src, s, Layout(s)), s => grams.Gram(s.Name),
             grams.Rows, (type, color, g) =>
             {
                 if (g.Basis is { } basis)
                 {
-                    output.Add(CompressedCheckpoint.SharedName(type, color, "basis"), basis.to_type(dtype), stored);
-                    for (int i = 0; i < g.Members.Length; i++) output.Add(g.Members[i].Name + ".coeff", g.Coefficients[i].to_type(dtype), stored);
+                    Put(CompressedCheckpoint.SharedName(type, color, "basis"), basis.to_type(dtype));
+                    for (int i = 0; i < g.Members.Length; i++) Put(g.Members[i].Name + ".coeff", g.Coefficients[i].to_type(dtype));
                 }
                 else
                 {
                     var layout = Layout(g.Members[0]);
-                    output.Add(CompressedCheckpoint.SharedName(type, color, "weight"), (layout == WeightLayout.InOut ? g.Tied! : g.Tied!.t()).contiguous().to_type(dtype), stored);
+                    Put(CompressedCheckpoint.SharedName(type, color, "weight"), (layout == WeightLayout.InOut ? g.Tied! : g.Tied!.t()).contiguous().to_type(dtype));
                 }
                 foreach (var s in g.Members)
                 {
@@ -196,6 +208,17 @@ public static class StreamingCompressor
                     compressed.Add(s.Name);
                 }
             }, progress, ownedGrams: true);
+        bool refitted = false;
+        if (pending is not null)
+        {
+            refitted = RefitLayers(stream, plan, src, pending, output, stored, calibration!, options.Coefficients, progress);
+            // The bases and tied matrices as the walk made them; the coefficients are the refit's.
+            foreach (var name in pending.Names.Where(n => !n.EndsWith(".coeff", StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToList())
+            {
+                using var t = pending.Read(name);
+                output.Add(name, t, stored);
+            }
+        }
         using (torch.no_grad())
         {
             // Everything else under its name, as the in-memory model's unique parameters: layer tensors read one at a time.
@@ -212,6 +235,107 @@ public static class StreamingCompressor
         long modelBefore = shell.ParameterCount();
         long modelAfter = modelBefore - report.Sum(r => r.ParametersBefore) + report.Sum(r => r.ParametersAfter);
         return new CompressionReport(report, report.Sum(r => r.ParametersBefore), report.Sum(r => r.ParametersAfter),
-            modelBefore, modelAfter, modelAfter * dtype.ElementSize(), Refitted: false);
+            modelBefore, modelAfter, modelAfter * dtype.ElementSize(), refitted);
+    }
+
+    /// <summary>
+    /// <see cref="PlanCompressor"/>'s refit, one layer at a time: the calibration batches' hidden states go through the
+    /// compressed layers in order; at each layer its compressed projections' inputs are measured with the layer's first
+    /// coefficients (as the in-memory refit measures them, earlier layers refitted), each basis member's coefficients are
+    /// solved again for its original weight (the basis fixed) and written to <paramref name="output"/>, and the refitted
+    /// layer gives the next one's inputs. Returns whether any coefficients were refitted (none where every group is tied).
+    /// </summary>
+    private static bool RefitLayers(LayerStream stream, SharingPlan plan, CheckpointTensorSource src, SafetensorsSpill pending, SafetensorsSpill output,
+        ScalarType stored, CalibrationSet calibration, ICoefficientSolver? solver, IProgress<ProgressTick>? progress)
+    {
+        var shell = stream.Shell;
+        var types = plan.Types.Where(t => t.Value.Mode != SharingMode.Dense).ToList();
+        if (!types.Any(t => t.Value.Mode == SharingMode.Basis)) return false;   // nothing to refit: no coefficients in the pending spill
+        using var _ = torch.no_grad();
+        var ids = calibration.Batches(shell).ToList();
+        var hidden = new List<Tensor>();
+        var contexts = new List<LayerContext>();
+        var probe = new SpilledGrams.Probe();
+        try
+        {
+            foreach (var batch in ids)
+            {
+                using var scope = torch.NewDisposeScope();
+                var (h, c) = stream.Parts.Embed(batch);
+                hidden.Add(h.DetachFromDisposeScope());
+                c.Cos?.DetachFromDisposeScope();
+                c.Sin?.DetachFromDisposeScope();
+                contexts.Add(c);
+            }
+            progress?.Report(new ProgressTick("refit", 0, stream.Layers, "layers"));
+            for (int l = 0; l < stream.Layers; l++)
+            {
+                var layer = stream.LoadLayer(l);
+                try
+                {
+                    var members = new List<(ProjectionSite Site, SharedBasisLinear Map)>();
+                    foreach (var (type, tp) in types)
+                    {
+                        var site = shell.Site(type, l);
+                        int color = tp.Coloring[l];
+                        var dense = layer.GetProjection(type);
+                        var bias = dense.Bias?.detach().clone();
+                        LinearMap map;
+                        if (tp.Mode == SharingMode.Basis)
+                        {
+                            var basis = new Parameter(pending.Read(CompressedCheckpoint.SharedName(type, color, "basis")), requires_grad: false);
+                            var m = new SharedBasisLinear(basis, pending.Read(site.Name + ".coeff"), bias);
+                            members.Add((site, m));
+                            map = m;
+                        }
+                        else map = new DenseLinear(new Parameter(pending.Read(CompressedCheckpoint.SharedName(type, color, "weight")), requires_grad: false), bias, dense.Layout);
+                        layer.SetProjection(type, map);
+                        LayerStream.Release(dense);
+                    }
+                    if (members.Count > 0)
+                    {
+                        // The inputs with this layer's first coefficients (the in-memory refit collects a layer's grams before changing it).
+                        foreach (var (site, map) in members) probe.Watch(map, site.Name);
+                        for (int b = 0; b < hidden.Count; b++)
+                        {
+                            using var scope = torch.NewDisposeScope();
+                            layer.Forward(hidden[b], contexts[b]);
+                        }
+                        probe.Complete();
+                        foreach (var ((site, map), gramName) in members.Zip(probe.Canonical()))
+                        {
+                            using var scope = torch.NewDisposeScope();
+                            var original = ProjectionWeights.InOut64(src, site, shell.GetProjection(site).Layout);
+                            var basis = map.Basis.to_type(ScalarType.Float64);
+                            var gram = probe.Gram(gramName);
+                            var c = solver?.Solve(site, basis, original, gram, probe.Rows) ?? SharedBasis.Refit(basis, original, gram);
+                            map.Coefficients.copy_(c.to_type(map.Coefficients.dtype));
+                            output.Add(site.Name + ".coeff", map.Coefficients, stored);
+                        }
+                        probe.Clear();
+                    }
+                    for (int b = 0; b < hidden.Count; b++)
+                    {
+                        Tensor next;
+                        using (var scope = torch.NewDisposeScope())
+                            next = layer.Forward(hidden[b], contexts[b]).DetachFromDisposeScope();
+                        hidden[b].Dispose();
+                        hidden[b] = next;
+                    }
+                }
+                finally
+                {
+                    probe.Clear();
+                    LayerStream.Release(layer);
+                }
+                progress?.Report(new ProgressTick("refit", l + 1, stream.Layers, "layers"));
+            }
+            return true;
+        }
+        finally
+        {
+            foreach (var t in ids.Concat(hidden)) t.Dispose();
+            foreach (var c in contexts) c.Dispose();
+        }
     }
 }
