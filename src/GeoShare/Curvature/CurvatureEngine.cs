@@ -318,7 +318,7 @@ public static class CurvatureEngine
         // In a scope: a view such as diag G left to the finalizer would keep all of G alive (the whole model's Gs, in the end).
         using var scope = torch.NewDisposeScope();
         bool factored = o.FactoredVectors && o.KeepVectors && o.Top > 0;
-        var factors = factored ? KfacBlock.KroneckerTopFactors(k.A, k.G, o.Top, o.Seed + i) : ((double[] Values, Tensor A, Tensor G)?)null;
+        var factors = factored ? KfacBlock.KroneckerTopFactors(k.Input, k.Output, o.Top, o.Seed + i) : ((double[] Values, Tensor A, Tensor G)?)null;
         var top = o.Top > 0 && !factored ? k.Top(o.Top, o.Seed + i) : ((double[] Values, Tensor Vectors)?)null;
         double[]? bottom = o.Bottom > 0 ? k.BottomEigenvalues(o.Bottom) : null;
         if (!o.KeepVectors) top?.Vectors.Dispose();
@@ -333,7 +333,7 @@ public static class CurvatureEngine
             TopInputFactors = factors?.A, TopOutputFactors = factors?.G,
             Trace = k.Trace, TraceStandardError = 0, TraceMethod = "kfac",
             TopVectors = o.KeepVectors ? top?.Vectors : null,
-            OutputFactorDiagonal = o.KeepVectors ? k.G.diagonal().clone().MoveToOuterDisposeScope() : null,
+            OutputFactorDiagonal = o.KeepVectors ? k.Output.Diagonal().MoveToOuterDisposeScope() : null,
             Gradient = gradient,
         };
     }

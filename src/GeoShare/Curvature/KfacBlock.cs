@@ -15,24 +15,33 @@ namespace GeoShare.Curvature;
 public sealed class KfacBlock : IDisposable
 {
     public string Name { get; }
-    /// <summary>[in, in], float64.</summary>
-    public Tensor A { get; }
-    /// <summary>[out, out], float64.</summary>
-    public Tensor G { get; }
+    /// <summary>A, the input factor (kept as rows where fewer rows than inputs were summed).</summary>
+    public SecondMoment Input { get; }
+    /// <summary>G, the output factor (kept as rows where fewer rows than outputs were summed).</summary>
+    public SecondMoment Output { get; }
+    /// <summary>[in, in], float64 (made on first use where the factor is kept as rows).</summary>
+    public Tensor A => Input.Dense;
+    /// <summary>[out, out], float64 (made on first use where the factor is kept as rows).</summary>
+    public Tensor G => Output.Dense;
     public WeightLayout Layout { get; }
-    public long[] WeightShape => Layout == WeightLayout.InOut ? [A.shape[0], G.shape[0]] : [G.shape[0], A.shape[0]];
+    public long[] WeightShape => Layout == WeightLayout.InOut ? [Input.Width, Output.Width] : [Output.Width, Input.Width];
 
     private double[]? _aVals, _gVals;
 
-    public KfacBlock(string name, Tensor a, Tensor g, WeightLayout layout)
+    public KfacBlock(string name, SecondMoment a, SecondMoment g, WeightLayout layout)
     {
         Name = name;
-        A = a;
-        G = g;
+        Input = a;
+        Output = g;
         Layout = layout;
     }
 
-    public double Trace => A.trace().item<double>() * G.trace().item<double>();
+    /// <summary>A block from dense factors (taken over).</summary>
+    public KfacBlock(string name, Tensor a, Tensor g, WeightLayout layout) : this(name, SecondMoment.FromMatrix(a), SecondMoment.FromMatrix(g), layout)
+    {
+    }
+
+    public double Trace => Input.Trace * Output.Trace;
 
     /// <summary>Every eigenvalue of A and of G (full decompositions: for the bottom end, the spectrum and checks).</summary>
     private (double[] A, double[] G) FactorEigenvalues()
@@ -62,7 +71,8 @@ public sealed class KfacBlock : IDisposable
     public (double[] Values, Tensor Vectors) Top(int k, long seed)
     {
         using var scope = torch.NewDisposeScope();
-        var (values, vectors) = KroneckerTop(A, G, k, seed); // [k, in, out]
+        var (values, fa, fg) = KroneckerTopFactors(Input, Output, k, seed);
+        var vectors = torch.stack(Enumerable.Range(0, values.Length).Select(i => torch.outer(fa[i], fg[i])).ToArray()); // [k, in, out]
         var flat = Layout == WeightLayout.InOut ? vectors.reshape(values.Length, -1) : vectors.transpose(1, 2).reshape(values.Length, -1);
         return (values, flat.MoveToOuterDisposeScope());
     }
@@ -98,9 +108,17 @@ public sealed class KfacBlock : IDisposable
     /// <summary>The k largest eigenpairs of A ⊗ G as factors: eigenvector i is outer(A[i], G[i]) (A [k, in], G [k, out]).</summary>
     public static (double[] Values, Tensor A, Tensor G) KroneckerTopFactors(Tensor a, Tensor g, int k, long seed)
     {
+        using var ma = SecondMoment.FromMatrix(a.alias());
+        using var mg = SecondMoment.FromMatrix(g.alias());
+        return KroneckerTopFactors(ma, mg, k, seed);
+    }
+
+    /// <summary><see cref="KroneckerTopFactors(Tensor, Tensor, int, long)"/> of two moments (a low-rank one by its rows).</summary>
+    public static (double[] Values, Tensor A, Tensor G) KroneckerTopFactors(SecondMoment a, SecondMoment g, int k, long seed)
+    {
         using var scope = torch.NewDisposeScope();
-        var (la, va) = SymmetricTop(a, Math.Min(k, (int)a.shape[0]), seed);
-        var (lg, vg) = SymmetricTop(g, Math.Min(k, (int)g.shape[0]), seed + 7919);
+        var (la, va) = a.Top(Math.Min(k, (int)a.Width), seed);
+        var (lg, vg) = g.Top(Math.Min(k, (int)g.Width), seed + 7919);
         var pairs = la.SelectMany((x, i) => lg.Select((y, j) => (V: x * y, I: i, J: j))).OrderByDescending(p => p.V).Take(k).ToArray();
         var fa = torch.stack(pairs.Select(p => va[TensorIndex.Colon, p.I]).ToArray()).contiguous();
         var fg = torch.stack(pairs.Select(p => vg[TensorIndex.Colon, p.J]).ToArray()).contiguous();
@@ -114,22 +132,32 @@ public sealed class KfacBlock : IDisposable
     /// </summary>
     public static (double[] Values, Tensor Vectors) SymmetricTop(Tensor m, int k, long seed, int iterations = 60)
     {
-        using var scope = torch.NewDisposeScope();
         long n = m.shape[0];
-        int p = (int)Math.Min(n, k + 8);
         if (n <= 256)
         {
+            using var scope = torch.NewDisposeScope();
             var (vals, vecs) = torch.linalg.eigh(m);
             var idx = Scalars.Arange(n - 1, n - 1 - k, -1);
             return (vals.index_select(0, idx).data<double>().ToArray(), vecs.index_select(1, idx).MoveToOuterDisposeScope());
         }
+        return SymmetricTop(m.matmul, n, k, seed, iterations);
+    }
+
+    /// <summary>
+    /// <see cref="SymmetricTop(Tensor, int, long, int)"/>'s subspace iteration on an operator y ↦ My ([n, p] → [n, p]): a
+    /// second moment kept as its rows applies Rᵀ(Ry) / rows without M.
+    /// </summary>
+    public static (double[] Values, Tensor Vectors) SymmetricTop(Func<Tensor, Tensor> apply, long n, int k, long seed, int iterations = 60)
+    {
+        using var scope = torch.NewDisposeScope();
+        int p = (int)Math.Min(n, k + 8);
         var x = torch.randn(n, p, dtype: ScalarType.Float64, generator: new Generator((ulong)seed));
-        var y = m.matmul(x);
+        var y = apply(x);
         var order = Scalars.Arange(p - 1, p - 1 - k, -1);
         for (int it = 0; it < iterations; it++)
         {
             x = torch.linalg.qr(y).Q;
-            y = m.matmul(x);
+            y = apply(x);
             if ((it + 1) % 5 != 0 || it + 1 == iterations) continue;
             using var check = torch.NewDisposeScope();
             var (cv, cq) = torch.linalg.eigh(x.t().matmul(y));
@@ -157,8 +185,15 @@ public sealed class KfacBlock : IDisposable
         {
             var output = batch.Output(model);
             var ys = layers.Select(l => probe.Outputs[l.Layer]).ToList();
-            var a = layers.Select(l => InputMoment(probe.Inputs[l.Layer], l.Layer.InFeatures)).ToList();
-            var g = layers.Select(l => torch.zeros(l.Layer.OutFeatures, l.Layer.OutFeatures, dtype: ScalarType.Float64)).ToList();
+            var a = new List<SecondMoment>();
+            var g = new List<SecondMoment>();
+            try
+            {
+            foreach (var l in layers)
+            {
+                a.Add(SecondMoment.Of(probe.Inputs[l.Layer], l.Layer.InFeatures));
+                g.Add(new SecondMoment(l.Layer.OutFeatures));
+            }
             var gen = new Generator((ulong)seed);
             int done = 0;
             var factors = batch.OutputCurvatureFactors(output, gen, samples).ToList();
@@ -169,35 +204,23 @@ public sealed class KfacBlock : IDisposable
                 for (int i = 0; i < layers.Count; i++)
                 {
                     if (grads[i] is null || grads[i].IsInvalid) continue;
-                    var gi = grads[i].to_type(ScalarType.Float64).reshape(-1, layers[i].Layer.OutFeatures);
-                    GramSum.Add(g[i], gi);
+                    g[i].Add(grads[i].reshape(-1, layers[i].Layer.OutFeatures));
                 }
                 progress?.Report(new ProgressTick("k-fac", ++done, factors.Count, "factors"));
             }
-            var blocks = new List<KfacBlock>();
-            for (int i = 0; i < layers.Count; i++)
-            {
-                var layout = layers[i].Layer.Layout;
-                GramSum.Complete(g[i]);
-                blocks.Add(new KfacBlock(layers[i].Name, a[i].MoveToOuterDisposeScope(), g[i].DivScalar(batch.Predictions).MoveToOuterDisposeScope(), layout));
+            return layers.Select((l, i) => new KfacBlock(l.Name, a[i], g[i].Complete(batch.Predictions), l.Layer.Layout)).ToList();
             }
-            return blocks;
+            catch
+            {
+                foreach (var m in a.Concat(g)) m.Dispose();
+                throw;
+            }
         }
         finally
         {
             foreach (var (_, layer) in layers) layer.Probe = null;
             for (int i = 0; i < weights.Count; i++) weights[i].requires_grad = had[i];
         }
-    }
-
-    /// <summary>K-FAC's A: the mean over positions of x xᵀ of a projection's input, [in, in] float64.</summary>
-    internal static Tensor InputMoment(Tensor input, int inFeatures)
-    {
-        // The float64 copy freed here and the division in place: a 3072-wide input's A is one [in, in] tensor, not three.
-        using var x = input.to_type(ScalarType.Float64).reshape(-1, inFeatures);
-        var a = GramSum.Add(null, x);
-        GramSum.Complete(a);
-        return a.DivScalar_(x.shape[0]);
     }
 
     internal static Parameter WeightOf(LinearMap layer) => layer switch
@@ -227,7 +250,7 @@ public sealed class KfacBlock : IDisposable
 
     public void Dispose()
     {
-        A.Dispose();
-        G.Dispose();
+        Input.Dispose();
+        Output.Dispose();
     }
 }

@@ -128,44 +128,50 @@ public sealed class LayerwiseKfac
                         var y = layer.Forward(x, context!);
                         foreach (var m in maps) m.Probe = null;
                         var ys = maps.Select(m => probe.Outputs[m]).ToList();
-                        var a = maps.Select(m => KfacBlock.InputMoment(probe.Inputs[m], m.InFeatures)).ToList();
-                        var g = maps.Select(m => torch.zeros(m.OutFeatures, m.OutFeatures, dtype: ScalarType.Float64)).ToList();
-                        var weightGrads = new Tensor?[maps.Count];
-                        bool needInput = l > lowest;
-                        for (int k = 0; k < incoming.Count; k++)
+                        // A from the recomputed inputs, G from the factors' gradients: each kept as rows while narrower than wide
+                        // (SecondMoment), so a 1B layer's 8192-wide factors are never summed into [8192]² matrices.
+                        var a = new List<SecondMoment>();
+                        var g = new List<SecondMoment>();
+                        try
                         {
-                            using var inner = torch.NewDisposeScope();
-                            bool isLoss = k < firstFactor;
-                            var wrt = (isLoss ? weights.Cast<Tensor>() : ys).Concat(needInput ? [x] : []).ToList();
-                            var grads = torch.autograd.grad([y], wrt, [incoming[k]], retain_graph: true, allow_unused: true);
-                            for (int j = 0; j < maps.Count; j++)
+                            foreach (var m in maps)
                             {
-                                if (grads[j] is null || grads[j].IsInvalid) continue;
-                                if (isLoss) weightGrads[j] = grads[j].detach().reshape(-1).to_type(ScalarType.Float64).MoveToOuterDisposeScope();
-                                else
+                                a.Add(SecondMoment.Of(probe.Inputs[m], m.InFeatures));
+                                g.Add(new SecondMoment(m.OutFeatures));
+                            }
+                            var weightGrads = new Tensor?[maps.Count];
+                            bool needInput = l > lowest;
+                            for (int k = 0; k < incoming.Count; k++)
+                            {
+                                using var inner = torch.NewDisposeScope();
+                                bool isLoss = k < firstFactor;
+                                var wrt = (isLoss ? weights.Cast<Tensor>() : ys).Concat(needInput ? [x] : []).ToList();
+                                var grads = torch.autograd.grad([y], wrt, [incoming[k]], retain_graph: true, allow_unused: true);
+                                for (int j = 0; j < maps.Count; j++)
                                 {
-                                    var gj = grads[j].to_type(ScalarType.Float64).reshape(-1, maps[j].OutFeatures);
-                                    GramSum.Add(g[j], gj);
+                                    if (grads[j] is null || grads[j].IsInvalid) continue;
+                                    if (isLoss) weightGrads[j] = grads[j].detach().reshape(-1).to_type(ScalarType.Float64).MoveToOuterDisposeScope();
+                                    else g[j].Add(grads[j].reshape(-1, maps[j].OutFeatures));
+                                }
+                                if (needInput)
+                                {
+                                    var next = grads[^1].detach().DetachFromDisposeScope();
+                                    incoming[k].Dispose();
+                                    incoming[k] = next;
                                 }
                             }
-                            if (needInput)
+                            for (int j = 0; j < maps.Count; j++)
                             {
-                                var next = grads[^1].detach().DetachFromDisposeScope();
-                                incoming[k].Dispose();
-                                incoming[k] = next;
+                                var block = new KfacBlock(sites[here[j]].Name, a[j], g[j].Complete(batch.Predictions), maps[j].Layout);
+                                var gradient = weightGrads[j];
+                                gradient?.DetachFromDisposeScope(); // out of this layer's scope: the consumer owns it (and the block)
+                                finished.Add(new SiteResult(here[j], block, gradient));
                             }
                         }
-                        for (int j = 0; j < maps.Count; j++)
+                        catch
                         {
-                            GramSum.Complete(g[j]);
-                            var block = new KfacBlock(sites[here[j]].Name, a[j].MoveToOuterDisposeScope(),
-                                g[j].DivScalar_(batch.Predictions).MoveToOuterDisposeScope(), maps[j].Layout); // in place: no second [out, out]
-                            var gradient = weightGrads[j];
-                            // Out of this layer's scope: the consumer owns them.
-                            block.A.DetachFromDisposeScope();
-                            block.G.DetachFromDisposeScope();
-                            gradient?.DetachFromDisposeScope();
-                            finished.Add(new SiteResult(here[j], block, gradient));
+                            foreach (var m in a.Concat(g)) m.Dispose();
+                            throw;
                         }
                     }
                     finally
