@@ -52,6 +52,9 @@ public class OptionValidationTests
         [Compress("--ratio", "0.3", "--method", "geo", "--kept-offsets", "0,1.5"), "--kept-offsets: every offset must be within (−1, 1], got 0,1.5"],
         [Compress("--ratio", "0.3", "--method", "geo", "--kept-offsets", "0,x"), "--kept-offsets: expected numbers separated by commas, got 'x'"],
         [Compress("--plan", "p.json", "--kept-offsets", "0"), "--kept-offsets shapes the planner's search, which --plan p.json has already made"],
+        [Compress("--ratio", "0.3", "--method", "geo", "--prescreen", "0"), "--prescreen: expected auto, off or a number of partners of at least 1, got '0'"],
+        [Compress("--ratio", "0.3", "--method", "adjacent", "--prescreen", "2"), "--prescreen is a Geo-Sharing option"],
+        [Compress("--plan", "p.json", "--prescreen", "off"), "--prescreen shapes the planner's search, which --plan p.json has already made"],
         [Compress("--plan", "p.json", "--max-group", "3"), "--max-group shapes the planner's search"],
     ];
 

@@ -308,7 +308,7 @@ public sealed class CompressCommand : ICommand
             foreach (var o in new[] { "--ratio", "--method", "--mode", "--share", "--group-size", "--unique" })
                 a.RefuseUnless(false, o, $"conflicts with --plan {planPath} (the plan fixes the coloring, ranks, mode and ratio); leave {o} out");
             // The search's own options: the plan's search has run.
-            foreach (var o in new[] { "--max-group", "--contiguous", "--private", "--search", "--costing", "--screen-partners", "--cost-singles", "--kept-offsets" })
+            foreach (var o in new[] { "--max-group", "--contiguous", "--private", "--search", "--costing", "--screen-partners", "--prescreen", "--cost-singles", "--kept-offsets" })
                 a.RefuseUnless(false, o, $"shapes the planner's search, which --plan {planPath} has already made; leave {o} out");
         }
         else

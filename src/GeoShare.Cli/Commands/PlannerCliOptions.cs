@@ -29,6 +29,7 @@ public static class PlannerCliOptions
         new("--search", "auto|exact|greedy", $"exact: CP-SAT over the costed groups, optimal (any depth); greedy: greedy merging + local search; auto: exact up to {GeoPlanner.ExactSearchMaxVariables:N0} group × rank choices, greedy beyond", Name(Defaults.Search)),
         new("--costing", "auto|full|screened", $"full: cost every allowed group exactly; screened: bound every group cheaply (one eigendecomposition of the narrower side, [in, in] or [n·out, n·out]) and cost exactly only each layer's best --screen-partners groups of each size; auto: full up to {GeoPlanner.FullCostingMaxWork:0e0} estimated multiply-adds (the bundled 12-layer models), screened beyond", Name(Defaults.Costing)),
         new("--screen-partners", "N", "screened costing: groups of each size each layer keeps for exact costing before the cost-then-verify loop (0: single layers only; the loop costs the groups the search chooses)", Text(Defaults.ScreenPartners)),
+        new("--prescreen", "auto|off|N", $"screened costing: bound only each layer's N best partners by a sketched subspace affinity (the other pairs are left out); auto: {GeoPlanner.AutoPrescreenPartners} where bounding every pair would be beyond {GeoPlanner.PrescreenMinWork:0e0} estimated multiply-adds (deep or wide models: 32 × d1024, 16 × d2048), off below", "auto"),
         new("--cost-singles", "chosen|first", "screened costing: cost a single layer when the cost-then-verify search chooses it (its bounds stand in until then), or every single layer before the first search (the same plan; more groups costed)", "chosen"),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
@@ -42,6 +43,7 @@ public static class PlannerCliOptions
         a.Choice("--search", "auto", "exact", "greedy");
         a.Choice("--costing", "auto", "full", "screened");
         a.Int("--screen-partners", min: 0);
+        Prescreen(a);
         a.Choice("--cost-singles", "chosen", "first");
         a.Int("--top", min: 1);
         a.Int("--max-group", min: 1);
@@ -60,6 +62,15 @@ public static class PlannerCliOptions
         if (offsets.Any(d => d <= -1 || d > 1)) throw new UsageException($"--kept-offsets: every offset must be within (−1, 1], got {a.String("--kept-offsets")}");
         return offsets.ToArray();
     }
+
+    /// <summary>--prescreen: null (auto), 0 (off) or a number of partners.</summary>
+    private static int? Prescreen(ParsedArgs a) => a.String("--prescreen") switch
+    {
+        null or "auto" => null,
+        "off" => 0,
+        var v when int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int p) && p >= 1 => p,
+        var v => throw new UsageException($"--prescreen: expected auto, off or a number of partners of at least 1, got '{BoundedFile.Quote(v)}'"),
+    };
 
     private static HashSet<int> PrivateLayers(ParsedArgs a, int n) =>
         a.NonEmptyList("--private", "no private layers").Select(s => int.TryParse(s, out int l) && l >= 0 && l < n ? l
@@ -87,6 +98,7 @@ public static class PlannerCliOptions
             Costing = a.Choice("--costing", "auto", "full", "screened") switch { "full" => CostingMethod.Full, "screened" => CostingMethod.Screened, _ => CostingMethod.Auto },
             ScreenPartners = a.Int("--screen-partners", min: 0),
             CostSinglesFirst = a.Choice("--cost-singles", "chosen", "first") == "first",
+            PrescreenPartners = Prescreen(a),
         };
         options.Validate(model); // before the calibration: e.g. an exact search the model is too deep for
         return options;
@@ -257,7 +269,7 @@ public static class PlannerCliOptions
         }
         table.Add("all", "", "", r.Search.Parameters, CommonOptions.Fmt(r.Search.Objective, "0.00000"));
         Console.WriteLine($"Geo-Sharing plan at ratio {CommonOptions.Fmt(r.Plan.Ratio ?? 0, "0.00")}: budget {r.Budget:N0} parameters; " +
-            $"costing {Name(r.Costing.Method)}: {r.AllowedGroups} groups allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed{(r.Costing.Method == CostingMethod.Screened ? $" ({r.ScreenInitialGroups} first, {r.ScreenRounds} verify searches)" : "")}{(r.CellGroups > 0 ? $" ({r.CellGroups} read from cells)" : "")}; " +
+            $"costing {Name(r.Costing.Method)}: {r.AllowedGroups} groups allowed, {r.ScreenedGroups} screened, {r.CandidateGroups} costed{(r.Costing.Method == CostingMethod.Screened ? $" ({r.ScreenInitialGroups} first, {r.ScreenRounds} verify searches)" : "")}{(r.Prescreen is { Partners: > 0 } p ? $", {r.PrescreenedOut} pairs prescreened out (each layer's {p.Partners} best partners kept)" : "")}{(r.CellGroups > 0 ? $" ({r.CellGroups} read from cells)" : "")}; " +
             $"search {r.Search.Method} {r.Search.Status} in {CommonOptions.Fmt(r.Search.Seconds, "0.0")} s ({Name(r.SearchChoice.Method)}: {r.SearchChoice.Reason}); " +
             $"curvature {CommonOptions.Fmt(r.CurvatureSeconds, "0")} s, screen {CommonOptions.Fmt(r.ScreenSeconds, "0")} s, costs {CommonOptions.Fmt(r.CostSeconds, "0")} s");
         Console.WriteLine(table);
@@ -285,6 +297,10 @@ public static class PlannerCliOptions
             FirstSetGroups = r.Costing.Method == CostingMethod.Screened ? r.ScreenInitialGroups : null,
             VerifySearches = r.Costing.Method == CostingMethod.Screened ? r.ScreenRounds : null,
             BoundSeconds = r.Costing.Method == CostingMethod.Screened ? r.ScreenBoundSeconds : null,
+            PrescreenPartners = r.Prescreen?.Partners,
+            PrescreenReason = r.Prescreen?.Reason,
+            PrescreenedOutPairs = r.Prescreen is null ? null : r.PrescreenedOut,
+            PrescreenSeconds = r.Prescreen is null ? null : r.PrescreenSeconds,
         },
         CurvatureSeconds = r.CurvatureSeconds,
         CostSeconds = r.CostSeconds,

@@ -13,6 +13,9 @@ public enum SearchMethod { Auto, Exact, Greedy }
 /// <summary>The search that runs, what was asked for, and why that one runs.</summary>
 public sealed record SearchChoice(SearchMethod Method, SearchMethod Requested, string Reason);
 
+/// <summary>Screened costing's pair prescreen: each layer's best <see cref="Partners"/> pairs are bounded (0: every pair), and why.</summary>
+public sealed record PrescreenChoice(int Partners, string Reason);
+
 /// <summary>Which candidate groups are costed exactly: all of them, those that survive a cheap screen (<see cref="GroupScreen"/>), or whichever fits.</summary>
 public enum CostingMethod { Auto, Full, Screened }
 
@@ -71,6 +74,10 @@ public sealed record PlannerOptions
     /// chosen (the same optimum; fewer groups costed). Where no verify loop runs (a shard, --gradient, a search too large to
     /// be exact) single layers are costed first either way.</summary>
     public bool CostSinglesFirst { get; init; }
+    /// <summary>Screened costing: bound only the pairs <see cref="PairPrescreen"/> keeps, each layer's this many best partners by a
+    /// sketched subspace affinity (0: every allowed pair is bounded); null (auto): <see cref="GeoPlanner.AutoPrescreenPartners"/>
+    /// where bounding every pair is beyond <see cref="GeoPlanner.PrescreenMinWork"/>, none below (<see cref="GeoPlanner.ChoosePrescreen"/>).</summary>
+    public int? PrescreenPartners { get; init; }
     /// <summary>Costed groups are read from and written to this folder (shards, resumed runs); null: in memory only.</summary>
     public GroupCostCells? Cells { get; init; }
 
@@ -93,6 +100,7 @@ public sealed record PlannerOptions
         if (!(TimeLimitSeconds > 0)) Fail("time_limit", $"must be positive, got {TimeLimitSeconds} s");
         if (!Enum.IsDefined(Costing)) Fail("costing", $"method {(int)Costing} is not auto, full or screened");
         if (ScreenPartners < 0) Fail("screen_partners", $"must be at least 0, got {ScreenPartners}");
+        if (PrescreenPartners < 0) Fail("prescreen", $"must be at least 0 partners, got {PrescreenPartners}");
         if (GeoPlanner.KeptFractions(this).Length == 0)
             Fail("kept_offsets", $"[{string.Join(", ", KeptOffsets)}] leave no kept fraction of at least {GeoPlanner.MinKeptFraction} at ratio {Ratio}");
         // Group costs are cached under a 64-bit mask of the group's layers.
@@ -146,6 +154,10 @@ public sealed class PlannerResult : IDisposable
     public int ScreenRounds { get; init; }
     /// <summary>Screened costing: the seconds of bounding the groups (the cheap part of the screen).</summary>
     public double ScreenBoundSeconds { get; init; }
+    /// <summary>Screened costing: the pair prescreen that ran (0 partners: none) and the allowed pairs it left unbounded.</summary>
+    public PrescreenChoice? Prescreen { get; init; }
+    public int PrescreenedOut { get; init; }
+    public double PrescreenSeconds { get; init; }
     public required double CurvatureSeconds { get; init; }
     public required double CostSeconds { get; init; }
     public required long Budget { get; init; }
@@ -200,6 +212,36 @@ public static class GeoPlanner
         _ => throw new UsageException("costing", $"{(int)requested} is not auto, full or screened"),
     };
 
+    /// <summary>
+    /// Estimated multiply-adds of bounding every allowed pair (per pair: the eigendecomposition's side, in², plus the members'
+    /// products, in²·n·out) past which `--prescreen auto` bounds only each layer's best partners: the GPT-2 124M shape needs
+    /// 3·10¹² (about 40 s of bounds here) and bounds every pair; a 32 × d1024 LLaMA 7·10¹³, a 16 × d2048 one 10¹⁴ (about
+    /// 30 min).
+    /// </summary>
+    public const double PrescreenMinWork = 1e13;
+
+    /// <summary>Partners each layer keeps where `--prescreen auto` prescreens.</summary>
+    public const int AutoPrescreenPartners = 3;
+
+    /// <summary>Estimated multiply-adds of bounding every allowed pair.</summary>
+    public static double BoundWork(PretrainedModel model, IReadOnlyDictionary<string, List<int[]>> groups) =>
+        groups.Sum(kv =>
+        {
+            var site = model.Site(kv.Key, 0);
+            double din = site.InFeatures, dout = site.OutFeatures;
+            return kv.Value.Where(g => g.Length == 2).Sum(g => din * din * (din + 2 * dout));
+        });
+
+    /// <summary>The pair prescreen of screened costing: as asked, or by <see cref="BoundWork"/> (auto).</summary>
+    public static PrescreenChoice ChoosePrescreen(int? requested, double work) => requested switch
+    {
+        0 => new(0, "off (requested)"),
+        int p => new(p, $"requested: each layer's {p} best partners"),
+        null when work > PrescreenMinWork => new(AutoPrescreenPartners,
+            $"auto: bounding every pair would be {work:0.0e0} multiply-adds, beyond {PrescreenMinWork:0e0}: each layer's {AutoPrescreenPartners} best partners"),
+        null => new(0, $"auto: bounding every pair is {work:0.0e0} multiply-adds, within {PrescreenMinWork:0e0}"),
+    };
+
     /// <summary>The groups the constraints allow, per type (shared types: every group up to the largest size; others: single layers).</summary>
     public static Dictionary<string, List<int[]>> AllowedGroups(PretrainedModel model, PlannerOptions o)
     {
@@ -243,7 +285,8 @@ public static class GeoPlanner
 
     /// <summary>The groups that are costed exactly, per type, and how they were chosen.</summary>
     private sealed record CandidateSet(Dictionary<string, List<int[]>> Groups, CostingChoice Costing, int Allowed, int Screened,
-        Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds, int Initial, int Rounds, double BoundSeconds);
+        Dictionary<string, IReadOnlyDictionary<long, double>> Gains, double Seconds, int Initial, int Rounds, double BoundSeconds,
+        PrescreenChoice? Prescreen = null, int PrescreenedOut = 0, double PrescreenSeconds = 0);
 
     /// <param name="verify">Screened costing: run the cost-then-verify loop (<see cref="GroupScreen.Select"/>); a shard costs the first set only.</param>
     private static CandidateSet Candidates(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
@@ -255,8 +298,10 @@ public static class GeoPlanner
         var costing = ChooseCosting(o.Costing, CostingWork(model, allowed), o.MaxGroupSize);
         int allowedCount = allowed.Values.Sum(v => v.Count);
         if (costing.Method == CostingMethod.Full) return new(allowed, costing, allowedCount, 0, new(), 0, allowedCount, 0, 0);
-        var s = GroupScreen.Select(inputs, curvature, costs, o, allowed, KeptFractions(o), budget, verify, progress);
-        return new(s.Groups, costing, allowedCount, s.Screened, s.Gains, sw.Elapsed.TotalSeconds, s.Initial, s.Rounds, s.BoundSeconds);
+        var prescreen = ChoosePrescreen(o.PrescreenPartners, BoundWork(model, allowed));
+        var s = GroupScreen.Select(inputs, curvature, costs, o, allowed, KeptFractions(o), budget, verify, progress, prescreen.Partners);
+        return new(s.Groups, costing, allowedCount, s.Screened, s.Gains, sw.Elapsed.TotalSeconds, s.Initial, s.Rounds, s.BoundSeconds,
+            prescreen, s.PrescreenedOut, s.PrescreenSeconds);
     }
 
     /// <param name="curvature">Block models already collected (kept by the caller); null: collect them here.</param>
@@ -295,6 +340,7 @@ public static class GeoPlanner
                 PairwiseCost = pairwise, CandidateGroups = searched, PictureGroups = costs.Evaluated - searched,
                 Costing = candidates.Costing, AllowedGroups = candidates.Allowed, ScreenedGroups = candidates.Screened, CellGroups = o.Cells?.Read ?? 0,
                 ScreenSeconds = candidates.Seconds, ScreenInitialGroups = candidates.Initial, ScreenRounds = candidates.Rounds, ScreenBoundSeconds = candidates.BoundSeconds,
+                Prescreen = candidates.Prescreen, PrescreenedOut = candidates.PrescreenedOut, PrescreenSeconds = candidates.PrescreenSeconds,
                 CurvatureSeconds = curvatureSeconds, CostSeconds = costSeconds, Budget = budget,
             };
         }
@@ -345,7 +391,7 @@ public static class GeoPlanner
                 var c = costs.Evaluate(j.Type, j.Layers, costs.Ranks(j.Type, j.Layers.Length, kept));
                 progress?.Report(new ProgressTick("group costs", Interlocked.Increment(ref done), mine.Count, "groups"));
                 return c;
-            });
+            }, j => costs.IsWide(j.Type, j.Layers));
             return new ShardResult(shard, shards, jobs.Count, mine.Count, o.Cells.Written, o.Cells.Read, candidates.Costing, candidates.Screened,
                 curvatureSeconds, sw.Elapsed.TotalSeconds);
         }
@@ -388,7 +434,7 @@ public static class GeoPlanner
         {
             progress?.Report(new ProgressTick("group costs", 0, total, "groups"));
             var jobs = Jobs(model, candidateLists);
-            var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers));
+            var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers), j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers));
             foreach (var t in model.ProjectionTypes)
                 types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }
@@ -473,14 +519,15 @@ public static class GeoPlanner
             int target = costs.Ranks(type, layers.Length, [x0])[0];
             return c.Options.MinBy(op => Math.Abs(op.Rank - target))!;
         }
-        // Exact differences where the pair and both its layers were costed (all of them without screening); else the screen's.
+        // Exact differences where the pair and both its layers were costed (all of them without screening); else the screen's,
+        // and NaN (a blank cell) for a pair the screen did not bound (prescreened out): nothing is costed for the picture.
         var single = new double?[n];
         double Single(int l) => single[l] ??= Nominal([l]).Predicted;
         bool Costed(int i, int j) => costs.IsCached(type, [i, j]) && costs.IsCached(type, [i]) && costs.IsCached(type, [j]);
         for (int i = 0; i < n; i++)
             for (int j = i + 1; j < n; j++)
-                m[i, j] = m[j, i] = screen is not null && !Costed(i, j) && screen.TryGetValue((1L << i) | (1L << j), out double estimate)
-                    ? estimate
+                m[i, j] = m[j, i] = screen is not null && !Costed(i, j)
+                    ? screen.TryGetValue((1L << i) | (1L << j), out double estimate) ? estimate : double.NaN
                     : Nominal([i, j]).Predicted - Single(i) - Single(j);
         return m;
     }

@@ -54,6 +54,13 @@ public sealed class GroupCostEvaluator : IDisposable
 
     public BlockCurvatureModel Curvature(string site) => _curvature[site];
 
+    /// <summary>Whether costing this group must run alone (<see cref="WideJobs"/>).</summary>
+    public bool IsWide(string type, int[] layers)
+    {
+        var site = _model.Site(type, layers[0]);
+        return WideJobs.IsWide(site.InFeatures, site.OutFeatures, layers.Length);
+    }
+
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
     public GroupCandidate Evaluate(string type, int[] layers, IReadOnlyList<int> ranks)

@@ -23,7 +23,7 @@ public static class GroupScreen
 
     /// <summary>The groups costed exactly per type, the screen's estimates, and how the selection went.</summary>
     public sealed record Selection(Dictionary<string, List<int[]>> Groups, Dictionary<string, IReadOnlyDictionary<long, double>> Gains, int Screened,
-        int Initial, int Rounds, bool Verified, double BoundSeconds);
+        int Initial, int Rounds, bool Verified, double BoundSeconds, int PrescreenedOut = 0, double PrescreenSeconds = 0);
 
     public static long Mask(IEnumerable<int> layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
@@ -62,8 +62,9 @@ public static class GroupScreen
                 vDotW[l] = m.Corrections.Length == 0 ? [] : TopProjections(m, x).data<double>().ToArray();
                 if (products) q[l] = x.matmul(x.t()).DetachFromDisposeScope(); // disposed below (a worker thread has no outer scope)
                 return 0;
-            });
-            return SingleThreadedWorkers.Map(groups, g => Bound(inputs, curvature, type, g, ranks(g.Length).ToArray(), products ? q : null, bulkW, vDotW));
+            }, _ => WideJobs.IsWide(first.InFeatures, first.OutFeatures, 1));
+            return SingleThreadedWorkers.Map(groups, g => Bound(inputs, curvature, type, g, ranks(g.Length).ToArray(), products ? q : null, bulkW, vDotW),
+                g => WideJobs.IsWide(first.InFeatures, first.OutFeatures, g.Length));
         }
         finally
         {
@@ -91,6 +92,8 @@ public static class GroupScreen
         var upper = new double[ranks.Length];
         for (int i = 0; i < layers.Length; i++)
         {
+            // Each member's [K, out] terms die with it (a 1B gate_proj pair's are 80 MB each).
+            using var member = torch.NewDisposeScope();
             var m = curvature[sites[i].Name];
             var x = w[i];
             var ab = m.TimesA(basis, grams[i]);                                     // [in, K]
@@ -143,6 +146,7 @@ public static class GroupScreen
                 upper[r] += 0.5 * (bulk + correctionsAtBs);
                 lower[r] += 0.5 * (bulk + least);
             }
+            x.Dispose(); // this member's weight is not read again
         }
         return new GroupBound(type, layers, ranks, lower, upper);
     }
@@ -206,10 +210,12 @@ public static class GroupScreen
     /// enough, cost-then-verify: the exact search over exact costs where known and lower bounds elsewhere; the groups it
     /// chooses that are only bounded are costed and the search runs again, until every chosen group is exact: that plan is
     /// the optimum over all screened groups. <paramref name="verify"/> false (a shard): the first set only.
+    /// <paramref name="prescreenPartners"/> &gt; 0: only the pairs <see cref="PairPrescreen"/> keeps (each layer's that many
+    /// best partners by affinity) are bounded; the others are left out of the plan's search.
     /// </summary>
     public static Selection Select(PlanningInputs inputs, IReadOnlyDictionary<string, BlockCurvatureModel> curvature,
         GroupCostEvaluator costs, PlannerOptions o, IReadOnlyDictionary<string, List<int[]>> allowed, double[] kept, long budget, bool verify,
-        IProgress<ProgressTick>? progress)
+        IProgress<ProgressTick>? progress, int prescreenPartners = 0)
     {
         var model = inputs.Model;
         int n = model.Config.NumLayers;
@@ -217,7 +223,8 @@ public static class GroupScreen
         var groups = new Dictionary<string, List<int[]>>();
         var gains = new Dictionary<string, IReadOnlyDictionary<long, double>>();
         var bounds = new Dictionary<string, Dictionary<long, GroupBound>>();
-        int screened = 0, done = 0;
+        int screened = 0, done = 0, prescreenedOut = 0;
+        double prescreenSeconds = 0;
         var deferred = new List<(string Type, int[] Layers)>();   // ScreenPartners 0: each layer's best groups, costed only where no verify loop runs
         var clock = System.Diagnostics.Stopwatch.StartNew();
         IReadOnlyList<int> RanksOf(string t, int size) => costs.Ranks(t, size, kept);
@@ -244,9 +251,22 @@ public static class GroupScreen
             var keptBySize = new HashSet<long>[maxSize + 1];
             keptBySize[1] = singles.Select(Mask).ToHashSet();
             var keptPairs = new HashSet<long>();
+            HashSet<long>? prescreened = null;
+            var allowedPairs = typeAllowed.Where(g => g.Length == 2).ToList();
+            if (prescreenPartners > 0 && allowedPairs.Count > 0)
+            {
+                var started = clock.Elapsed.TotalSeconds;
+                var pairLayers = allowedPairs.SelectMany(g => g).Distinct().Order().ToList();
+                int nominal = costs.Ranks(t, 1, [x0])[0];
+                var affinity = PairPrescreen.Affinities(inputs, t, pairLayers, nominal, o.Seed + 104729);
+                prescreened = PairPrescreen.Keep(affinity, allowedPairs, prescreenPartners);
+                prescreenedOut += allowedPairs.Count - prescreened.Count;
+                prescreenSeconds += clock.Elapsed.TotalSeconds - started;
+            }
             for (int size = 2; size <= maxSize; size++)
             {
-                var considered = typeAllowed.Where(g => g.Length == size && (size == 2 || Considered(g, keptBySize[size - 1], keptPairs))).ToList();
+                var considered = typeAllowed.Where(g => g.Length == size
+                    && (size == 2 ? prescreened?.Contains(Mask(g)) ?? true : Considered(g, keptBySize[size - 1], keptPairs))).ToList();
                 var b = Bounds(inputs, curvature, t, considered, sz => RanksOf(t, sz));
                 screened += considered.Count;
                 var values = new double[considered.Count];
@@ -285,7 +305,7 @@ public static class GroupScreen
         if (verify && verifiable && !o.CostSinglesFirst)
             foreach (var (t, typeBounds) in bounds) groups[t].RemoveAll(g => g.Length == 1 && typeBounds.ContainsKey(Mask(g)));
         int initial = groups.Values.Sum(v => v.Count);
-        if (!verify || !verifiable) return new(groups, gains, screened, initial, 0, false, boundSeconds);
+        if (!verify || !verifiable) return new(groups, gains, screened, initial, 0, false, boundSeconds, prescreenedOut, prescreenSeconds);
 
         // Cost-then-verify.
         int rounds = 0;
@@ -301,7 +321,7 @@ public static class GroupScreen
                 var c = Exact(j.Type, j.Layers);
                 if (!cached) progress?.Report(new ProgressTick("group costs", Math.Min(Interlocked.Increment(ref costedNow), toCost), toCost, "groups"));
                 return c;
-            });
+            }, j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers));
             var types = model.ProjectionTypes.Select(t => new TypeSearch(t, n,
                 evaluated.Where(c => c.Type == t)
                     .Concat(bounds.GetValueOrDefault(t)?.Values.Where(b => !costed[t].Contains(Mask(b.Layers))).Select(b => AsCandidate(model, b)) ?? [])
@@ -310,7 +330,7 @@ public static class GroupScreen
             progress?.Report(new ProgressTick("verify", rounds, rounds, "searches"));
             var result = ColoringSearch.Exact(types, budget, o.TimeLimitSeconds);
             var missing = result.Groups.Where(g => !costed[g.Type].Contains(Mask(g.Layers))).ToList();
-            if (missing.Count == 0) return new(groups, gains, screened, initial, rounds, result.Status == "optimal", boundSeconds);
+            if (missing.Count == 0) return new(groups, gains, screened, initial, rounds, result.Status == "optimal", boundSeconds, prescreenedOut, prescreenSeconds);
             foreach (var g in missing) groups[g.Type].Add(g.Layers);
         }
     }

@@ -58,6 +58,12 @@ public sealed record PlannerCostingSummary(string Requested, string Chosen, stri
     public int? VerifySearches { get; init; }
     /// <summary>Screened costing: seconds of bounding the groups.</summary>
     public double? BoundSeconds { get; init; }
+    /// <summary>Screened costing: partners each layer kept in the pair prescreen (0: every allowed pair bounded), why, the allowed
+    /// pairs it left unbounded (out of the search) and its seconds; absent in results written before the prescreen.</summary>
+    public int? PrescreenPartners { get; init; }
+    public string? PrescreenReason { get; init; }
+    public int? PrescreenedOutPairs { get; init; }
+    public double? PrescreenSeconds { get; init; }
 }
 
 public sealed record GreedyComparisonSummary(double Objective, long Parameters, double Seconds, double RelativeGap);
