@@ -30,10 +30,8 @@ public class PrescreenTests
                 }
             }
         }
-        var rng = new Random(11);
-        var windows = TokenWindows.FromIds("random", Enumerable.Range(0, 8 * 32).Select(_ => rng.Next(13)).ToArray(), 8);
-        var grams = ActivationGrams.Collect(model, CalibrationSet.FromWindows(windows, windows.Select(32, 1)), model.Sites);
-        return (model, grams, TinyModels.TokenBatch(model, windows: 4));
+        var (grams, batch) = TinyModels.RandomCalibration(model);
+        return (model, grams, batch);
     }
 
     [Fact]

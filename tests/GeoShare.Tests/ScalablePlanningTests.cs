@@ -14,10 +14,8 @@ public class ScalablePlanningTests
     private static (PretrainedModel Model, ActivationGrams Grams, LanguageModelBatch Batch) TinyDeep(int layers)
     {
         var model = TinyModels.Gpt2Deep(layers);
-        var rng = new Random(11);
-        var windows = TokenWindows.FromIds("random", Enumerable.Range(0, 8 * 32).Select(_ => rng.Next(13)).ToArray(), 8);
-        var grams = ActivationGrams.Collect(model, CalibrationSet.FromWindows(windows, windows.Select(32, 1)), model.Sites);
-        return (model, grams, TinyModels.TokenBatch(model, windows: 4));
+        var (grams, batch) = TinyModels.RandomCalibration(model);
+        return (model, grams, batch);
     }
 
     private static string Describe(PlannerResult r) => string.Join("; ", r.Plan.Types.OrderBy(t => t.Key, StringComparer.Ordinal)

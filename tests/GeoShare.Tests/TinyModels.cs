@@ -1,5 +1,7 @@
 using GeoShare.Curvature;
+using GeoShare.Data;
 using GeoShare.Models;
+using GeoShare.Sharing;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -25,6 +27,18 @@ public static class TinyModels
     public static PretrainedModel Vit(long seed = 3, ScalarType dtype = ScalarType.Float64) =>
         ModelLoader.Build(new VitConfig(ImageSize: 4, PatchSize: 2, NumChannels: 1, Hidden: 8, Layers: 2, NumAttentionHeads: 2,
             IntermediateSize: 12, LayerNormEps: 1e-12, QkvBias: true, HiddenAct: "gelu", Labels: ["a", "b", "c"]), new RandomTensorSource(seed, dtype));
+
+    /// <summary>
+    /// The planner's inputs on a tiny language model: the grams of 32 random-token calibration windows of 8 and a 4-window
+    /// token batch for the curvature (the same every call).
+    /// </summary>
+    public static (ActivationGrams Grams, LanguageModelBatch Batch) RandomCalibration(PretrainedModel model)
+    {
+        var rng = new Random(11);
+        var windows = TokenWindows.FromIds("random", Enumerable.Range(0, 8 * 32).Select(_ => rng.Next(13)).ToArray(), 8);
+        var grams = ActivationGrams.Collect(model, CalibrationSet.FromWindows(windows, windows.Select(32, 1)), model.Sites);
+        return (grams, TokenBatch(model, windows: 4));
+    }
 
     public static LanguageModelBatch TokenBatch(PretrainedModel model, int windows = 3, int length = 8, long seed = 5)
     {
