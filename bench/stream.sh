@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/scale.md's "Layer-wise streaming" runs: the LLaMA 1B fixture (float32 weights ≈ 4 GB) compressed and evaluated
 # layer by layer inside a memory cgroup of LIMIT (default 3G). Usage (root; cgroup v1 or v2):
-#   bench/stream.sh 1b [LIMIT]           # compress --method adjacent --ratio 0.3 --streaming on, then eval --streaming on
+#   bench/stream.sh 1b [LIMIT] [METHOD]  # compress --method METHOD (adjacent; or geo) --ratio 0.3 --streaming on, then eval --streaming on
 #   bench/stream.sh run NAME LIMIT CMD…  # any command in the cgroup, timed
 # Each run: /usr/bin/time -v (wall, peak RSS) and the cgroup's peak (v1 memory.max_usage_in_bytes, which counts page
 # cache too; v2 memory.peak) and failcnt; one line per run appended to bench/results/scale/stream-times.txt.
@@ -52,14 +52,15 @@ run_limited() { # NAME LIMIT CMD...
 
 case "${1:-}" in
 1b)
-    limit=${2:-3G}
+    limit=${2:-3G}; method=${3:-adjacent}
     model=bench/fixtures/llama-1b
     [ -f $model/model.safetensors ] || { echo "no $model: run bench/scale.sh fixtures first" >&2; exit 2; }
-    run_limited stream-compress-1b "$limit" "$cli" compress --model $model --data assets/data/corpus/valid.txt --ratio 0.3 \
-        --method adjacent --streaming on --calib-windows 4 --out /tmp/geoshare-stream-1b-adjacent-30 --force \
-        --json $out/stream-llama-1b-adjacent-0.3.json
-    run_limited stream-eval-1b "$limit" "$cli" eval --model /tmp/geoshare-stream-1b-adjacent-30 --data assets/data/corpus/test.txt \
-        --limit 8 --streaming on --json $out/stream-llama-1b-adjacent-0.3-eval.json ;;
+    suffix=""; [ "$method" = adjacent ] || suffix="-$method"
+    run_limited stream-compress-1b$suffix "$limit" "$cli" compress --model $model --data assets/data/corpus/valid.txt --ratio 0.3 \
+        --method "$method" --streaming on --calib-windows 4 --out /tmp/geoshare-stream-1b-$method-30 --force \
+        --json $out/stream-llama-1b-$method-0.3.json
+    run_limited stream-eval-1b$suffix "$limit" "$cli" eval --model /tmp/geoshare-stream-1b-$method-30 --data assets/data/corpus/test.txt \
+        --limit 8 --streaming on --json $out/stream-llama-1b-$method-0.3-eval.json ;;
 run)
     name=$2; limit=$3; shift 3
     run_limited "$name" "$limit" "$@" ;;
