@@ -25,14 +25,17 @@ public class NativeAllocatorTests
         // allocator for libtorch's tensors, and glibc (tuned) for every other malloc.
         Assert.True(NativeAllocator.Name == "caching", NativeAllocator.CachingUnavailable);
         const nuint size = 4 << 20;
-        // glibc's default would raise its mmap threshold on this free and serve the next block from the heap.
+        // glibc's default would raise its mmap threshold on this free and serve the next blocks from the heap.
         Free(Malloc(size));
-        nint block = Malloc(size);
+        // Eight blocks held at once: a block may still come from a free chunk that other test threads left in this arena's
+        // heap (then it is not mapped, tuned or not), but not all of them unless that heap holds 16 MB free; under the
+        // default every one comes from the heap.
+        var blocks = Enumerable.Range(0, 8).Select(_ => Malloc(size)).ToArray();
         // glibc's chunk header, the word before the block, has IS_MMAPPED (0x2) set for a block with its own mapping.
         // (The process-wide mapped-block count of mallinfo2 is not used: other test threads allocate at the same time.)
-        bool mapped = (Marshal.ReadInt64(block - 8) & 2) != 0;
-        Free(block);
-        Assert.True(mapped, "a 4 MB block freed and allocated again came from the heap, not its own mapping");
+        int mapped = blocks.Count(b => (Marshal.ReadInt64(b - 8) & 2) != 0);
+        foreach (var b in blocks) Free(b);
+        Assert.True(mapped >= 5, $"only {mapped} of 8 blocks of 4 MB allocated after one was freed had their own mapping");
     }
 
     [Fact]

@@ -40,4 +40,27 @@ public class SecondMomentTests
             Assert.True(dense.matmul(v).sub(v.mul(values[i])).norm().item<double>() <= 1e-7 * reference[0], $"pair {i}: residual");
         }
     }
+
+    [Theory]
+    [InlineData(300, false)]   // one product, float64 either way
+    [InlineData(300, true)]
+    [InlineData(2500, false)]  // three column blocks, upper triangle: float64 products from float64 rows
+    [InlineData(2500, true)]   // float32 rows: float32 block products added into the float64 sum
+    public void GramSumEqualsTheFloat64Product(int width, bool float32)
+    {
+        var gen = new Generator(11);
+        var xs = Enumerable.Range(0, 3).Select(_ => torch.randn(200, width, dtype: ScalarType.Float64, generator: gen).add(0.5)).ToList();
+        Tensor? sum = null;
+        foreach (var x in xs) sum = GramSum.Add(sum, float32 ? x.to_type(ScalarType.Float32) : x);
+        GramSum.Complete(sum!);
+        // The float64 reference of what the sum was given (float32 rows rounded as the sum saw them).
+        var all = torch.cat(xs.Select(x => float32 ? x.to_type(ScalarType.Float32).to_type(ScalarType.Float64) : x).ToList(), 0);
+        var reference = all.t().matmul(all);
+        Assert.Equal(ScalarType.Float64, sum!.dtype);
+        double err = TensorAssert.RelativeError(sum, reference);
+        // Float64 throughout: rounding only; float32 block products: float32's rounding of each product, not more.
+        Assert.True(err < (float32 && width > GramSum.BlockWidth ? 1e-6 : 1e-13), $"relative error {err:E2}");
+        if (float32 && width > GramSum.BlockWidth) Assert.True(err > 1e-12, "wide float32 rows were multiplied in float64");
+        Assert.True(TensorAssert.RelativeError(sum, sum.t()) < 1e-15, "not symmetric"); // blocks mirrored; a diagonal block's product to rounding
+    }
 }

@@ -109,6 +109,15 @@ public class StreamingTests
         // q, k and v (and gate, up) read one input: one gram stored for each such set.
         int files = Directory.GetFiles(tmp.File("grams")).Length;
         Assert.Equal(model.Config.NumLayers, files);
+        // In memory too they share one gram, which is each one's own: every type collected alone (nothing to share with)
+        // gives the same numbers.
+        foreach (var type in model.Sites.Select(s => s.Type).Distinct())
+        {
+            var alone = model.Sites.Where(s => s.Type == type).ToList();
+            using var own = ActivationGrams.Collect(model, calibration, alone);
+            foreach (var site in alone)
+                Assert.True(RelativeError(own[site.Name], grams[site.Name]) == 0, $"{site.Name}: the shared gram is not its own");
+        }
     }
 
     /// <summary>

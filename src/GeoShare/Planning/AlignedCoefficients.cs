@@ -27,7 +27,7 @@ public sealed record MemberSolution(double Linear, double Quadratic, double High
 public sealed class AlignedCoefficients : IDisposable
 {
     private readonly BlockCurvatureModel _m;
-    private readonly Tensor _b, _btA, _btW, _btAw, _gamma;
+    private readonly Tensor _btB, _btAB, _btW, _btAw, _gamma;
     private readonly Tensor? _btGr;
     // The top directions' projections on the basis: BᵀVᵢ [rmax, out] each, or for K-FAC's Vᵢ = aᵢgᵢᵀ the factors
     // Bᵀaᵢ (columns of [rmax, k]) and gᵢ (rows of [k, out]), so that a rank's projections cost O(r² + r·out), not O(r²·out).
@@ -38,18 +38,26 @@ public sealed class AlignedCoefficients : IDisposable
 
     /// <param name="basis">[in, rmax] float64; ranks are its leading columns (borrowed).</param>
     /// <param name="weight">[in, out] float64, the layer's original matrix (borrowed).</param>
-    /// <param name="a">Input second moment used for this layer instead of the model's A (one measured on the compressed model for a refit).</param>
+    /// <param name="a">Input second moment used for this layer instead of the model's A (one measured on the compressed model for a
+    /// refit), times <paramref name="aDivisor"/>: a gram and its rows (borrowed).</param>
     /// <param name="calibrationGram">The block's own calibration gram where the caller has read it already (borrowed; a spilled gram is not read again).</param>
-    public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null, Tensor? calibrationGram = null)
+    /// <param name="span">The basis's <see cref="Sharing.SharedBasis.Span"/> and this layer's place in its group: the member's
+    /// XᵀX·W and XᵀX·B, where the span kept them, stand for A·W and A·B when A is read from the calibration gram (a down_proj's
+    /// cost: two [in]² products fewer per member).</param>
+    public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null, Tensor? calibrationGram = null,
+        Sharing.SharedBasis.Span? span = null, int member = 0, double aDivisor = 1)
     {
         _m = model;
         using var scope = torch.NewDisposeScope();
         // A·y (A symmetric: BᵀA = (AB)ᵀ), never A itself where it is read from the calibration gram.
-        Tensor TimesA(Tensor y) => a is not null ? a.matmul(y) : model.TimesA(y, calibrationGram);
-        _b = basis;
+        Tensor TimesA(Tensor y) => a is null ? model.TimesA(y, calibrationGram) : aDivisor == 1 ? a.matmul(y) : a.matmul(y).DivScalar_(aDivisor);
+        long? rows = a is null ? model.CalibrationRows : null;
         _gamma = model.OutputWeights;
-        var aw = TimesA(weight);
-        _btA = TimesA(basis).t().contiguous().MoveToOuterDisposeScope();
+        var aw = rows is long n && span?.GramTimesWeight is { } gw ? gw[member].DivScalar(n) : TimesA(weight);
+        var ab = rows is long m && span?.GramTimesBasis is { } gb ? gb[member].DivScalar(m) : TimesA(basis);
+        // BᵀB and BᵀAB once at the largest rank: a rank's are their leading blocks.
+        _btB = basis.t().matmul(basis).MoveToOuterDisposeScope();
+        _btAB = ab.t().matmul(basis).MoveToOuterDisposeScope();
         _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
         _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
         _btGr = model.Gradient is null ? null : basis.t().matmul(model.Gradient).MoveToOuterDisposeScope();
@@ -92,9 +100,8 @@ public sealed class AlignedCoefficients : IDisposable
         Tensor theta, t;
         using (var setup = torch.NewDisposeScope())
         {
-            var b = _b.narrow(1, 0, rank);
-            var m = _btA.narrow(0, 0, rank).matmul(b);
-            var l = Cholesky(b.t().matmul(b));
+            var m = _btAB.narrow(0, 0, rank).narrow(1, 0, rank);
+            var l = Cholesky(_btB.narrow(0, 0, rank).narrow(1, 0, rank));
             var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
             var mt = linv.matmul(m).matmul(linv.t());
             var (th, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
@@ -238,7 +245,7 @@ public sealed class AlignedCoefficients : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in new[] { _btA, _btW, _btAw }.Concat(_btV)) t.Dispose();
+        foreach (var t in new[] { _btB, _btAB, _btW, _btAw }.Concat(_btV)) t.Dispose();
         _btFa?.Dispose();
         _btGr?.Dispose();
     }

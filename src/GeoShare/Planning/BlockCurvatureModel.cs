@@ -70,6 +70,9 @@ public sealed class BlockCurvatureModel : IDisposable
         return own.matmul(y).DivScalar(_moment.Value.Grams.Rows);
     }
 
+    /// <summary>The rows A divides the calibration gram by, where A is read from it (A·y = XᵀX·y / rows); null where A is the model's own.</summary>
+    public long? CalibrationRows => _a is null && _moment is { } m ? m.Grams.Rows : null;
+
     private Tensor BorrowedGram() => _moment is var (grams, site) ? grams.Gram(site) : throw new InvalidOperationException("no second moment");
 
     /// <summary>A read as <c>Gram / Rows</c> from a gram source the caller keeps alive for the model's lifetime (not disposed here).</summary>

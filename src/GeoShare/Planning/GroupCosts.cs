@@ -87,14 +87,14 @@ public sealed class GroupCostEvaluator : IDisposable
         // whole plan cost twice the float32 model, and the grams may be on disk.
         var weights = sites.Select(_weights.Read).ToArray();
         var grams = sites.Select(s => _grams.Gram(s.Name)).ToArray();
-        var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         int maxRank = ranks.Max();
         // Only the basis's nested spans matter here (the coefficients are solved below): LeadingSpan, not Compute's SVD.
-        var basis = SharedBasis.LeadingSpan(weights, gram, maxRank);
+        var span = SharedBasis.LeadingSpan(weights, grams, maxRank);
+        var basis = span.Basis;
         var totals = ranks.Select(_ => new double[4]).ToArray();
         for (int i = 0; i < sites.Length; i++)
         {
-            using var aligned = new AlignedCoefficients(basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i]);
+            using var aligned = new AlignedCoefficients(basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i], span: span, member: i);
             for (int r = 0; r < ranks.Count; r++)
             {
                 var s = aligned.Solve(ranks[r], Trust, UseGradient);
@@ -126,8 +126,8 @@ public sealed class CurvatureAlignedSolver(GroupCostEvaluator costs) : ICoeffici
 {
     public Tensor Solve(ProjectionSite site, Tensor basis, Tensor weight, Tensor gram, long rows)
     {
-        using var a = gram.DivScalar(rows);
-        using var aligned = new AlignedCoefficients(basis, weight, costs.Curvature(site.Name), a);
+        // A = gram / rows applied as products, never copied (a 1B down_proj's gram is 537 MB).
+        using var aligned = new AlignedCoefficients(basis, weight, costs.Curvature(site.Name), gram, aDivisor: rows);
         return aligned.Coefficients((int)basis.shape[1], costs.Trust, costs.UseGradient);
     }
 }

@@ -85,9 +85,9 @@ public static class GroupScreen
         int kmax = ranks.Max();
         var w = sites.Select(inputs.Weights.Read).ToArray();
         var grams = sites.Select(s => inputs.Grams.Gram(s.Name)).ToArray();
-        var gram = grams.Aggregate((a, b) => a.add(b, Scalars.One));
         // The exact cost's span (GroupCostEvaluator: the same LeadingSpan); per-layer WWᵀ summed where held.
-        var basis = SharedBasis.LeadingSpan(w, gram, kmax, q is null ? null : layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One)));
+        var span = SharedBasis.LeadingSpan(w, grams, kmax, q is null ? null : layers.Select(l => q[l]!).Aggregate((a, b) => a.add(b, Scalars.One)));
+        var basis = span.Basis;
         var lower = new double[ranks.Length];
         var upper = new double[ranks.Length];
         for (int i = 0; i < layers.Length; i++)
@@ -96,7 +96,9 @@ public static class GroupScreen
             using var member = torch.NewDisposeScope();
             var m = curvature[sites[i].Name];
             var x = w[i];
-            var ab = m.TimesA(basis, grams[i]);                                     // [in, K]
+            var ab = m.CalibrationRows is long rows && span.GramTimesBasis is { } gb
+                ? gb[i].DivScalar(rows)                                             // the span's by-product (down_proj)
+                : m.TimesA(basis, grams[i]);                                        // [in, K]
             var l = Cholesky(basis.t().matmul(ab));
             var z = torch.linalg.solve_triangular(l, ab.t().matmul(x), upper: false); // L⁻¹BᵀAW [K, out]
             var gamma = m.OutputWeights;

@@ -69,14 +69,7 @@ public sealed class ActivationGrams : IGramSource, IDisposable
         IProgress<ProgressTick>? progress = null)
     {
         var probe = new GramProbe();
-        var names = new Dictionary<LinearMap, string>(ReferenceEqualityComparer.Instance);
-        foreach (var site in sites)
-        {
-            var map = model.GetProjection(site);
-            names[map] = site.Name;
-            probe.Grams[map] = torch.zeros(map.InFeatures, map.InFeatures, dtype: ScalarType.Float64);
-            map.Probe = probe;
-        }
+        foreach (var site in sites) probe.Watch(model.GetProjection(site), site);
         int done = 0;
         try
         {
@@ -91,29 +84,93 @@ public sealed class ActivationGrams : IGramSource, IDisposable
                 progress?.Report(new ProgressTick("calibrate", done, calibration.Count, "inputs"));
             }
         }
+        catch
+        {
+            probe.DisposeGrams();
+            throw;
+        }
         finally
         {
-            foreach (var map in names.Keys) map.Probe = null;
+            probe.Unwatch();
         }
-        foreach (var g in probe.Grams.Values) GramSum.Complete(g);
-        return new ActivationGrams(names.ToDictionary(kv => kv.Value, kv => probe.Grams[kv.Key]), probe.Rows);
+        return new ActivationGrams(probe.Complete(), probe.Rows);
     }
 
-    /// <summary>Accumulates XᵀX of each watched projection's input.</summary>
+    /// <summary>
+    /// Accumulates XᵀX of each watched projection's input. Projections of one layer given the same input tensor object
+    /// (q, k and v read one normed hidden state; gate and up another) share one gram, computed once: the probe holds the
+    /// layer's inputs as objects while the layer runs, so an identity match is the same tensor, never a new one at a
+    /// reused address.
+    /// </summary>
     private sealed class GramProbe : IProjectionProbe
     {
+        private readonly Dictionary<LinearMap, ProjectionSite> _sites = new(ReferenceEqualityComparer.Instance);
+        private readonly Dictionary<string, Tensor> _grams = [];
+        private readonly Dictionary<string, string> _alias = [];           // site → the site whose gram it shares
+        private readonly HashSet<string> _own = [];                        // sites that keep their own gram
+        private readonly List<(Tensor Input, string Site)> _layerInputs = [];
+        private int _layer = -1;
         private LinearMap? _counted;
-        public Dictionary<LinearMap, Tensor> Grams { get; } = new(ReferenceEqualityComparer.Instance);
         /// <summary>Input rows (tokens or patches) seen by one projection.</summary>
         public long Rows { get; private set; }
 
+        public void Watch(LinearMap map, ProjectionSite site)
+        {
+            _sites[map] = site;
+            map.Probe = this;
+        }
+
+        public void Unwatch()
+        {
+            foreach (var map in _sites.Keys) map.Probe = null;
+            _layerInputs.Clear();
+        }
+
         public void OnForward(LinearMap projection, Tensor input, Tensor output)
         {
-            if (!Grams.TryGetValue(projection, out var g)) return;
-            using var x = input.detach().reshape(-1, projection.InFeatures).to_type(ScalarType.Float64);
+            if (!_sites.TryGetValue(projection, out var site)) return;
+            if (site.Layer != _layer)
+            {
+                _layerInputs.Clear();
+                _layer = site.Layer;
+            }
+            string? earlier = null;
+            foreach (var (seen, by) in _layerInputs)
+                if (ReferenceEquals(seen, input)) { earlier = by; break; }
+            _layerInputs.Add((input, site.Name));
+            if (_alias.TryGetValue(site.Name, out var shared))
+            {
+                if (earlier is not null && _alias.GetValueOrDefault(earlier, earlier) == shared) return;
+                throw new InvalidOperationException($"{site.Name} read another input than {shared} in a later batch");
+            }
+            if (earlier is not null && !_own.Contains(site.Name))
+            {
+                _alias[site.Name] = _alias.GetValueOrDefault(earlier, earlier);
+                return;
+            }
+            _own.Add(site.Name);
+            using var x = input.detach().reshape(-1, projection.InFeatures); // GramSum chooses the products' dtype
             _counted ??= projection;
             if (ReferenceEquals(_counted, projection)) Rows += x.shape[0];
-            GramSum.Add(g, x); // into g, in place
+            // The sum outlives the forward pass's scope.
+            _grams[site.Name] = GramSum.Add(_grams.GetValueOrDefault(site.Name), x).DetachFromDisposeScope();
+        }
+
+        /// <summary>Every watched site's gram, whole: a shared one as a view (an alias) of the gram it shares.</summary>
+        public Dictionary<string, Tensor> Complete()
+        {
+            foreach (var g in _grams.Values) GramSum.Complete(g);
+            var all = new Dictionary<string, Tensor>(_grams);
+            foreach (var site in _sites.Values)
+                if (_alias.TryGetValue(site.Name, out var shared)) all[site.Name] = _grams[shared].alias();
+                else if (!all.ContainsKey(site.Name))
+                    all[site.Name] = torch.zeros(site.InFeatures, site.InFeatures, dtype: ScalarType.Float64); // never ran
+            return all;
+        }
+
+        public void DisposeGrams()
+        {
+            foreach (var g in _grams.Values) g.Dispose();
         }
     }
 

@@ -137,12 +137,16 @@ public static class PlanCompressor
                     var weights = members.Select(weight).ToArray();
                     // Each member's gram is needed beside the sum by a coefficient solver and by the weighted tie.
                     bool memberGrams = options.Coefficients is not null || (tp.Mode == SharingMode.Tie && options.WeightedTie);
+                    // A group narrower than its input (down_proj) sums Σᵢ XᵢᵀXᵢ·W, not the grams: they are read here only
+                    // where each member's is needed, and otherwise one at a time by the basis.
+                    bool narrow = tp.Mode == SharingMode.Basis && SharedBasis.NarrowerThanInput(din, dout, members.Length);
                     var grams = new Tensor[members.Length];
                     Tensor? sum = null;
-                    for (int i = 0; i < members.Length; i++)
+                    for (int i = 0; i < members.Length && (!narrow || memberGrams); i++)
                     {
                         var gi = gram(members[i]);
                         grams[i] = gi;
+                        if (narrow) continue;
                         if (sum is null) sum = gi;
                         else if (ownedGrams && !memberGrams) { sum.add_(gi, Scalars.One); gi.Dispose(); }
                         else sum = sum.add(gi, Scalars.One);
@@ -151,7 +155,8 @@ public static class PlanCompressor
                     {
                         // A spilled group's inputs are its own and, without a solver, needed by nothing after the SVD.
                         bool consume = ownedGrams && !memberGrams;
-                        var g = SharedBasis.Compute(weights, sum!, tp.Ranks![c], consumeInputs: consume);
+                        var g = !narrow ? SharedBasis.Compute(weights, sum!, tp.Ranks![c], consumeInputs: consume)
+                            : SharedBasis.ComputeNarrow(weights, memberGrams ? grams : members.Select(gram), tp.Ranks![c], consumeInputs: consume);
                         energy.Add(g.RetainedEnergy);
                         // Every member's coefficients before any is put in place: a solver may read the dense model.
                         var coefficients = members.Select((s, i) => options.Coefficients?.Solve(s, g.Basis, weights[i], grams[i], rows) ?? g.Coefficients[i]).ToArray();

@@ -93,6 +93,51 @@ public static class SharedBasis
         return torch.linalg.solve_triangular(s, u, upper: true).MoveToOuterDisposeScope(); // S⁻¹U, column by column
     }
 
+    /// <summary>
+    /// A group's <see cref="LeadingSpan(IReadOnlyList{Tensor}, Tensor, int, Tensor?)"/> from its members' grams, with the
+    /// by-products that the costs of a group narrower than its input (down_proj) need again: each member's XᵢᵀXᵢ·Wᵢ and
+    /// XᵢᵀXᵢ·B, which they would otherwise recompute at [in]²·(out + rank) each (null where not kept).
+    /// </summary>
+    public sealed record Span(Tensor Basis, Tensor[]? GramTimesWeight, Tensor[]? GramTimesBasis);
+
+    /// <summary>The most bytes of members' XᵢᵀXᵢ·W products a narrow group's span holds at once to hand them on (beyond, they are summed and dropped).</summary>
+    public const long SpanProductBytes = 256L << 20;
+
+    /// <param name="grams">Each member's XᵀX (borrowed). Where the group is narrower than its input, Σᵢ XᵢᵀXᵢ·W is summed
+    /// member by member, never the [in, in] sum of the grams (a 1B down_proj pair: 537 MB less); otherwise the summed gram
+    /// whitens.</param>
+    /// <param name="products">Σ WᵢWᵢᵀ where the caller holds it.</param>
+    public static Span LeadingSpan(IReadOnlyList<Tensor> weights, IReadOnlyList<Tensor> grams, int rank, Tensor? products = null)
+    {
+        using var scope = torch.NewDisposeScope();
+        long din = weights[0].shape[0], dout = weights[0].shape[1];
+        int n = weights.Count;
+        if (!NarrowerThanInput(din, dout, n))
+        {
+            var gram = grams.Count == 1 ? grams[0] : grams.Aggregate((a, b) => a.add(b, Scalars.One));
+            return new Span(LeadingSpan(weights, gram, rank, products).MoveToOuterDisposeScope(), null, null);
+        }
+        var stacked = n == 1 ? weights[0] : torch.cat(weights.ToList(), 1);    // [in, n·out]
+        // Each member's XᵢᵀXᵢ·W [in, n·out] is kept until the span exists where they fit (a 32 × d1024 down_proj pair: 134 MB).
+        bool keep = (long)n * din * n * dout * 8 <= SpanProductBytes;
+        var parts = new Tensor[n];
+        Tensor? gw = null;
+        for (int i = 0; i < n; i++)
+        {
+            var part = grams[i].matmul(stacked);
+            if (gw is null) gw = keep && n > 1 ? part.clone() : part;
+            else gw.add_(part, Scalars.One);
+            if (keep) parts[i] = part;
+            else if (!ReferenceEquals(part, gw)) part.Dispose();
+        }
+        var (_, vk) = OutputSideSpectrumOf(stacked, gw!, rank);
+        var basis = stacked.matmul(vk).MoveToOuterDisposeScope();
+        if (!keep) return new Span(basis, null, null);
+        var timesWeight = parts.Select((p, i) => p.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
+        var timesBasis = parts.Select(p => p.matmul(vk).MoveToOuterDisposeScope()).ToArray();
+        return new Span(basis, timesWeight, timesBasis);
+    }
+
     /// <summary>Whether a group's basis comes from its output side (<see cref="OutputSideSpectrum"/>): n·out &lt; in, a down_proj.</summary>
     public static bool NarrowerThanInput(long inFeatures, long outFeatures, int layers) => layers * outFeatures < inFeatures;
 
@@ -104,8 +149,15 @@ public static class SharedBasis
     {
         var gw = gram.matmul(stacked);
         if (consumeGram) gram.Dispose();
-        var m = stacked.t().matmul(gw);
+        var spectrum = OutputSideSpectrumOf(stacked, gw, rank);
         gw.Dispose();
+        return spectrum;
+    }
+
+    /// <summary><see cref="OutputSideSpectrum"/> from XᵀX·W already made (borrowed).</summary>
+    private static (Tensor Sigma, Tensor Vk) OutputSideSpectrumOf(Tensor stacked, Tensor gw, int rank)
+    {
+        var m = stacked.t().matmul(gw);
         var (eval, evec) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));  // ascending
         m.Dispose();
         return (eval.flip(0).clamp_min(0).sqrt(), evec.narrow(1, evec.shape[1] - rank, rank).flip(1));
@@ -126,12 +178,39 @@ public static class SharedBasis
     /// (a 1B down_proj: 134 MB instead of 537 MB, and no Cholesky to damp where fewer calibration rows than inputs
     /// leave XᵀX singular).
     /// </summary>
-    private static GroupBasis FromOutputGram(IReadOnlyList<Tensor> weights, Tensor gram, int rank, bool consumeInputs)
+    private static GroupBasis FromOutputGram(IReadOnlyList<Tensor> weights, Tensor gram, int rank, bool consumeInputs) =>
+        ComputeNarrow(weights, [gram], rank, consumeInputs);
+
+    /// <summary>
+    /// <see cref="Compute"/> for a group narrower than its input (<see cref="NarrowerThanInput"/>) from its members' grams,
+    /// enumerated one at a time: Σᵢ XᵢᵀXᵢ·W is summed member by member, never the [in, in] sum of the grams, and with
+    /// <paramref name="consumeInputs"/> each gram is freed once multiplied (a 1B down_proj pair: one 537 MB gram at a time
+    /// instead of the sum beside both).
+    /// </summary>
+    public static GroupBasis ComputeNarrow(IReadOnlyList<Tensor> weights, IEnumerable<Tensor> grams, int rank, bool consumeInputs = false)
     {
-        var stacked = torch.cat(weights.ToList(), 1);                    // [in, n·out]
+        using var scope = torch.NewDisposeScope();
+        long din = weights[0].shape[0], dout = weights[0].shape[1];
+        if (!NarrowerThanInput(din, dout, weights.Count)) throw new ArgumentException($"a group of {weights.Count} [{din}, {dout}] matrices is not narrower than its input");
+        int full = SharingPlan.FullRank((int)din, (int)dout, weights.Count);
+        if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
+        var stacked = weights.Count == 1 && !consumeInputs ? weights[0] : torch.cat(weights.ToList(), 1); // [in, n·out]
         if (consumeInputs) foreach (var w in weights) w.Dispose();
-        var (sigma, vk) = OutputSideSpectrum(stacked, gram, rank, consumeInputs);
-        return Assemble(stacked.matmul(vk), vk.t(), sigma, weights.Count, stacked.shape[1] / weights.Count, rank); // W V_k, C = V_kᵀ
+        Tensor? gw = null;
+        foreach (var g in grams)
+        {
+            var part = g.matmul(stacked);
+            if (consumeInputs) g.Dispose();
+            if (gw is null) gw = part;
+            else
+            {
+                gw.add_(part, Scalars.One);
+                part.Dispose();
+            }
+        }
+        var (sigma, vk) = OutputSideSpectrumOf(stacked, gw ?? throw new ArgumentException("no grams"), rank);
+        gw.Dispose();
+        return Assemble(stacked.matmul(vk), vk.t(), sigma, weights.Count, dout, rank); // W V_k, C = V_kᵀ
     }
 
     /// <summary>Least-squares coefficients for a fixed basis: C = (BᵀAB)⁻¹ BᵀA W, with A = XᵀX of this layer's inputs.</summary>

@@ -127,7 +127,7 @@ public sealed class SpilledGrams : IGramSource, IDisposable
             }
             else _readBy[input.Handle] = site;
             if (_alias.ContainsKey(site)) throw new InvalidOperationException($"{site} read another input than {_alias[site]} in a later batch");
-            using var x = input.detach().reshape(-1, projection.InFeatures).to_type(ScalarType.Float64);
+            using var x = input.detach().reshape(-1, projection.InFeatures); // GramSum chooses the products' dtype
             if (site == Names[0]) Rows += x.shape[0];
             // ActivationGrams.Collect's routine; the sum outlives the forward pass's scope.
             _grams[site] = GramSum.Add(_grams.GetValueOrDefault(site), x).DetachFromDisposeScope();

@@ -13,14 +13,20 @@ public static class GramSum
 {
     public const int BlockWidth = 1024;
 
-    /// <summary>Adds xᵀx (x [rows, n] float64) into <paramref name="sum"/> [n, n], or returns it as the first sum (null).</summary>
+    /// <summary>
+    /// Adds xᵀx (x [rows, n]) into <paramref name="sum"/> [n, n] float64, or returns it as the first sum (null). Up to
+    /// <see cref="BlockWidth"/> wide the product is float64. Wider, a float64 x gives float64 block products and any other
+    /// dtype float32 ones, each added into the float64 sum: the calibration's wide grams (a down_proj's) were two thirds of
+    /// a 32-layer plan's calibration in float64; Basis Sharing and SVD-LLM sum the whole gram in float32.
+    /// </summary>
     public static Tensor Add(Tensor? sum, Tensor x)
     {
         long n = x.shape[1];
         if (n <= BlockWidth)
         {
             // As before blocks: one product and one add (the bundled models' numbers unchanged).
-            var xtx = x.t().matmul(x);
+            using var x64 = x.dtype == ScalarType.Float64 ? x.alias() : x.to_type(ScalarType.Float64);
+            var xtx = x64.t().matmul(x64);
             if (sum is null) return xtx;
             sum.add_(xtx, Scalars.One);
             xtx.Dispose();
@@ -28,12 +34,17 @@ public static class GramSum
         }
         sum ??= torch.zeros(n, n, dtype: ScalarType.Float64);
         using var scope = torch.NewDisposeScope();
+        var xb = x.dtype is ScalarType.Float64 or ScalarType.Float32 ? x : x.to_type(ScalarType.Float32);
         var blocks = Blocks(n);
         foreach (var (i0, bi) in blocks)
         {
-            var xi = x.narrow(1, i0, bi);
+            var xi = xb.narrow(1, i0, bi);
             foreach (var (j0, bj) in blocks.Where(b => b.Start >= i0))
-                sum.narrow(0, i0, bi).narrow(1, j0, bj).add_(xi.t().matmul(x.narrow(1, j0, bj)), Scalars.One);
+            {
+                using var product = xi.t().matmul(xb.narrow(1, j0, bj));
+                using var wide = product.dtype == ScalarType.Float64 ? product.alias() : product.to_type(ScalarType.Float64);
+                sum.narrow(0, i0, bi).narrow(1, j0, bj).add_(wide, Scalars.One);
+            }
         }
         return sum;
     }
