@@ -113,6 +113,31 @@ public class PlanningTests
 
     [Theory]
     [InlineData(CurvatureMethod.Exact)]
+    [InlineData(CurvatureMethod.Kfac)]
+    public void BlockModelAgreesWithTheCurvatureOnItsTopEigenvectors(CurvatureMethod method)
+    {
+        // cᵢ = λᵢ − Vᵢᵀ(A ⊗ diag γ)Vᵢ: where it is positive, Vᵢᵀ Ĥ Vᵢ = λᵢ (the Vᵢ orthonormal), each direction on its own.
+        var (model, grams, batch) = TinyDeep(2);
+        var options = new PlannerOptions { Ratio = 0.5, Curvature = method, TopK = 3, Tolerance = 1e-8, TraceProducts = 16 };
+        var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
+        int checkedPairs = 0;
+        foreach (var m in curvature.Values)
+        {
+            using var vectors = m.TopVectors;
+            for (int i = 0; i < m.TopValues.Length; i++)
+            {
+                if (m.Corrections[i] <= 0) continue;
+                checkedPairs++;
+                Assert.Equal(m.TopValues[i], m.Quadratic(vectors[i]), 1e-9 * Math.Abs(m.TopValues[i]));
+            }
+        }
+        Assert.True(checkedPairs > 0, "no top pair with a positive correction: nothing was checked");
+        foreach (var c in curvature.Values) c.Dispose();
+        grams.Dispose();
+    }
+
+    [Theory]
+    [InlineData(CurvatureMethod.Exact)]
     [InlineData(CurvatureMethod.Kfac)] // top vectors kept as factors, A read from the borrowed gram
     public void AlignedCoefficientsAreOptimalWithinTheTrustRegionAndScoredConsistently(CurvatureMethod method)
     {

@@ -144,7 +144,7 @@ public sealed class BlockCurvatureModel : IDisposable
         {
             // ⟨Vᵢ, (A ⊗ γ)Vᵢ⟩: for K-FAC's Vᵢ = aᵢgᵢᵀ it is (aᵢᵀAaᵢ)(Σⱼ γⱼgᵢⱼ²), without the [k, in, out] vectors or A itself.
             var along = model.TopFactors is var (fa, fg)
-                ? model.TimesA(fa.t()).mul(fa.t()).sum(0).mul(fg.PowScalar(2).mul(gamma.unsqueeze(0)).sum(1)).data<double>().ToArray()
+                ? model.TimesA(fa.t()).mul(fa.t()).sum([0L]).mul(fg.PowScalar(2).mul(gamma.unsqueeze(0)).sum(1)).data<double>().ToArray()
                 : model.A.unsqueeze(0).matmul(model.TopVectors).mul(model.TopVectors).mul(gamma).sum([1L, 2L]).data<double>().ToArray();
             model.Corrections = values.Select((x, i) => Math.Max(0, x - along[i])).ToArray();
         }
