@@ -114,48 +114,95 @@ public sealed class AlignedCoefficients : IDisposable
         if (useGradient && _btGr is null) throw new InvalidOperationException($"{_m.Site}: the first-order term needs the gradient, which was not collected");
         var hG = _btGr is null ? null : Hat(_btGr);
         var y1h = Hat(_btW);
-        // P̂ᵢ = Ĥ(BᵀVᵢ), [k, r, out]; for K-FAC's Vᵢ = aᵢgᵢᵀ it is (T·(Bᵀaᵢ)[:r]) gᵢᵀ, O(r² + r·out) each, not O(r²·out).
+        // P̂ᵢ = Ĥ(BᵀVᵢ), [r, out] each. For K-FAC's Vᵢ = aᵢgᵢᵀ it is eᵢgᵢᵀ with eᵢ = T·(Bᵀaᵢ)[:r], kept as the factors
+        // E [r, k] and G [k, out]: every use below is a product with them, and no [k, r, out] tensor is made (at a gate_proj
+        // pair's r·out ≈ 3.4 M, each trial's Woodbury passes over [k, r·out] were about half a cost's time).
         int k = _btFa is not null ? (int)_btFa.shape[1] : _btV.Length;
-        Tensor? p = null;
-        if (k > 0)
-        {
-            using var made = torch.NewDisposeScope();
-            p = (_btFa is not null
-                ? Hat(_btFa).t().unsqueeze(2).mul(_fg!.unsqueeze(1))
-                : torch.stack(_btV.Select(Hat).ToArray())).MoveToOuterDisposeScope();
-        }
-        var ph = Enumerable.Range(0, k).Select(i => p![i]).ToArray();
         var c = _m.Corrections;
+        var active = Enumerable.Range(0, k).Where(i => c[i] > 0).ToArray();
+        var invC = active.Length == 0 ? null : torch.diag(torch.tensor(active.Select(i => 1.0 / c[i]).ToArray()));
         var y0h = hAw.mul(_gamma);
         if (useGradient) y0h.sub_(hG!);
-        for (int i = 0; i < ph.Length; i++)
-        {
-            using var term = ph[i].MulScalar(c[i] * _vDotW[i]);
-            y0h.add_(term, Scalars.One);
-        }
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
         double eps;
         using (var abs = d0.abs()) using (var max = abs.max()) eps = 1e-12 * Math.Max(max.item<double>(), 1e-300);
-        var active = Enumerable.Range(0, ph.Length).Where(i => c[i] > 0).ToArray();
-        // U: the active rank-one directions, flattened [a, r·out] (a view of P̂ where all are active); invC = diag(1/cᵢ).
-        var u = active.Length == 0 ? null
-            : active.Length == k ? p!.reshape(k, -1)
-            : p!.index_select(0, torch.tensor(active.Select(i => (long)i).ToArray())).reshape(active.Length, -1);
-        var invC = active.Length == 0 ? null : torch.diag(torch.tensor(active.Select(i => 1.0 / c[i]).ToArray()));
-
-        // Each trial ν in its own scope: the search below makes tens of them, each with [a, r·out] temporaries that
-        // would otherwise all live until Solve returns (gigabytes at 124M-shape widths with two workers).
-        Tensor SolveHat(double nu)
+        Func<double, Tensor> SolveHat;
+        Func<Tensor, double[]> Projections;   // ⟨P̂ᵢ, Ĉ⟩, [k]
+        if (_btFa is not null)
         {
-            using var trial = torch.NewDisposeScope();
-            var d = d0.AddScalar(nu + eps).reshape(-1);
-            var x = y0h.add(y1h.MulScalar(nu)).reshape(-1).div(d);
-            if (u is null) return x.reshape(y0h.shape).MoveToOuterDisposeScope();
-            // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
-            var dinvU = u.div(d);
-            var small = u.matmul(dinvU.t()).add(invC!, Scalars.One);
-            var coef = torch.linalg.solve(small, u.matmul(x));
-            return x.sub(coef.matmul(dinvU)).reshape(y0h.shape).MoveToOuterDisposeScope();
+            var e = Hat(_btFa);                                   // [r, k]
+            var g = _fg!;                                         // [k, out]
+            if (k > 0)
+            {
+                using var weights = torch.tensor(Enumerable.Range(0, k).Select(i => c[i] * _vDotW[i]).ToArray());
+                using var term = e.mul(weights.unsqueeze(0)).matmul(g);
+                y0h.add_(term, Scalars.One);
+            }
+            Tensor? ea = null, ga = null, ee = null, gg = null;
+            if (active.Length > 0)
+            {
+                using var index = torch.tensor(active.Select(i => (long)i).ToArray());
+                ea = e.index_select(1, index);                    // [r, a]
+                ga = g.index_select(0, index);                    // [a, out]
+                int a = active.Length;
+                ee = ea.unsqueeze(2).mul(ea.unsqueeze(1)).reshape(-1, a * a);   // [r, a²]: eₛ ⊙ eₜ
+                gg = ga.unsqueeze(1).mul(ga.unsqueeze(0)).reshape(a * a, -1);   // [a², out]: gₛ ⊙ gₜ
+            }
+            SolveHat = nu =>
+            {
+                using var trial = torch.NewDisposeScope();
+                var rcp = d0.AddScalar(nu + eps).reciprocal_();                     // D⁻¹ as [r, out]
+                var x = y0h.add(y1h.MulScalar(nu)).mul_(rcp);
+                if (ea is null) return x.MoveToOuterDisposeScope();
+                // Woodbury with uₛ = eₛgₛᵀ: (UᵀD⁻¹U)ₛₜ = (eₛ⊙eₜ)ᵀ D⁻¹ (gₛ⊙gₜ), (UᵀD⁻¹y)ₛ = eₛᵀ x gₛ, D⁻¹U coef = D⁻¹ ⊙ (Σₛ coefₛ eₛgₛᵀ).
+                int a = (int)ga!.shape[0];
+                var small = ee!.mul(rcp.matmul(gg!.t())).sum([0L]).reshape(a, a).add(invC!, Scalars.One);
+                var ux = ea.t().matmul(x).mul(ga).sum(1);
+                var coef = torch.linalg.solve(small, ux);
+                return x.sub_(ea.mul(coef.unsqueeze(0)).matmul(ga).mul_(rcp)).MoveToOuterDisposeScope();
+            };
+            Projections = ch =>
+            {
+                using var scope = torch.NewDisposeScope();
+                return k == 0 ? [] : e.t().matmul(ch).mul(g).sum(1).data<double>().ToArray();
+            };
+        }
+        else
+        {
+            Tensor? p = null;
+            if (k > 0)
+            {
+                using var made = torch.NewDisposeScope();
+                p = torch.stack(_btV.Select(Hat).ToArray()).MoveToOuterDisposeScope();   // [k, r, out]
+            }
+            for (int i = 0; i < k; i++)
+            {
+                using var term = p![i].MulScalar(c[i] * _vDotW[i]);
+                y0h.add_(term, Scalars.One);
+            }
+            // U: the active rank-one directions, flattened [a, r·out] (a view of P̂ where all are active).
+            var u = active.Length == 0 ? null
+                : active.Length == k ? p!.reshape(k, -1)
+                : p!.index_select(0, torch.tensor(active.Select(i => (long)i).ToArray())).reshape(active.Length, -1);
+            // Each trial ν in its own scope: the search below makes tens of them, each with [a, r·out] temporaries that
+            // would otherwise all live until Solve returns (gigabytes at 124M-shape widths with two workers).
+            SolveHat = nu =>
+            {
+                using var trial = torch.NewDisposeScope();
+                var d = d0.AddScalar(nu + eps).reshape(-1);
+                var x = y0h.add(y1h.MulScalar(nu)).reshape(-1).div(d);
+                if (u is null) return x.reshape(y0h.shape).MoveToOuterDisposeScope();
+                // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
+                var dinvU = u.div(d);
+                var small = u.matmul(dinvU.t()).add(invC!, Scalars.One);
+                var coef = torch.linalg.solve(small, u.matmul(x));
+                return x.sub(coef.matmul(dinvU)).reshape(y0h.shape).MoveToOuterDisposeScope();
+            };
+            Projections = ch =>
+            {
+                using var scope = torch.NewDisposeScope();
+                return k == 0 ? [] : p!.mul(ch.unsqueeze(0)).sum([1L, 2L]).data<double>().ToArray();
+            };
         }
         double DeltaNorm(Tensor ch)
         {
@@ -222,10 +269,10 @@ public sealed class AlignedCoefficients : IDisposable
             linear = useGradient ? chat.mul(hG!).sum().item<double>() - _gDotW : 0;
             bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
         }
-        for (int i = 0; i < ph.Length; i++)
+        var along = Projections(chat);
+        for (int i = 0; i < k; i++)
         {
-            using var tail = torch.NewDisposeScope();
-            double proj = chat.mul(ph[i]).sum().item<double>() - _vDotW[i];
+            double proj = along[i] - _vDotW[i];
             extra += c[i] * proj * proj;
             energy += _m.TopValues[i] * proj * proj;
         }
