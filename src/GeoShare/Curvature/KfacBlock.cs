@@ -189,26 +189,26 @@ public sealed class KfacBlock : IDisposable
             var g = new List<SecondMoment>();
             try
             {
-            foreach (var l in layers)
-            {
-                a.Add(SecondMoment.Of(probe.Inputs[l.Layer], l.Layer.InFeatures));
-                g.Add(new SecondMoment(l.Layer.OutFeatures));
-            }
-            var gen = new Generator((ulong)seed);
-            int done = 0;
-            var factors = batch.OutputCurvatureFactors(output, gen, samples).ToList();
-            foreach (var f in factors)
-            {
-                using var inner = torch.NewDisposeScope();
-                var grads = torch.autograd.grad([output], ys, [f], retain_graph: true, create_graph: false, allow_unused: true);
-                for (int i = 0; i < layers.Count; i++)
+                foreach (var l in layers)
                 {
-                    if (grads[i] is null || grads[i].IsInvalid) continue;
-                    g[i].Add(grads[i].reshape(-1, layers[i].Layer.OutFeatures));
+                    a.Add(SecondMoment.Of(probe.Inputs[l.Layer], l.Layer.InFeatures));
+                    g.Add(new SecondMoment(l.Layer.OutFeatures));
                 }
-                progress?.Report(new ProgressTick("k-fac", ++done, factors.Count, "factors"));
-            }
-            return layers.Select((l, i) => new KfacBlock(l.Name, a[i], g[i].Complete(batch.Predictions), l.Layer.Layout)).ToList();
+                var gen = new Generator((ulong)seed);
+                int done = 0;
+                var factors = batch.OutputCurvatureFactors(output, gen, samples).ToList();
+                foreach (var f in factors)
+                {
+                    using var inner = torch.NewDisposeScope();
+                    var grads = torch.autograd.grad([output], ys, [f], retain_graph: true, create_graph: false, allow_unused: true);
+                    for (int i = 0; i < layers.Count; i++)
+                    {
+                        if (grads[i] is null || grads[i].IsInvalid) continue;
+                        g[i].Add(grads[i].reshape(-1, layers[i].Layer.OutFeatures));
+                    }
+                    progress?.Report(new ProgressTick("k-fac", ++done, factors.Count, "factors"));
+                }
+                return layers.Select((l, i) => new KfacBlock(l.Name, a[i], g[i].Complete(batch.Predictions), l.Layer.Layout)).ToList();
             }
             catch
             {

@@ -27,10 +27,10 @@ public sealed class SecondMoment : IDisposable
 
     public SecondMoment(long width) => Width = width;
 
-    /// <summary>A dense moment already divided (a matrix made elsewhere); takes ownership.</summary>
+    /// <summary>A dense moment already divided (a matrix made elsewhere; no rows were added: <see cref="Count"/> is 0); takes ownership.</summary>
     public static SecondMoment FromMatrix(Tensor m)
     {
-        var s = new SecondMoment(m.shape[0]) { _sum = m, _count = 1, _completed = true };
+        var s = new SecondMoment(m.shape[0]) { _sum = m, _completed = true };
         return s;
     }
 
