@@ -79,7 +79,7 @@ public static class SharedBasis
         using var scope = torch.NewDisposeScope();
         var stacked = weights.Count == 1 ? weights[0] : torch.cat(weights.ToList(), 1);
         if (NarrowerThanInput(stacked.shape[0], weights[0].shape[1], weights.Count))
-            return stacked.matmul(OutputSideSpectrum(stacked, gram, rank).Vk).MoveToOuterDisposeScope();
+            return stacked.matmul(OutputSideSpectrum(stacked, GramTimesStacked(stacked, [gram], null, false), rank).Vk).MoveToOuterDisposeScope();
         var s = WhiteningFactor(gram);
         Tensor k;
         if (products is not null) k = s.matmul(products).matmul(s.t());
@@ -119,20 +119,10 @@ public static class SharedBasis
         }
         var stacked = n == 1 ? weights[0] : torch.cat(weights.ToList(), 1);    // [in, n·out]
         // Each member's XᵢᵀXᵢ·W [in, n·out] is kept until the span exists where they fit (a 32 × d1024 down_proj pair: 134 MB).
-        bool keep = (long)n * din * n * dout * 8 <= SpanProductBytes;
-        var parts = new Tensor[n];
-        Tensor? gw = null;
-        for (int i = 0; i < n; i++)
-        {
-            var part = grams[i].matmul(stacked);
-            if (gw is null) gw = keep && n > 1 ? part.clone() : part;
-            else gw.add_(part, Scalars.One);
-            if (keep) parts[i] = part;
-            else if (!ReferenceEquals(part, gw)) part.Dispose();
-        }
-        var (_, vk) = OutputSideSpectrumOf(stacked, gw!, rank);
+        var parts = (long)n * din * n * dout * 8 <= SpanProductBytes ? new Tensor[n] : null;
+        var (_, vk) = OutputSideSpectrum(stacked, GramTimesStacked(stacked, grams, parts, false), rank);
         var basis = stacked.matmul(vk).MoveToOuterDisposeScope();
-        if (!keep) return new Span(basis, null, null);
+        if (parts is null) return new Span(basis, null, null);
         var timesWeight = parts.Select((p, i) => p.narrow(1, i * dout, dout).contiguous().MoveToOuterDisposeScope()).ToArray();
         var timesBasis = parts.Select(p => p.matmul(vk).MoveToOuterDisposeScope()).ToArray();
         return new Span(basis, timesWeight, timesBasis);
@@ -143,24 +133,38 @@ public static class SharedBasis
 
     /// <summary>
     /// Σ (all, descending) and V_k [n·out, k] of S·W (SᵀS = XᵀX) from the eigenpairs of WᵀXᵀXW = (SW)ᵀ(SW), without S:
-    /// S⁻¹U_kΣ_k = W V_k. <paramref name="consumeGram"/> frees the gram once XᵀX·W exists.
+    /// S⁻¹U_kΣ_k = W V_k. <paramref name="gw"/>: XᵀX·W (borrowed).
     /// </summary>
-    public static (Tensor Sigma, Tensor Vk) OutputSideSpectrum(Tensor stacked, Tensor gram, int rank, bool consumeGram = false)
-    {
-        var gw = gram.matmul(stacked);
-        if (consumeGram) gram.Dispose();
-        var spectrum = OutputSideSpectrumOf(stacked, gw, rank);
-        gw.Dispose();
-        return spectrum;
-    }
-
-    /// <summary><see cref="OutputSideSpectrum"/> from XᵀX·W already made (borrowed).</summary>
-    private static (Tensor Sigma, Tensor Vk) OutputSideSpectrumOf(Tensor stacked, Tensor gw, int rank)
+    private static (Tensor Sigma, Tensor Vk) OutputSideSpectrum(Tensor stacked, Tensor gw, int rank)
     {
         var m = stacked.t().matmul(gw);
         var (eval, evec) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));  // ascending
         m.Dispose();
         return (eval.flip(0).clamp_min(0).sqrt(), evec.narrow(1, evec.shape[1] - rank, rank).flip(1));
+    }
+
+    /// <summary>
+    /// Σᵢ XᵢᵀXᵢ·W [in, n·out] summed member by member, never the [in, in] sum of the grams. <paramref name="parts"/> (length
+    /// n, or null): where each member's XᵢᵀXᵢ·W is kept; <paramref name="consumeGrams"/> frees each gram once multiplied.
+    /// </summary>
+    private static Tensor GramTimesStacked(Tensor stacked, IEnumerable<Tensor> grams, Tensor[]? parts, bool consumeGrams)
+    {
+        Tensor? sum = null;
+        int i = 0;
+        foreach (var g in grams)
+        {
+            var part = g.matmul(stacked);
+            if (consumeGrams) g.Dispose();
+            if (parts is not null) parts[i] = part;
+            if (sum is null) sum = parts is { Length: > 1 } ? part.clone() : part;
+            else
+            {
+                sum.add_(part, Scalars.One);
+                if (parts is null) part.Dispose();
+            }
+            i++;
+        }
+        return sum ?? throw new ArgumentException("no grams");
     }
 
     /// <summary>The group's basis and its members' coefficients (C = [k, n·out] split per layer), spectrum and retained energy.</summary>
@@ -196,19 +200,8 @@ public static class SharedBasis
         if (rank < 1 || rank > full) throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 1..{full}");
         var stacked = weights.Count == 1 && !consumeInputs ? weights[0] : torch.cat(weights.ToList(), 1); // [in, n·out]
         if (consumeInputs) foreach (var w in weights) w.Dispose();
-        Tensor? gw = null;
-        foreach (var g in grams)
-        {
-            var part = g.matmul(stacked);
-            if (consumeInputs) g.Dispose();
-            if (gw is null) gw = part;
-            else
-            {
-                gw.add_(part, Scalars.One);
-                part.Dispose();
-            }
-        }
-        var (sigma, vk) = OutputSideSpectrumOf(stacked, gw ?? throw new ArgumentException("no grams"), rank);
+        var gw = GramTimesStacked(stacked, grams, null, consumeInputs);
+        var (sigma, vk) = OutputSideSpectrum(stacked, gw, rank);
         gw.Dispose();
         return Assemble(stacked.matmul(vk), vk.t(), sigma, weights.Count, dout, rank); // W V_k, C = V_kᵀ
     }
