@@ -48,7 +48,7 @@ public sealed class SpilledGrams : IGramSource, IDisposable
         Directory.CreateDirectory(spillDir);
         var where = new Dictionary<string, (int, string)>();
         long? rows = null;
-        var probe = new Probe();
+        var probe = new GramProbe();
         var ids = calibration.Batches(stream.Shell).ToList();
         try
         {
@@ -56,15 +56,15 @@ public sealed class SpilledGrams : IGramSource, IDisposable
                 before: (l, layer) =>
                 {
                     probe.Clear();
-                    foreach (var s in sites.Where(s => s.Layer == l)) probe.Watch(layer.GetProjection(s.Type), s.Name);
+                    foreach (var s in sites.Where(s => s.Layer == l)) probe.Watch(layer.GetProjection(s.Type), s);
                 },
                 after: (l, layer) =>
                 {
-                    if (probe.Names.Count == 0) return;
-                    var stored = probe.Canonical();
+                    if (probe.Sites.Count == 0) return;
+                    var stored = probe.Sites.Select(s => probe.StoredAs(s.Name)).ToList();
                     probe.Complete();
                     SafetensorsFile.Write(LayerFile(spillDir, l), stored.Distinct().Select(n => (n, probe.Gram(n))).ToList());
-                    foreach (var (name, canonical) in probe.Names.Zip(stored)) where[name] = (l, canonical);
+                    foreach (var (site, canonical) in probe.Sites.Zip(stored)) where[site.Name] = (l, canonical);
                     if (rows is long r && r != probe.Rows) throw new InvalidOperationException($"layer {l} saw {probe.Rows} rows, earlier layers {r}");
                     rows = probe.Rows;
                     probe.Clear();
@@ -87,71 +87,6 @@ public sealed class SpilledGrams : IGramSource, IDisposable
     }
 
     public void Dispose() => PartialOutputs.Delete(_dir);
-
-    /// <summary>
-    /// XᵀX of each watched projection's input. A projection whose input is the same tensor as an earlier one's in every
-    /// batch (q, k and v read one normed hidden state) shares that one's gram: computed once, stored once.
-    /// </summary>
-    internal sealed class Probe : IProjectionProbe
-    {
-        private readonly Dictionary<LinearMap, string> _maps = new(ReferenceEqualityComparer.Instance);
-        private readonly Dictionary<string, Tensor> _grams = [];
-        private readonly Dictionary<string, string> _alias = [];   // site → the first site that read the same input
-        private readonly Dictionary<IntPtr, string> _readBy = [];  // input tensor of this batch → the first site that read it
-        private int _calls;
-        public List<string> Names { get; } = [];
-        public long Rows { get; private set; }
-
-        public void Watch(LinearMap map, string site)
-        {
-            _maps[map] = site;
-            Names.Add(site);
-            map.Probe = this;
-        }
-
-        public Tensor Gram(string site) => _grams[site];
-
-        /// <summary>The site each watched one's gram is stored under.</summary>
-        public List<string> Canonical() => Names.Select(n => _alias.GetValueOrDefault(n, n)).ToList();
-
-        public void OnForward(LinearMap projection, Tensor input, Tensor output)
-        {
-            if (!_maps.TryGetValue(projection, out var site)) return;
-            // A new batch starts when the first watched site runs again.
-            if (site == Names[0]) _readBy.Clear();
-            bool firstBatch = _calls++ < Names.Count;
-            if (_readBy.TryGetValue(input.Handle, out var earlier))
-            {
-                if (firstBatch) _alias[site] = earlier;
-                if (_alias.GetValueOrDefault(site) == earlier) return;
-            }
-            else _readBy[input.Handle] = site;
-            if (_alias.ContainsKey(site)) throw new InvalidOperationException($"{site} read another input than {_alias[site]} in a later batch");
-            using var x = input.detach().reshape(-1, projection.InFeatures); // GramSum chooses the products' dtype
-            if (site == Names[0]) Rows += x.shape[0];
-            // ActivationGrams.Collect's routine; the sum outlives the forward pass's scope.
-            _grams[site] = GramSum.Add(_grams.GetValueOrDefault(site), x).DetachFromDisposeScope();
-        }
-
-        /// <summary>Every gram whole (<see cref="GramSum.Complete"/>), once the layer's batches are done.</summary>
-        public void Complete()
-        {
-            foreach (var g in _grams.Values) GramSum.Complete(g);
-        }
-
-        public void Clear()
-        {
-            foreach (var m in _maps.Keys) m.Probe = null;
-            foreach (var g in _grams.Values) g.Dispose();
-            _maps.Clear();
-            _grams.Clear();
-            _alias.Clear();
-            _readBy.Clear();
-            Names.Clear();
-            _calls = 0;
-            Rows = 0;
-        }
-    }
 }
 
 /// <summary>
@@ -255,7 +190,7 @@ public static class StreamingCompressor
         var ids = calibration.Batches(shell).ToList();
         var hidden = new List<Tensor>();
         var contexts = new List<LayerContext>();
-        var probe = new SpilledGrams.Probe();
+        var probe = new GramProbe();
         try
         {
             foreach (var batch in ids)
@@ -295,19 +230,19 @@ public static class StreamingCompressor
                     if (members.Count > 0)
                     {
                         // The inputs with this layer's first coefficients (the in-memory refit collects a layer's grams before changing it).
-                        foreach (var (site, map) in members) probe.Watch(map, site.Name);
+                        foreach (var (site, map) in members) probe.Watch(map, site);
                         for (int b = 0; b < hidden.Count; b++)
                         {
                             using var scope = torch.NewDisposeScope();
                             layer.Forward(hidden[b], contexts[b]);
                         }
                         probe.Complete();
-                        foreach (var ((site, map), gramName) in members.Zip(probe.Canonical()))
+                        foreach (var (site, map) in members)
                         {
                             using var scope = torch.NewDisposeScope();
                             var original = ProjectionWeights.InOut64(src, site, shell.GetProjection(site).Layout);
                             var basis = map.Basis.to_type(ScalarType.Float64);
-                            var gram = probe.Gram(gramName);
+                            var gram = probe.Gram(site.Name);
                             var c = solver?.Solve(site, basis, original, gram, probe.Rows) ?? SharedBasis.Refit(basis, original, gram);
                             map.Coefficients.copy_(c.to_type(map.Coefficients.dtype));
                             output.Add(site.Name + ".coeff", map.Coefficients, stored);
