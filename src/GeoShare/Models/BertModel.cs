@@ -156,7 +156,7 @@ public sealed class BertSentenceEncoder : PretrainedModel
         var hidden = LastHiddenState(ids);
         var mask = AttentionMask(ids).unsqueeze(-1);
         var summed = hidden.mul(mask).sum(1);
-        var counts = mask.sum(1).clamp_min(1e-9);
+        var counts = mask.sum(1).ClampMin(1e-9);
         var mean = summed.div(counts);
         return functional.normalize(mean, p: 2.0, dim: 1, eps: 1e-12).MoveToOuterDisposeScope();
     }

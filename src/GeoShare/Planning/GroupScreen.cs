@@ -111,7 +111,7 @@ public static class GroupScreen
             if (a > 0)
             {
                 // P̂ₛ = L⁻¹BᵀVₛ [K, out]: ⟨Vₛ, BC_BS⟩ = Σ_{t<r} ⟨P̂ₛ[t], Z[t]⟩, (P H⁻¹ Pᵀ)ₛₜ = Σ_{t<r} Σⱼ P̂ₛ[t, j] P̂ₜ[t, j] / γⱼ.
-                var inv = gamma.clamp_min(1e-300).reciprocal();
+                var inv = gamma.ClampMin(1e-300).reciprocal();
                 Tensor along, cross;
                 if (m.TopFactors is var (fa, fg))
                 {

@@ -51,7 +51,7 @@ public static class PairPrescreen
             using (var scope = torch.NewDisposeScope())
             {
                 sum!.DivScalar_(layers.Count * Math.Max(1, inputs.Grams.Rows));
-                scale = (full ? SharedBasis.WhiteningFactor(sum) : sum.clamp_min(1e-30).sqrt().unsqueeze(1)).to_type(ScalarType.Float32).DetachFromDisposeScope();
+                scale = (full ? SharedBasis.WhiteningFactor(sum) : sum.ClampMin(1e-30).sqrt().unsqueeze(1)).to_type(ScalarType.Float32).DetachFromDisposeScope();
             }
             sum.Dispose();
             // One Ω per type (the same for every layer), so that equal matrices sketch equally.

@@ -140,7 +140,7 @@ public static class SharedBasis
         var m = stacked.t().matmul(gw);
         var (eval, evec) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));  // ascending
         m.Dispose();
-        return (eval.flip(0).clamp_min(0).sqrt(), evec.narrow(1, evec.shape[1] - rank, rank).flip(1));
+        return (eval.flip(0).ClampMin(0).sqrt(), evec.narrow(1, evec.shape[1] - rank, rank).flip(1));
     }
 
     /// <summary>

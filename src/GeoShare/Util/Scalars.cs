@@ -28,9 +28,11 @@ public static class Scalars
     public static Tensor DivScalar(this Tensor t, long v) { using var s = v.ToScalar(); return t.div(s); }
     public static Tensor DivScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.div_(s); }
     public static Tensor DivScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.div_(s); }
-    public static Tensor AddScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.add(s); }
-    public static Tensor AddScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.add_(s); }
+    // add with one Scalar passes TorchSharp's implicit alpha = 1, a temporary the GC may finalize mid-call: give One.
+    public static Tensor AddScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.add(s, One); }
+    public static Tensor AddScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.add_(s, One); }
     public static Tensor SubScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.sub_(s); }
+    public static Tensor ClampMin(this Tensor t, double v) { using var s = v.ToScalar(); return t.clamp_min(s); }
     public static Tensor PowScalar(this Tensor t, long exponent) { using var s = exponent.ToScalar(); return t.pow(s); }
     public static Tensor MaskedFillScalar(this Tensor t, Tensor mask, double v) { using var s = v.ToScalar(); return t.masked_fill(mask, s); }
 

@@ -12,8 +12,10 @@ namespace GeoShare;
 /// So the CLI's commands and each test run in one outer scope, and library code that may run without one names its
 /// temporaries with <c>using</c> where it matters (checkpoint loading).
 /// Not covered: the <see cref="Scalar"/> that TorchSharp 0.107 makes for a number argument (<c>t.mul(0.5)</c>) is
-/// in no scope and has the same race. Its window is the start of one call, and a test run with a second thread
-/// allocating without pause hit it ("Unknown scalar type"); ordinary runs have not.
+/// in no scope and has the same race, and so has the alpha = 1 that its one-argument add passes. Its window is the
+/// start of one call: a test run with a second thread allocating without pause hit it ("Unknown scalar type"), and on
+/// 2026-12-07 an ablation bench (RmsNorm's add of eps: "toFloat: Expected false to be true"). Library code passes
+/// numbers through <see cref="Scalars"/>, which keeps each Scalar referenced until the call returns.
 /// </summary>
 public static class TensorLifetime
 {
