@@ -156,7 +156,7 @@ static object VerifyFiniteDifferences(PretrainedModel model, LossBatch batch)
         if (j % 32 == 0) Console.Error.WriteLine($"finite differences: column {j}/{n}");
     }
     double fdSeconds = sw.Elapsed.TotalSeconds;
-    var fdSym = fd.add(fd.t()).MulScalar(0.5);
+    var fdSym = fd.add(fd.t(), Scalars.One).MulScalar(0.5);
     double rel = byProducts.sub(fdSym).norm().item<double>() / fdSym.norm().item<double>();
     var e1 = torch.linalg.eigvalsh(byProducts).data<double>().Reverse().ToArray();
     var e2 = torch.linalg.eigvalsh(fdSym).data<double>().Reverse().ToArray();

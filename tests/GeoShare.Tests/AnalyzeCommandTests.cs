@@ -92,7 +92,7 @@ public class AnalyzeCommandTests
         string shard = Path.Combine(m, "model-00002-of-00002.safetensors");
         var file = SafetensorsFile.Open(shard);
         var tensors = file.Entries.Keys.Order(StringComparer.Ordinal).Select(k => (k, file.Read(k, ScalarType.Float32))).ToList();
-        tensors.First(t => t.k == "transformer.ln_f.weight").Item2.fill_(1e38f); // logits overflow to ±inf
+        tensors.First(t => t.k == "transformer.ln_f.weight").Item2.FillScalar_(1e38f); // logits overflow to ±inf
         SafetensorsFile.Write(shard, tensors);
         var r = GeoshareProcess.Run("analyze", "--model", m, "--data", Repo.Corpus("valid"), "--windows", "1", "--params", "transformer.h.11.mlp.c_proj", "--top", "1", "--json", tmp.File("o.json"));
         Assert.Equal(4, r.ExitCode);

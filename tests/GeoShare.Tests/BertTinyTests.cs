@@ -38,7 +38,7 @@ public sealed class BertTinyTests
         using var _ = torch.no_grad();
         using var ids = torch.tensor(new long[] { 5, 9, 12, 3, 0, 0, 7, 8, 9, 10, 11, 2 }, [2, 6], dtype: ScalarType.Int64);
         var e = model.call(ids);
-        Assert.True(e.norm(1).sub(1.0).abs().max().item<double>() < 1e-12);
+        Assert.True(e.norm(1).SubScalar(1.0).abs().max().item<double>() < 1e-12);
         // the padded first row equals the same sentence alone
         using var alone = torch.tensor(new long[] { 5, 9, 12, 3 }, [1, 4], dtype: ScalarType.Int64);
         Assert.True(TensorAssert.RelativeError(e[0].unsqueeze(0), model.call(alone)) < 1e-12);
@@ -69,9 +69,9 @@ public sealed class BertTinyTests
         double Along(double t)
         {
             using var _ = torch.no_grad();
-            w.add_(delta.mul(t));
+            w.add_(delta.MulScalar(t), Scalars.One);
             double l = batch.Loss(model).item<double>();
-            w.sub_(delta.mul(t));
+            w.sub_(delta.MulScalar(t));
             return l / (t * t);
         }
         double q1 = Along(1e-4), q2 = Along(2e-4);
@@ -81,10 +81,10 @@ public sealed class BertTinyTests
         using (torch.no_grad())
         {
             var e0 = model.call(ids);
-            w.add_(delta.mul(1e-6));
-            var jd = model.call(ids).sub(e0).div(1e-6);
-            w.sub_(delta.mul(1e-6));
-            double gn = jd.pow(2).sum().item<double>() / 3;
+            w.add_(delta.MulScalar(1e-6), Scalars.One);
+            var jd = model.call(ids).sub(e0).DivScalar(1e-6);
+            w.sub_(delta.MulScalar(1e-6));
+            double gn = jd.PowScalar(2).sum().item<double>() / 3;
             Assert.True(Math.Abs(gn - q1) / q1 < 1e-3, $"(1/N)Σ‖Jδ‖² = {gn}, L(tδ)/t² = {q1}");
         }
         batch.Dispose();

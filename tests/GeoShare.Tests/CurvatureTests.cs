@@ -37,7 +37,7 @@ public class CurvatureTests
                 using (torch.no_grad()) flat[j] = orig - h;
                 var minus = Gradient(loss, ps);
                 using (torch.no_grad()) flat[j] = orig;
-                result[TensorIndex.Colon, col] = plus.sub(minus).div(2 * h);
+                result[TensorIndex.Colon, col] = plus.sub(minus).DivScalar(2 * h);
             }
         }
         return result;
@@ -100,7 +100,7 @@ public class CurvatureTests
 
         // Ritz vectors are eigenvectors: ‖Hx − λx‖ small.
         var x = top.Vectors[0];
-        double res = h.Operator.Apply(x).sub(x.mul(top.Values[0])).norm().item<double>();
+        double res = h.Operator.Apply(x).sub(x.MulScalar(top.Values[0])).norm().item<double>();
         Assert.True(res <= 1e-8 * scale, $"residual {res:E2}");
 
         double trace = evals.Sum();
@@ -198,7 +198,7 @@ public class CurvatureTests
         var (top, vecs) = kfac.Top(4, seed: 0);
         for (int i = 0; i < 4; i++) Assert.True(Math.Abs(top[i] - exactEvals[i]) < 1e-10 * exactEvals[0]);
         var v0 = vecs[0];
-        Assert.True(exact.mv(v0).sub(v0.mul(top[0])).norm().item<double>() < 1e-10 * exactEvals[0]);
+        Assert.True(exact.mv(v0).sub(v0.MulScalar(top[0])).norm().item<double>() < 1e-10 * exactEvals[0]);
         Assert.True(Math.Abs(kfac.Trace - exactEvals.Sum()) < 1e-10 * exactEvals.Sum());
     }
 
@@ -222,7 +222,7 @@ public class CurvatureTests
     private static Tensor RandomSpd(int n, double scale, double decay, Generator gen)
     {
         var q = torch.linalg.qr(torch.randn(n, n, dtype: ScalarType.Float64, generator: gen)).Q;
-        var lambda = torch.arange(n, dtype: ScalarType.Float64).div(-decay).exp().mul(scale);
+        var lambda = Scalars.Arange(n, ScalarType.Float64).DivScalar(-decay).exp().MulScalar(scale);
         return q.mul(lambda.unsqueeze(0)).matmul(q.t());
     }
 
@@ -252,7 +252,7 @@ public class CurvatureTests
             Assert.True(Math.Abs(values[i] - reference[i]) <= 1e-10 * reference[i], $"λ{i}: {values[i]:R} vs full eigh {reference[i]:R}");
             // (A ⊗ G) vec(V) = vec(A V G) for V [in, out]: each vector is an eigenvector of the Kronecker product.
             var v = vectors[i];
-            double residual = a.matmul(v).matmul(g).sub(v.mul(values[i])).norm().item<double>();
+            double residual = a.matmul(v).matmul(g).sub(v.MulScalar(values[i])).norm().item<double>();
             Assert.True(residual <= 1e-8 * reference[0], $"pair {i}: residual {residual:E2}");
             Assert.Equal(1.0, v.norm().item<double>(), 1e-12);
         }
@@ -276,7 +276,7 @@ public class CurvatureTests
             for (int i = 0; i < 8; i++)
                 Assert.True(Math.Abs(values[i] - reference[i]) <= 1e-8 * reference[i], $"{k.Name} λ{i}: {values[i]:R} vs full eigh {reference[i]:R}");
             // The vectors are flat in the weight's layout: (A ⊗ G) v = λ v through the block's own product.
-            double residual = k.Apply(vectors[0]).sub(vectors[0].mul(values[0])).norm().item<double>();
+            double residual = k.Apply(vectors[0]).sub(vectors[0].MulScalar(values[0])).norm().item<double>();
             Assert.True(residual <= 1e-6 * values[0], $"{k.Name}: residual {residual:E2}");
             k.Dispose();
         }
@@ -311,7 +311,7 @@ public class CurvatureTests
             // Kept vectors are eigenvectors of the block's Hessian; the kept gradient is the block's gradient.
             var v = r.TopVectors![0];
             Assert.Equal(new long[] { 3, h.Dimension }, r.TopVectors.shape);
-            Assert.True(exact.mv(v).sub(v.mul(r.TopEigenvalues[0])).norm().item<double>() <= 1e-7 * scale);
+            Assert.True(exact.mv(v).sub(v.MulScalar(r.TopEigenvalues[0])).norm().item<double>() <= 1e-7 * scale);
             Assert.True(TensorAssert.RelativeError(r.Gradient!, h.Operator.Gradient) < 1e-12);
             Assert.Equal(h.Operator.Loss, r.Loss!.Value, 1e-12);
             if (r.Method == "dense") Assert.Equal(evals.Sum(), r.Trace!.Value, 1e-12);

@@ -197,7 +197,7 @@ public class FamilyReferenceTests(ITestOutputHelper output)
     {
         using var plain = new RotaryParameters(10000).InverseFrequencies(16);
         using var linear = new RotaryParameters(10000, "linear", 2.5).InverseFrequencies(16);
-        Assert.True(linear.eq(plain.div(2.5)).all().item<bool>());
+        Assert.True(linear.eq(plain.DivScalar(2.5)).all().item<bool>());
 
         // Llama 3's rule written out in double: wavelength above original/low divided by factor, below original/high kept, smooth between.
         var rope = new RotaryParameters(500000, "llama3", 8, 1, 4, 64);
@@ -338,8 +338,8 @@ public class FamilyReferenceTests(ITestOutputHelper output)
         for (int l = 0; l < 3; l++)
         {
             var p = m.ParametersByName();
-            p[$"transformer.h.{l}.attn.c_attn.weight"].narrow(1, 0, 8).mul_(factor(l));
-            p[$"transformer.h.{l}.attn.c_attn.bias"].narrow(0, 0, 8).mul_(factor(l));
+            p[$"transformer.h.{l}.attn.c_attn.weight"].narrow(1, 0, 8).MulScalar_(factor(l));
+            p[$"transformer.h.{l}.attn.c_attn.bias"].narrow(0, 0, 8).MulScalar_(factor(l));
         }
         return m;
     }

@@ -47,7 +47,7 @@ public class NativeAllocatorTests
         foreach (long n in elements)
         {
             var before = NativeAllocator.ThreadStats();
-            using var t = torch.arange(n, dtype: ScalarType.Int32);
+            using var t = Scalars.Arange(n, ScalarType.Int32);
             var after = NativeAllocator.ThreadStats();
             Assert.Equal(before.Allocations + 1, after.Allocations); // arange allocates its output once, on this thread
             Assert.Equal((ulong)(n * 4), after.LastBytes);

@@ -8,7 +8,7 @@ public class NativeLoadTests
     [Fact]
     public void LibTorchLoadsAndComputes()
     {
-        using var a = torch.arange(6, dtype: ScalarType.Float64).reshape(2, 3);
+        using var a = Scalars.Arange(6, ScalarType.Float64).reshape(2, 3);
         using var p = a.matmul(a.t());
         Assert.Equal(new double[] { 5, 14, 14, 50 }, p.data<double>().ToArray());
     }
@@ -54,7 +54,7 @@ public class NativeLoadTests
         // The assembly's TensorScopePerTest attribute: without it, temporaries here could be finalized mid-call.
         var stats = DisposeScopeManager.Statistics.TensorStatistics;
         long outside = stats.CreatedOutsideScopeCount, inside = stats.CreatedInScopeCount;
-        var t = torch.zeros(3).add(1);
+        var t = torch.zeros(3).AddScalar(1L);
         Assert.Equal(outside, stats.CreatedOutsideScopeCount);
         Assert.Equal(inside + 2, stats.CreatedInScopeCount);
     }

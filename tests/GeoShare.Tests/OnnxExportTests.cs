@@ -60,9 +60,9 @@ public class OnnxExportTests(ITestOutputHelper output)
                 int din = sites[0].InFeatures, dout = sites[0].OutFeatures, rank = 3;
                 if (mode == SharingMode.Basis)
                 {
-                    var basis = new Parameter(torch.randn([din, rank], generator: gen).mul(0.3), requires_grad: false);
+                    var basis = new Parameter(torch.randn([din, rank], generator: gen).MulScalar(0.3), requires_grad: false);
                     foreach (var s in sites)
-                        model.SetProjection(s, new SharedBasisLinear(basis, torch.randn([rank, dout], generator: gen).mul(0.3), model.GetProjection(s).Bias));
+                        model.SetProjection(s, new SharedBasisLinear(basis, torch.randn([rank, dout], generator: gen).MulScalar(0.3), model.GetProjection(s).Bias));
                     types[type] = new TypePlan { Mode = mode, Coloring = new int[layers], Ranks = [rank] };
                 }
                 else
@@ -351,8 +351,8 @@ public class OnnxExportTests(ITestOutputHelper output)
     private sealed class ScaledLinear(int n) : LinearMap(nameof(ScaledLinear), n, n)
     {
         public override Parameter? Bias => null;
-        public override Tensor WeightInOut() => torch.eye(InFeatures).mul(2);
-        protected override Tensor Apply(Tensor x) => x.mul(2);
+        public override Tensor WeightInOut() => torch.eye(InFeatures).MulScalar(2L);
+        protected override Tensor Apply(Tensor x) => x.MulScalar(2L);
     }
 
     [Fact]

@@ -97,8 +97,8 @@ public class PlanningTests
         direction.div_(direction.norm());
         double Error(double eps)
         {
-            var delta = direction.mul(eps);
-            using (torch.no_grad()) weight.add_(delta);
+            var delta = direction.MulScalar(eps);
+            using (torch.no_grad()) weight.add_(delta, Scalars.One);
             double measured = batch.Loss(model).item<double>() - L0;
             using (torch.no_grad()) weight.sub_(delta);
             double predicted = block.Predict(delta);
@@ -146,7 +146,7 @@ public class PlanningTests
         var curvature = BlockCurvatureModel.Collect(model, batch, grams, options, null);
         var sites = new[] { model.Site("mlp.c_fc", 0), model.Site("mlp.c_fc", 2) };
         var weights = sites.Select(s => model.GetProjection(s).WeightInOut().detach().to_type(ScalarType.Float64).clone()).ToArray();
-        var basis = SharedBasis.Compute(weights, grams[sites[0].Name].add(grams[sites[1].Name]), 6);
+        var basis = SharedBasis.Compute(weights, grams[sites[0].Name].add(grams[sites[1].Name], Scalars.One), 6);
         for (int i = 0; i < 2; i++)
         {
             var m = curvature[sites[i].Name];
@@ -173,7 +173,7 @@ public class PlanningTests
                 int checks = 0;
                 for (int trial = 0; trial < 5; trial++)
                 {
-                    var other = b.matmul(c.add(torch.randn(c.shape, dtype: ScalarType.Float64, generator: gen).mul(1e-3 * c.norm().item<double>() / Math.Sqrt(c.numel())))).sub(weights[i]);
+                    var other = b.matmul(c.add(torch.randn(c.shape, dtype: ScalarType.Float64, generator: gen).MulScalar(1e-3 * c.norm().item<double>() / Math.Sqrt(c.numel())), Scalars.One)).sub(weights[i]);
                     if (other.norm().item<double>() <= s.DeltaNorm)
                     {
                         checks++;

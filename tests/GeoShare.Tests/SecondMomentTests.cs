@@ -15,7 +15,7 @@ public class SecondMomentTests
     {
         var gen = new Generator(7);
         // Six leading directions well apart (subspace iteration converges within its 60 steps), the rest a flat bulk.
-        var scales = torch.cat([torch.tensor(new[] { 10.0, 8, 6, 4.5, 3.5, 2.8 }), torch.full([width - 6], 0.5, dtype: ScalarType.Float64)]);
+        var scales = torch.cat([torch.tensor(new[] { 10.0, 8, 6, 4.5, 3.5, 2.8 }), Scalars.Full(width - 6, 0.5, ScalarType.Float64)]);
         var xs = Enumerable.Range(0, batches).Select(_ => torch.randn(rows, width, dtype: ScalarType.Float64, generator: gen).mul(scales)
             .to_type(float32 ? ScalarType.Float32 : ScalarType.Float64)).ToList();
         const long divisor = 97;
@@ -24,7 +24,7 @@ public class SecondMomentTests
         m.Complete(divisor);
         Assert.Equal(rows * batches < width, m.IsLowRank);
         var all = torch.cat(xs, 0).to_type(ScalarType.Float64);
-        var dense = all.t().matmul(all).div(divisor);
+        var dense = all.t().matmul(all).DivScalar(divisor);
         Assert.True(TensorAssert.RelativeError(m.Dense, dense) < 1e-13, "dense");
         var y = torch.randn(width, 5, dtype: ScalarType.Float64, generator: gen);
         Assert.True(TensorAssert.RelativeError(m.Times(y), dense.matmul(y)) < 1e-13, "product");
@@ -37,7 +37,7 @@ public class SecondMomentTests
         {
             Assert.True(Math.Abs(values[i] - reference[i]) <= 1e-9 * reference[0], $"λ{i}: {values[i]:R} vs {reference[i]:R}");
             var v = vectors[TensorIndex.Colon, i];
-            Assert.True(dense.matmul(v).sub(v.mul(values[i])).norm().item<double>() <= 1e-7 * reference[0], $"pair {i}: residual");
+            Assert.True(dense.matmul(v).sub(v.MulScalar(values[i])).norm().item<double>() <= 1e-7 * reference[0], $"pair {i}: residual");
         }
     }
 
@@ -49,7 +49,7 @@ public class SecondMomentTests
     public void GramSumEqualsTheFloat64Product(int width, bool float32)
     {
         var gen = new Generator(11);
-        var xs = Enumerable.Range(0, 3).Select(_ => torch.randn(200, width, dtype: ScalarType.Float64, generator: gen).add(0.5)).ToList();
+        var xs = Enumerable.Range(0, 3).Select(_ => torch.randn(200, width, dtype: ScalarType.Float64, generator: gen).AddScalar(0.5)).ToList();
         Tensor? sum = null;
         foreach (var x in xs) sum = GramSum.Add(sum, float32 ? x.to_type(ScalarType.Float32) : x);
         GramSum.Complete(sum!);

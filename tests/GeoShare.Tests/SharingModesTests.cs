@@ -92,7 +92,7 @@ public class SharingModesTests
             var x = torch.cat([inputs[s0], inputs[s2]], 0);
             var y = torch.cat([inputs[s0].matmul(original[s0]), inputs[s2].matmul(original[s2])], 0);
             var w = torch.linalg.lstsq(x, y).Solution;
-            double Objective(Tensor m) => x.matmul(m).sub(y).pow(2).sum().item<double>();
+            double Objective(Tensor m) => x.matmul(m).sub(y).PowScalar(2).sum().item<double>();
             var tied = a.WeightInOut().to_type(ScalarType.Float64);
             double err = TensorAssert.RelativeError(tied, w);
             Assert.True(err < 1e-6, $"{type}: tied weight is {err:E2} from the input-weighted mean");
@@ -101,7 +101,7 @@ public class SharingModesTests
             Assert.True(outputs < 1e-7, $"{type}: outputs of the tied weight are {outputs:E2} from those of the input-weighted mean");
             Assert.True(Objective(tied) <= Objective(w) * (1 + 1e-9), $"{type}: Σ‖Xᵢ(W − Wᵢ)‖² is {Objective(tied):G10}, its minimum {Objective(w):G10}");
             // The weighting matters here: the plain mean is clearly worse, so the test tells the two apart.
-            var mean = original[s0].add(original[s2]).div(2);
+            var mean = original[s0].add(original[s2], Scalars.One).DivScalar(2L);
             Assert.True(Objective(mean) > 1.01 * Objective(w), $"{type}: the plain mean is as good as the weighted one; the test cannot tell them apart");
             // A color of one layer keeps its matrix, up to that damping (on its calibration inputs, exactly).
             string s1 = model.Site(type, 1).Name;
@@ -144,7 +144,7 @@ public class SharingModesTests
         using var grams = ActivationGrams.Collect(model, calibration, model.Sites);
         var plan = SharingPlan.ForModel(model, "custom", null, new() { ["mlp.c_fc"] = new TypePlan { Mode = SharingMode.Tie, Coloring = [0, 0] } });
         PlanCompressor.Apply(model, plan, grams, new CompressionOptions { WeightedTie = false });
-        Assert.True(TensorAssert.RelativeError(model.GetProjection(model.Site("mlp.c_fc", 1)).WeightInOut(), w0.add(w1).mul(0.5)) < 1e-14);
+        Assert.True(TensorAssert.RelativeError(model.GetProjection(model.Site("mlp.c_fc", 1)).WeightInOut(), w0.add(w1, Scalars.One).MulScalar(0.5)) < 1e-14);
     }
 
     [Fact]
@@ -164,7 +164,7 @@ public class SharingModesTests
         var xPlain = Inputs(plain, windows, plain.Sites);
         var xRefit = Inputs(refitted, windows, refitted.Sites);
         double Error(PretrainedModel m, Dictionary<string, Tensor> x, ProjectionSite s) =>
-            x[s.Name].matmul(m.GetProjection(s).WeightInOut().to_type(ScalarType.Float64).sub(original[s.Name])).pow(2).sum().item<double>();
+            x[s.Name].matmul(m.GetProjection(s).WeightInOut().to_type(ScalarType.Float64).sub(original[s.Name])).PowScalar(2).sum().item<double>();
         double totalPlain = 0, totalRefit = 0;
         int lower = 0;
         foreach (var s in plain.Sites)

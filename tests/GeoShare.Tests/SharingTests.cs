@@ -141,15 +141,15 @@ public class SharingTests
         var x = torch.randn([200, 6], dtype: ScalarType.Float64, generator: gen).matmul(torch.randn([6, 6], dtype: ScalarType.Float64, generator: gen));
         var gram = x.t().matmul(x);
         var w = new[] { torch.randn([6, 4], dtype: ScalarType.Float64, generator: gen), torch.randn([6, 4], dtype: ScalarType.Float64, generator: gen) };
-        var g = SharedBasis.Compute(w, gram.mul(2), rank: 3); // both layers see the same inputs here
-        double err = Enumerable.Range(0, 2).Sum(i => x.matmul(w[i].sub(g.Basis.matmul(g.Coefficients[i]))).pow(2).sum().item<double>());
+        var g = SharedBasis.Compute(w, gram.MulScalar(2L), rank: 3); // both layers see the same inputs here
+        double err = Enumerable.Range(0, 2).Sum(i => x.matmul(w[i].sub(g.Basis.matmul(g.Coefficients[i]))).PowScalar(2).sum().item<double>());
         double discarded = g.SingularValues.Skip(3).Sum(s => s * s);
         Assert.Equal(discarded, 2 * err, 1e-8 * discarded);
         for (int i = 0; i < 2; i++)
         {
             var refit = SharedBasis.Refit(g.Basis, w[i], gram);
-            double before = x.matmul(w[i].sub(g.Basis.matmul(g.Coefficients[i]))).pow(2).sum().item<double>();
-            double after = x.matmul(w[i].sub(g.Basis.matmul(refit))).pow(2).sum().item<double>();
+            double before = x.matmul(w[i].sub(g.Basis.matmul(g.Coefficients[i]))).PowScalar(2).sum().item<double>();
+            double after = x.matmul(w[i].sub(g.Basis.matmul(refit))).PowScalar(2).sum().item<double>();
             Assert.True(after <= before * (1 + 1e-10));
         }
         var full = SharedBasis.Compute(w, gram, rank: 6);

@@ -39,7 +39,7 @@ public class VerifyCommandTests
         using var tmp = new TempDir();
         var refs = SafetensorsFile.Open(Repo.Reference("gpt2_logits.safetensors"));
         string path = tmp.File("off.safetensors");
-        SafetensorsFile.Write(path, [("input_ids", refs.Read("input_ids")), ("logits", refs.Read("logits").mul(1.001))]);
+        SafetensorsFile.Write(path, [("input_ids", refs.Read("input_ids")), ("logits", refs.Read("logits").MulScalar(1.001))]);
         var r = Verify(Repo.Gpt2, path, tmp.File("v.json"));
         Assert.Equal(4, r.ExitCode);
         Assert.Contains(path, r.Stderr);
@@ -103,7 +103,7 @@ public class VerifyCommandTests
             case "float-ids": SafetensorsFile.Write(path, [("input_ids", ids.to_type(ScalarType.Float32)), ("logits", logits)]); break;
             case "wrong-vocab": SafetensorsFile.Write(path, [("input_ids", ids), ("logits", logits.narrow(2, 0, 100).contiguous())]); break;
             case "ids-1d": SafetensorsFile.Write(path, [("input_ids", ids.reshape(-1)), ("logits", logits)]); break;
-            case "big-id": SafetensorsFile.Write(path, [("input_ids", ids.add(100_000)), ("logits", logits)]); break;
+            case "big-id": SafetensorsFile.Write(path, [("input_ids", ids.AddScalar(100_000L)), ("logits", logits)]); break;
             case "pixels-for-lm": SafetensorsFile.Write(path, [("pixel_values", torch.zeros(2, 1, 28, 28)), ("logits", torch.zeros(2, 10))]); break;
             case "not-safetensors": File.WriteAllText(path, "input_ids,logits\n1,2\n"); break;
         }

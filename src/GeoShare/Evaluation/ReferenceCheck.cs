@@ -60,8 +60,8 @@ public static class ReferenceCheck
                 var ours = model.call(x).to_type(ScalarType.Float64);
                 var d = ours.sub(reference.narrow(0, b, 1));
                 if (!FiniteAll(d)) throw new NumericalException($"the model's logits are not finite for example {b} of {referencePath}");
-                diff2 += d.square().sum().item<double>();
-                ref2 += reference.narrow(0, b, 1).square().sum().item<double>();
+                diff2 += d.PowScalar(2).sum().item<double>();
+                ref2 += reference.narrow(0, b, 1).PowScalar(2).sum().item<double>();
                 maxAbs = Math.Max(maxAbs, d.abs().max().item<double>());
             }
         }

@@ -137,13 +137,13 @@ public sealed class BertSentenceEncoder : PretrainedModel
     public BertConfig Bert => (BertConfig)Config;
 
     /// <summary>1 where <paramref name="ids"/> is a token, 0 where it is padding, in the model's dtype: [B, T].</summary>
-    public Tensor AttentionMask(Tensor ids) => ids.ne(_pad).to_type(DType);
+    public Tensor AttentionMask(Tensor ids) => ids.NeScalar(_pad).to_type(DType);
 
     /// <summary>BertModel's last_hidden_state [B, T, hidden] (padding positions computed but masked out of attention).</summary>
     public Tensor LastHiddenState(Tensor ids)
     {
         using var scope = torch.NewDisposeScope();
-        var keep = ids.ne(_pad);
+        var keep = ids.NeScalar(_pad);
         // [B, 1, 1, T]: true where a key may be attended to.
         var allowed = keep.unsqueeze(1).unsqueeze(1);
         return encoder.Run(embeddings.call(ids), allowed).MoveToOuterDisposeScope();

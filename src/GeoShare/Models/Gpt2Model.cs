@@ -196,10 +196,10 @@ public sealed class Gpt2Attention : ProjectionOwner
     private Tensor UpcastAttention(Tensor q, Tensor k, Tensor v)
     {
         double scale = _scale ?? 1.0 / Math.Sqrt(q.shape[^1]);
-        var scores = q.to_type(ScalarType.Float32).mul(scale).matmul(k.to_type(ScalarType.Float32).transpose(-2, -1));
+        var scores = q.to_type(ScalarType.Float32).MulScalar(scale).matmul(k.to_type(ScalarType.Float32).transpose(-2, -1));
         long t = q.shape[^2], s = k.shape[^2];
         using var future = torch.ones(t, s, dtype: ScalarType.Bool, device: q.device).triu(1 + s - t);
-        return functional.softmax(scores.masked_fill(future, double.NegativeInfinity), -1).to_type(v.dtype).matmul(v);
+        return functional.softmax(scores.MaskedFillScalar(future, double.NegativeInfinity), -1).to_type(v.dtype).matmul(v);
     }
 
     public override LinearMap GetProjection(string localName) => localName switch

@@ -193,7 +193,7 @@ public static class Activations
     {
         // GPT-2's tanh approximation 0.5·x·(1 + tanh(z)) written as x·sigmoid(2z): the same function, and its
         // double backward (Hessian-vector products) is 10% cheaper than that of libtorch's fused kernel.
-        "gelu_new" => x.mul(torch.sigmoid(x.add(x.PowScalar(3).MulScalar(0.044715)).MulScalar(2 * Sqrt2OverPi))),
+        "gelu_new" => x.mul(torch.sigmoid(x.add(x.PowScalar(3).MulScalar(0.044715), Scalars.One).MulScalar(2 * Sqrt2OverPi))),
         "gelu" => functional.gelu(x),
         "relu" => functional.relu(x),
         "silu" => functional.silu(x),

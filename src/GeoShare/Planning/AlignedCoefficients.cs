@@ -152,7 +152,7 @@ public sealed class AlignedCoefficients : IDisposable
             {
                 using var trial = torch.NewDisposeScope();
                 var rcp = d0.AddScalar(nu + eps).reciprocal_();                     // D⁻¹ as [r, out]
-                var x = y0h.add(y1h.MulScalar(nu)).mul_(rcp);
+                var x = y0h.add(y1h.MulScalar(nu), Scalars.One).mul_(rcp);
                 if (ea is null) return x.MoveToOuterDisposeScope();
                 // Woodbury with uₛ = eₛgₛᵀ: (UᵀD⁻¹U)ₛₜ = (eₛ⊙eₜ)ᵀ D⁻¹ (gₛ⊙gₜ), (UᵀD⁻¹y)ₛ = eₛᵀ x gₛ, D⁻¹U coef = D⁻¹ ⊙ (Σₛ coefₛ eₛgₛᵀ).
                 int a = (int)ga!.shape[0];
@@ -190,7 +190,7 @@ public sealed class AlignedCoefficients : IDisposable
             {
                 using var trial = torch.NewDisposeScope();
                 var d = d0.AddScalar(nu + eps).reshape(-1);
-                var x = y0h.add(y1h.MulScalar(nu)).reshape(-1).div(d);
+                var x = y0h.add(y1h.MulScalar(nu), Scalars.One).reshape(-1).div(d);
                 if (u is null) return x.reshape(y0h.shape).MoveToOuterDisposeScope();
                 // Woodbury: (D + U diag(c) Uᵀ)⁻¹ y = D⁻¹y − D⁻¹U (diag(1/c) + UᵀD⁻¹U)⁻¹ UᵀD⁻¹y.
                 var dinvU = u.div(d);
@@ -285,7 +285,7 @@ public sealed class AlignedCoefficients : IDisposable
         double scale = Math.Max(r.diagonal().mean().item<double>(), 1e-300);
         for (double jitter = 0; ; jitter = jitter == 0 ? 1e-12 * scale : jitter * 100)
         {
-            try { return torch.linalg.cholesky(r.add(torch.eye(r.shape[0], dtype: ScalarType.Float64).MulScalar(jitter))); }
+            try { return torch.linalg.cholesky(r.add(torch.eye(r.shape[0], dtype: ScalarType.Float64).MulScalar(jitter), Scalars.One)); }
             catch (Exception) when (jitter < scale) { }
         }
     }

@@ -196,7 +196,7 @@ public static class GroupScreen
         {
             try
             {
-                return torch.linalg.cholesky(sym.add(eye.MulScalar(damping)));
+                return torch.linalg.cholesky(sym.add(eye.MulScalar(damping), Scalars.One));
             }
             catch (Exception) when (damping < scale)
             {

@@ -30,7 +30,7 @@ public static class SharedBasis
                     return l0.t().contiguous();
                 }
                 using var eye = torch.eye(n, dtype: ScalarType.Float64);
-                using var a = gram.add(eye.MulScalar(damping));
+                using var a = gram.add(eye.MulScalar(damping), Scalars.One);
                 using var l = torch.linalg.cholesky(a);
                 if (consume) gram.Dispose();
                 return l.t().contiguous();
@@ -214,7 +214,7 @@ public static class SharedBasis
         var lhs = basis.t().matmul(ab);
         var rhs = ab.t().matmul(weight);
         double damping = 1e-10 * Math.Max(lhs.diagonal().abs().mean().item<double>(), 1e-300);
-        var c = torch.linalg.solve(lhs.add(torch.eye(lhs.shape[0], dtype: ScalarType.Float64).MulScalar(damping)), rhs);
+        var c = torch.linalg.solve(lhs.add(torch.eye(lhs.shape[0], dtype: ScalarType.Float64).MulScalar(damping), Scalars.One), rhs);
         return c.MoveToOuterDisposeScope();
     }
 
@@ -229,7 +229,7 @@ public static class SharedBasis
         var a = grams.Aggregate((x, y) => x.add(y, Scalars.One));
         var rhs = weights.Zip(grams, (w, g) => g.matmul(w)).Aggregate((x, y) => x.add(y, Scalars.One));
         double damping = 1e-10 * Math.Max(a.diagonal().mean().item<double>(), 1e-300);
-        return torch.linalg.solve(a.add(torch.eye(a.shape[0], dtype: ScalarType.Float64).MulScalar(damping)), rhs).MoveToOuterDisposeScope();
+        return torch.linalg.solve(a.add(torch.eye(a.shape[0], dtype: ScalarType.Float64).MulScalar(damping), Scalars.One), rhs).MoveToOuterDisposeScope();
     }
 
     /// <summary>Rank that keeps fraction <paramref name="kept"/> of a group's parameters: d_in·k + n·k·d_out ≤ x·n·d_in·d_out.</summary>

@@ -30,10 +30,14 @@ public static class Scalars
     public static Tensor DivScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.div_(s); }
     // add with one Scalar passes TorchSharp's implicit alpha = 1, a temporary the GC may finalize mid-call: give One.
     public static Tensor AddScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.add(s, One); }
+    public static Tensor AddScalar(this Tensor t, long v) { using var s = v.ToScalar(); return t.add(s, One); }
     public static Tensor AddScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.add_(s, One); }
+    public static Tensor SubScalar(this Tensor t, double v) { using var s = v.ToScalar(); return t.sub(s); }
     public static Tensor SubScalar_(this Tensor t, long v) { using var s = v.ToScalar(); return t.sub_(s); }
     public static Tensor ClampMin(this Tensor t, double v) { using var s = v.ToScalar(); return t.clamp_min(s); }
     public static Tensor PowScalar(this Tensor t, long exponent) { using var s = exponent.ToScalar(); return t.pow(s); }
+    public static Tensor FillScalar_(this Tensor t, double v) { using var s = v.ToScalar(); return t.fill_(s); }
+    public static Tensor NeScalar(this Tensor t, long v) { using var s = v.ToScalar(); return t.ne(s); }
     public static Tensor MaskedFillScalar(this Tensor t, Tensor mask, double v) { using var s = v.ToScalar(); return t.masked_fill(mask, s); }
 
     /// <summary>
@@ -45,8 +49,14 @@ public static class Scalars
     /// <summary>A tensor of <paramref name="size"/> elements, all <paramref name="value"/>.</summary>
     public static Tensor Full(long size, double value, ScalarType dtype) { using var s = value.ToScalar(); return torch.full([size], s, dtype: dtype); }
 
-    /// <summary>0, 1, …, stop − 1.</summary>
-    public static Tensor Arange(long stop, ScalarType dtype, Device? device = null) { using var s = stop.ToScalar(); return torch.arange(s, dtype: dtype, device: device); }
+    /// <summary>0, 1, …, stop − 1 (by the three-Scalar overload: the one-Scalar one makes its start and step inside).</summary>
+    public static Tensor Arange(long stop, ScalarType dtype, Device? device = null)
+    {
+        using var a = 0L.ToScalar();
+        using var b = stop.ToScalar();
+        using var c = 1L.ToScalar();
+        return torch.arange(a, b, c, dtype: dtype, device: device);
+    }
 
     /// <summary>start, start + step, … while before stop.</summary>
     public static Tensor Arange(long start, long stop, long step, ScalarType? dtype = null)

@@ -14,8 +14,10 @@ namespace GeoShare;
 /// Not covered: the <see cref="Scalar"/> that TorchSharp 0.107 makes for a number argument (<c>t.mul(0.5)</c>) is
 /// in no scope and has the same race, and so has the alpha = 1 that its one-argument add passes. Its window is the
 /// start of one call: a test run with a second thread allocating without pause hit it ("Unknown scalar type"), and on
-/// 2026-12-07 an ablation bench (RmsNorm's add of eps: "toFloat: Expected false to be true"). Library code passes
-/// numbers through <see cref="Scalars"/>, which keeps each Scalar referenced until the call returns.
+/// 2026-12-07 an ablation bench (RmsNorm's add of eps: "toFloat: Expected false to be true"). The library, the CLI,
+/// the bench and the tests pass numbers through <see cref="Scalars"/>, which keeps each Scalar referenced until the call
+/// returns; ScalarLifetimeTests binds the sources and fails on any number converted to a Scalar, and on any call of a
+/// TorchSharp method that converts one inside (found in TorchSharp's IL: one-argument add, square, arange(stop), …).
 /// </summary>
 public static class TensorLifetime
 {
