@@ -59,7 +59,7 @@ public class ScalarLifetimeTests
 
     private static List<string> UnheldScalars(CSharpCompilation compilation)
     {
-        var inside = MethodsConvertingInside();
+        var inside = Inside.Value;
         var found = new List<string>();
         foreach (var tree in compilation.SyntaxTrees)
         {
@@ -79,6 +79,9 @@ public class ScalarLifetimeTests
         }
         return found;
     }
+
+    private static readonly Lazy<HashSet<string>> Inside = new(MethodsConvertingInside);
+    private static readonly Lazy<MetadataReference[]> Assemblies = new(() => ReadReferences().ToArray());
 
     /// <summary>TorchSharp's public methods whose IL calls Scalar's implicit conversion (so a number becomes an unheld Scalar inside).</summary>
     private static HashSet<string> MethodsConvertingInside()
@@ -153,7 +156,10 @@ public class ScalarLifetimeTests
 
         """;
 
-    private static IEnumerable<MetadataReference> References()
+    /// <summary>The framework's and this test's assemblies (read once for all the compilations).</summary>
+    private static MetadataReference[] References() => Assemblies.Value;
+
+    private static IEnumerable<MetadataReference> ReadReferences()
     {
         var platform = ((string)AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES")!).Split(Path.PathSeparator);
         var local = Directory.GetFiles(AppContext.BaseDirectory, "*.dll");

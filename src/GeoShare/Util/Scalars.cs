@@ -50,20 +50,14 @@ public static class Scalars
     public static Tensor Full(long size, double value, ScalarType dtype) { using var s = value.ToScalar(); return torch.full([size], s, dtype: dtype); }
 
     /// <summary>0, 1, …, stop − 1 (by the three-Scalar overload: the one-Scalar one makes its start and step inside).</summary>
-    public static Tensor Arange(long stop, ScalarType dtype, Device? device = null)
-    {
-        using var a = 0L.ToScalar();
-        using var b = stop.ToScalar();
-        using var c = 1L.ToScalar();
-        return torch.arange(a, b, c, dtype: dtype, device: device);
-    }
+    public static Tensor Arange(long stop, ScalarType dtype, Device? device = null) => Arange(0, stop, 1, dtype, device);
 
     /// <summary>start, start + step, … while before stop.</summary>
-    public static Tensor Arange(long start, long stop, long step, ScalarType? dtype = null)
+    public static Tensor Arange(long start, long stop, long step, ScalarType? dtype = null, Device? device = null)
     {
         using var a = start.ToScalar();
         using var b = stop.ToScalar();
         using var c = step.ToScalar();
-        return torch.arange(a, b, c, dtype: dtype);
+        return torch.arange(a, b, c, dtype: dtype, device: device);
     }
 }
