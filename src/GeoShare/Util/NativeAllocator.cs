@@ -10,8 +10,9 @@ namespace GeoShare;
 /// <item>"caching" (the default): the library's own CPU allocator (native/geoshare_alloc.cpp, built with the library
 /// and copied next to it) installed into libtorch with c10::SetCPUAllocator. Tensors of 128 KB or more are anonymous
 /// mappings kept for reuse after they are freed, in size classes, instead of returned to the kernel and faulted in
-/// again; bounded: the mapped total never exceeds the peak in use plus 1/8 of it (oldest cached blocks are unmapped
-/// first), and a block unused for 5 s is unmapped. Smaller tensors come from glibc, tuned as below.</item>
+/// again; bounded: the mapped total never exceeds the peak in use plus 1/8 of it, 256 MB at least (the oldest cached
+/// blocks are given up first: the largest of those a request needs given up is resized for it with mremap, its pages
+/// kept, the others unmapped), and a block unused for 5 s is unmapped. Smaller tensors come from glibc, tuned as below.</item>
 /// <item>"jemalloc": jemalloc is preloaded (by the user, or by the `geoshare` command re-executing itself under it
 /// when GEOSHARE_ALLOCATOR=jemalloc, <see cref="PreferJemalloc"/>; the caching allocator is faster, bench/allocator.md);
 /// nothing is installed, jemalloc already keeps freed extents.</item>
@@ -153,26 +154,27 @@ public static partial class NativeAllocator
         return null;
     }
 
-    /// <summary>Process-wide figures of the caching allocator (all zero when it is not in use).</summary>
+    /// <summary>Process-wide figures of the caching allocator (all zero when it is not in use). <c>Remaps</c>: cached blocks
+    /// given up for a request of another size class and resized for it (mremap) instead of unmapped.</summary>
     public readonly record struct CachingStats(ulong Allocations, ulong LargeAllocations, ulong CacheHits, ulong Frees,
-        ulong Mappings, ulong Unmappings, ulong LargeBytesInUse, ulong CachedBytes, ulong PeakLargeBytesInUse);
+        ulong Mappings, ulong Unmappings, ulong LargeBytesInUse, ulong CachedBytes, ulong PeakLargeBytesInUse, ulong Remaps);
 
     /// <summary>The calling thread's figures of the caching allocator: its allocations, frees and cache hits, and the
-    /// data pointer and size of its last allocation.</summary>
-    public readonly record struct ThreadCachingStats(ulong Allocations, ulong Frees, ulong CacheHits, ulong LastData, ulong LastBytes);
+    /// data pointer and size of its last allocation, and its allocations served by resizing a cached block (mremap).</summary>
+    public readonly record struct ThreadCachingStats(ulong Allocations, ulong Frees, ulong CacheHits, ulong LastData, ulong LastBytes, ulong Remaps);
 
     public static unsafe CachingStats Stats()
     {
-        var v = new ulong[9];
+        var v = new ulong[10];
         if (Export("geoshare_alloc_stats") is { } f) fixed (ulong* p = v) ((delegate* unmanaged<ulong*, int, int>)f)(p, v.Length);
-        return new(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+        return new(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]);
     }
 
     public static unsafe ThreadCachingStats ThreadStats()
     {
-        var v = new ulong[5];
+        var v = new ulong[6];
         if (Export("geoshare_alloc_thread_stats") is { } f) fixed (ulong* p = v) ((delegate* unmanaged<ulong*, int, int>)f)(p, v.Length);
-        return new(v[0], v[1], v[2], v[3], v[4]);
+        return new(v[0], v[1], v[2], v[3], v[4], v[5]);
     }
 
     /// <summary>Unmaps every cached block now (blocks in use stay); returns the bytes released (0 when not in use).</summary>
