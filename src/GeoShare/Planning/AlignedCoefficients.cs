@@ -34,7 +34,8 @@ public sealed class AlignedCoefficients : IDisposable
     private readonly Tensor[] _btV;
     private readonly Tensor? _btFa, _fg;
     private readonly double[] _vDotW;
-    private readonly double _wNormSq, _gDotW, _bulkW;
+    private readonly double _wNormSq, _gDotW, _bulkW, _gammaAbsMax;
+    private readonly bool _orthonormal;
 
     /// <param name="basis">[in, rmax] float64; ranks are its leading columns (borrowed).</param>
     /// <param name="weight">[in, out] float64, the layer's original matrix (borrowed).</param>
@@ -44,19 +45,23 @@ public sealed class AlignedCoefficients : IDisposable
     /// <param name="span">The basis's <see cref="Sharing.SharedBasis.Span"/> and this layer's place in its group: the member's
     /// XᵀX·W and XᵀX·B, where the span kept them, stand for A·W and A·B when A is read from the calibration gram (a down_proj's
     /// cost: two [in]² products fewer per member).</param>
+    /// <param name="orthonormal">The basis's columns are orthonormal (BᵀB = I): each rank's solve skips the Cholesky of BᵀB and
+    /// its inverse (L = I), which were about half of a rank's [r, r] work.</param>
     public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null, Tensor? calibrationGram = null,
-        Sharing.SharedBasis.Span? span = null, int member = 0, double aDivisor = 1)
+        Sharing.SharedBasis.Span? span = null, int member = 0, double aDivisor = 1, bool orthonormal = false)
     {
+        _orthonormal = orthonormal;
         _m = model;
         using var scope = torch.NewDisposeScope();
         // A·y (A symmetric: BᵀA = (AB)ᵀ), never A itself where it is read from the calibration gram.
         Tensor TimesA(Tensor y) => a is null ? model.TimesA(y, calibrationGram) : aDivisor == 1 ? a.matmul(y) : a.matmul(y).DivScalar_(aDivisor);
         long? rows = a is null ? model.CalibrationRows : null;
         _gamma = model.OutputWeights;
+        using (var abs = _gamma.abs()) using (var max = abs.max()) _gammaAbsMax = max.item<double>();
         var aw = rows is long n && span?.GramTimesWeight is { } gw ? gw[member].DivScalar(n) : TimesA(weight);
         var ab = rows is long m && span?.GramTimesBasis is { } gb ? gb[member].DivScalar(m) : TimesA(basis);
         // BᵀB and BᵀAB once at the largest rank: a rank's are their leading blocks.
-        _btB = basis.t().matmul(basis).MoveToOuterDisposeScope();
+        _btB = (orthonormal ? torch.empty(0, dtype: ScalarType.Float64) : basis.t().matmul(basis)).MoveToOuterDisposeScope();
         _btAB = ab.t().matmul(basis).MoveToOuterDisposeScope();
         _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
         _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
@@ -101,12 +106,21 @@ public sealed class AlignedCoefficients : IDisposable
         using (var setup = torch.NewDisposeScope())
         {
             var m = _btAB.narrow(0, 0, rank).narrow(1, 0, rank);
-            var l = Cholesky(_btB.narrow(0, 0, rank).narrow(1, 0, rank));
-            var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
-            var mt = linv.matmul(m).matmul(linv.t());
-            var (th, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
-            theta = th.MoveToOuterDisposeScope();
-            t = q.t().matmul(linv).MoveToOuterDisposeScope();
+            if (_orthonormal)
+            {
+                var (th, q) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));
+                theta = th.MoveToOuterDisposeScope();
+                t = q.t().contiguous().MoveToOuterDisposeScope();
+            }
+            else
+            {
+                var l = Cholesky(_btB.narrow(0, 0, rank).narrow(1, 0, rank));
+                var linv = torch.linalg.solve_triangular(l, torch.eye(rank, dtype: ScalarType.Float64), upper: false);
+                var mt = linv.matmul(m).matmul(linv.t());
+                var (th, q) = torch.linalg.eigh(mt.add(mt.t(), Scalars.One).MulScalar(0.5));
+                theta = th.MoveToOuterDisposeScope();
+                t = q.t().matmul(linv).MoveToOuterDisposeScope();
+            }
         }
         Tensor Hat(Tensor x) => t.matmul(x.narrow(0, 0, rank));
 
@@ -124,8 +138,10 @@ public sealed class AlignedCoefficients : IDisposable
         var y0h = hAw.mul(_gamma);
         if (useGradient) y0h.sub_(hG!);
         var d0 = theta.unsqueeze(1).mul(_gamma.unsqueeze(0));
-        double eps;
-        using (var abs = d0.abs()) using (var max = abs.max()) eps = 1e-12 * Math.Max(max.item<double>(), 1e-300);
+        // max |θᵢγⱼ| = max |θ| · max |γ| exactly (rounding is monotonic), without two passes over [r, out].
+        double d0Max;
+        using (var abs = theta.abs()) using (var max = abs.max()) d0Max = max.item<double>() * _gammaAbsMax;
+        double eps = 1e-12 * Math.Max(d0Max, 1e-300);
         Func<double, Tensor> SolveHat;
         Func<Tensor, double[]> Projections;   // ⟨P̂ᵢ, Ĉ⟩, [k]
         if (_btFa is not null)
@@ -152,7 +168,7 @@ public sealed class AlignedCoefficients : IDisposable
             {
                 using var trial = torch.NewDisposeScope();
                 var rcp = d0.AddScalar(nu + eps).reciprocal_();                     // D⁻¹ as [r, out]
-                var x = y0h.add(y1h.MulScalar(nu), Scalars.One).mul_(rcp);
+                var x = nu == 0 ? y0h.mul(rcp) : y0h.add(y1h.MulScalar(nu), Scalars.One).mul_(rcp);
                 if (ea is null) return x.MoveToOuterDisposeScope();
                 // Woodbury with uₛ = eₛgₛᵀ: (UᵀD⁻¹U)ₛₜ = (eₛ⊙eₜ)ᵀ D⁻¹ (gₛ⊙gₜ), (UᵀD⁻¹y)ₛ = eₛᵀ x gₛ, D⁻¹U coef = D⁻¹ ⊙ (Σₛ coefₛ eₛgₛᵀ).
                 int a = (int)ga!.shape[0];
@@ -207,7 +223,9 @@ public sealed class AlignedCoefficients : IDisposable
         double DeltaNorm(Tensor ch)
         {
             using var trial = torch.NewDisposeScope();
-            return Math.Sqrt(Math.Max(0, ch.PowScalar(2).sum().item<double>() - 2 * ch.mul(y1h).sum().item<double>() + _wNormSq));
+            // Inner products of the flat views: no [r, out] temporaries (these ran once or more per rank and member).
+            var flat = ch.reshape(-1);
+            return Math.Sqrt(Math.Max(0, flat.dot(flat).item<double>() - 2 * flat.dot(y1h.reshape(-1)).item<double>() + _wNormSq));
         }
         // The kept solution replaces the previous one, which is freed now.
         Tensor Keep(Tensor previous, Tensor next)
@@ -229,7 +247,7 @@ public sealed class AlignedCoefficients : IDisposable
         double n0 = DeltaNorm(chat);
         if (n0 > radius * 1.02)
         {
-            double lo = Math.Max(d0.abs().max().item<double>(), 1e-300) * 1e-8, hi = lo * 1e8;
+            double lo = Math.Max(d0Max, 1e-300) * 1e-8, hi = lo * 1e8;
             double flo = n0 - radius, fhi;
             while (true)
             {
@@ -266,8 +284,12 @@ public sealed class AlignedCoefficients : IDisposable
         double linear, bulk, extra = 0, energy = 0;
         using (var tail = torch.NewDisposeScope())
         {
-            linear = useGradient ? chat.mul(hG!).sum().item<double>() - _gDotW : 0;
-            bulk = chat.PowScalar(2).mul(theta.unsqueeze(1)).sub(chat.mul(hAw).MulScalar(2)).mul(_gamma).sum().item<double>() + _bulkW;
+            linear = useGradient ? chat.reshape(-1).dot(hG!.reshape(-1)).item<double>() - _gDotW : 0;
+            // Σᵢⱼ γⱼ (θᵢ Ĉᵢⱼ² − 2 Ĉᵢⱼ ĥᵢⱼ) as Σᵢ θᵢ Σⱼ (γⱼĈᵢⱼ)Ĉᵢⱼ − 2 ⟨γĈ, ĥ⟩: one [r, out] temporary instead of five.
+            var gc = chat.mul(_gamma);
+            double cross = gc.reshape(-1).dot(hAw.reshape(-1)).item<double>();
+            double rows = gc.mul_(chat).sum(1).dot(theta).item<double>();
+            bulk = rows - 2 * cross + _bulkW;
         }
         var along = Projections(chat);
         for (int i = 0; i < k; i++)

@@ -90,11 +90,24 @@ public sealed class GroupCostEvaluator : IDisposable
         int maxRank = ranks.Max();
         // Only the basis's nested spans matter here (the coefficients are solved below): LeadingSpan, not Compute's SVD.
         var span = SharedBasis.LeadingSpan(weights, grams, maxRank);
-        var basis = span.Basis;
+        // Orthonormal columns with the same nested spans (Householder QR: the first r columns of Q span the first r of the
+        // basis), so that each rank's solve needs no Cholesky of BᵀB and no change of coordinates (AlignedCoefficients).
+        // A narrow group's XᵀX·B becomes XᵀX·Q = XᵀX·B·R⁻¹ where R is safely invertible; otherwise (a basis of dependent
+        // columns) A·Q is made from the gram again.
+        var (basis, triangle) = torch.linalg.qr(span.Basis);
+        if (span.GramTimesBasis is { } gb)
+        {
+            using var diagonal = triangle.diagonal().abs();
+            using var least = diagonal.min();
+            using var most = diagonal.max();
+            bool invertible = least.item<double>() > 1e-10 * most.item<double>();
+            span = span with { GramTimesBasis = invertible ? gb.Select(x => torch.linalg.solve_triangular(triangle, x, upper: true, left: false)).ToArray() : null };
+        }
         var totals = ranks.Select(_ => new double[4]).ToArray();
         for (int i = 0; i < sites.Length; i++)
         {
-            using var aligned = new AlignedCoefficients(basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i], span: span, member: i);
+            using var aligned = new AlignedCoefficients(basis, weights[i], _curvature[sites[i].Name], calibrationGram: grams[i], span: span, member: i,
+                orthonormal: true);
             for (int r = 0; r < ranks.Count; r++)
             {
                 var s = aligned.Solve(ranks[r], Trust, UseGradient);
