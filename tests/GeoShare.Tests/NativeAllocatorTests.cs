@@ -79,6 +79,15 @@ public class NativeAllocatorTests
         Assert.Equal(0.0, b.abs().max().item<float>()); // and zeros() wrote over what ones() left in it
     }
 
+    /// <summary>The allocator's bound: mapped (in use + cached) ≤ the peak in use + max(1/8 of it, 256 MB).</summary>
+    private static void AssertMappedWithinBound(string where)
+    {
+        var s = NativeAllocator.Stats();
+        ulong slack = Math.Max(s.PeakLargeBytesInUse / 8, 256UL << 20);
+        Assert.True(s.LargeBytesInUse + s.CachedBytes <= s.PeakLargeBytesInUse + slack,
+            $"{where}: {s.LargeBytesInUse} B in use + {s.CachedBytes} B cached over the peak {s.PeakLargeBytesInUse} B + {slack} B");
+    }
+
     [Fact]
     public void CacheStaysWithinThePeakInUsePlusItsSlack()
     {
@@ -87,10 +96,7 @@ public class NativeAllocatorTests
         for (int i = 0; i < 300; i++)
         {
             using (var t = torch.empty((1 << 18) + i * 2600, dtype: ScalarType.Float32)) t.fill_(Scalars.One);
-            var s = NativeAllocator.Stats();
-            ulong slack = Math.Max(s.PeakLargeBytesInUse / 8, 256UL << 20);
-            Assert.True(s.LargeBytesInUse + s.CachedBytes <= s.PeakLargeBytesInUse + slack,
-                $"pass {i}: {s.LargeBytesInUse} B in use + {s.CachedBytes} B cached over the peak {s.PeakLargeBytesInUse} B + {slack} B");
+            AssertMappedWithinBound($"pass {i}");
         }
         var end = NativeAllocator.Stats();
         Assert.True(end.Unmappings > 0, "no cached block was ever returned to the kernel");
@@ -113,10 +119,7 @@ public class NativeAllocatorTests
             var before = NativeAllocator.ThreadStats();
             var t = torch.empty((long)elements, dtype: ScalarType.Float32);
             var after = NativeAllocator.ThreadStats();
-            var s = NativeAllocator.Stats();
-            ulong slack = Math.Max(s.PeakLargeBytesInUse / 8, 256UL << 20);
-            Assert.True(s.LargeBytesInUse + s.CachedBytes <= s.PeakLargeBytesInUse + slack,
-                $"step {i}: {s.LargeBytesInUse} B in use + {s.CachedBytes} B cached over the peak {s.PeakLargeBytesInUse} B + {slack} B");
+            AssertMappedWithinBound($"step {i}");
             if (after.Remaps == before.Remaps + 1) served = t;
             else t.Dispose();
         }

@@ -27,7 +27,8 @@ public sealed record MemberSolution(double Linear, double Quadratic, double High
 public sealed class AlignedCoefficients : IDisposable
 {
     private readonly BlockCurvatureModel _m;
-    private readonly Tensor _btB, _btAB, _btW, _btAw, _gamma;
+    private readonly Tensor _btAB, _btW, _btAw, _gamma;
+    private readonly Tensor? _btB;   // null where the basis is orthonormal (BᵀB = I)
     private readonly Tensor? _btGr;
     // The top directions' projections on the basis: BᵀVᵢ [rmax, out] each, or for K-FAC's Vᵢ = aᵢgᵢᵀ the factors
     // Bᵀaᵢ (columns of [rmax, k]) and gᵢ (rows of [k, out]), so that a rank's projections cost O(r² + r·out), not O(r²·out).
@@ -35,7 +36,6 @@ public sealed class AlignedCoefficients : IDisposable
     private readonly Tensor? _btFa, _fg;
     private readonly double[] _vDotW;
     private readonly double _wNormSq, _gDotW, _bulkW, _gammaAbsMax;
-    private readonly bool _orthonormal;
 
     /// <param name="basis">[in, rmax] float64; ranks are its leading columns (borrowed).</param>
     /// <param name="weight">[in, out] float64, the layer's original matrix (borrowed).</param>
@@ -50,7 +50,6 @@ public sealed class AlignedCoefficients : IDisposable
     public AlignedCoefficients(Tensor basis, Tensor weight, BlockCurvatureModel model, Tensor? a = null, Tensor? calibrationGram = null,
         Sharing.SharedBasis.Span? span = null, int member = 0, double aDivisor = 1, bool orthonormal = false)
     {
-        _orthonormal = orthonormal;
         _m = model;
         using var scope = torch.NewDisposeScope();
         // A·y (A symmetric: BᵀA = (AB)ᵀ), never A itself where it is read from the calibration gram.
@@ -61,7 +60,7 @@ public sealed class AlignedCoefficients : IDisposable
         var aw = rows is long n && span?.GramTimesWeight is { } gw ? gw[member].DivScalar(n) : TimesA(weight);
         var ab = rows is long m && span?.GramTimesBasis is { } gb ? gb[member].DivScalar(m) : TimesA(basis);
         // BᵀB and BᵀAB once at the largest rank: a rank's are their leading blocks.
-        _btB = (orthonormal ? torch.empty(0, dtype: ScalarType.Float64) : basis.t().matmul(basis)).MoveToOuterDisposeScope();
+        _btB = orthonormal ? null : basis.t().matmul(basis).MoveToOuterDisposeScope();
         _btAB = ab.t().matmul(basis).MoveToOuterDisposeScope();
         _btW = basis.t().matmul(weight).MoveToOuterDisposeScope();
         _btAw = basis.t().matmul(aw).MoveToOuterDisposeScope();
@@ -106,7 +105,7 @@ public sealed class AlignedCoefficients : IDisposable
         using (var setup = torch.NewDisposeScope())
         {
             var m = _btAB.narrow(0, 0, rank).narrow(1, 0, rank);
-            if (_orthonormal)
+            if (_btB is null)
             {
                 var (th, q) = torch.linalg.eigh(m.add(m.t(), Scalars.One).MulScalar(0.5));
                 theta = th.MoveToOuterDisposeScope();
@@ -314,7 +313,8 @@ public sealed class AlignedCoefficients : IDisposable
 
     public void Dispose()
     {
-        foreach (var t in new[] { _btB, _btAB, _btW, _btAw }.Concat(_btV)) t.Dispose();
+        foreach (var t in new[] { _btAB, _btW, _btAw }.Concat(_btV)) t.Dispose();
+        _btB?.Dispose();
         _btFa?.Dispose();
         _btGr?.Dispose();
     }
