@@ -167,12 +167,14 @@ public class PlanCommandTests
         using var tmp = new TempDir();
         var args = Tiny(TinyGpt2Folder(tmp, 13), SmallData(tmp));
         var exact = Ok(["plan", .. args, "--ratio", "0.3", "--search", "exact", "--out", tmp.File("p.json"), "--plots", tmp.File("plots")]);
-        Assert.Contains("search: exact (requested; 1,430 group × rank choices on 13 layers per type)", exact.Stderr);
+        Assert.Contains("search: exact (requested; 2,002 group × rank choices on 13 layers per type)", exact.Stderr);
         Assert.True(File.Exists(tmp.File("p.json")));
 
-        // 13 layers, groups of 2: (3 × 91 + 13) groups × 5 ranks is within auto's limit.
+        // 13 layers, groups of 2: (3 × 91 + 13) groups × 7 ranks (kept 0.3, 0.5 … 0.9, 0.98) is within auto's limit.
         var auto = Ok(["plan", .. args, "--ratio", "0.3", "--out", tmp.File("p.json"), "--plots", tmp.File("plots"), "--json", tmp.File("r.json")]);
-        Assert.Contains("search: exact (auto: 1,430 group × rank choices is within the exact search's limit of 40,000)", auto.Stderr);
+        Assert.Contains("search: exact (auto: 2,002 group × rank choices is within the exact search's limit of 40,000)", auto.Stderr);
+        Assert.Equal([0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98],
+            JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["kept_fractions"]!.AsArray().Select(x => (double)x!).ToArray());
         var search = JsonNode.Parse(File.ReadAllText(tmp.File("r.json")))!["planner"]!["search"]!;
         Assert.Equal("cp-sat", (string?)search["method"]);
         Assert.Equal("auto", (string?)search["requested"]);

@@ -200,7 +200,8 @@ public class PlanningTests
         Assert.Equal(8, r.CandidateGroups);
         Assert.Equal(3, r.PictureGroups);
         Assert.Equal(3, r.PairwiseCost.Count);
-        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 40 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
+        // 8 groups × the default's 7 rank options at 0.4 (kept 0.2, 0.4 … 0.8, 0.98).
+        Assert.Equal(new SearchChoice(SearchMethod.Exact, SearchMethod.Auto, "auto: 56 group × rank choices is within the exact search's limit of 40,000"), r.SearchChoice);
         Assert.Equal((CostingMethod.Full, 8, 0, 0), (r.Costing.Method, r.AllowedGroups, r.ScreenedGroups, r.CellGroups));
         var recipe = r.Plan.Coefficients!;
         Assert.Equal((CurvatureMethod.Kfac, 2, 0.5, "random tokens", "float64"), (recipe.Curvature, recipe.TopK, recipe.Trust, recipe.CurvatureBatch, recipe.ModelDtype));
@@ -213,7 +214,9 @@ public class PlanningTests
         var wide = PlannerOptions.WideKeptOffsets;
         Assert.Equal([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.3, KeptOffsets = wide }));
         Assert.Equal([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.7, KeptOffsets = wide }));
-        Assert.Equal([0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.2 }));
+        Assert.Equal([0.4, 0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.2 }));
+        Assert.Equal([0.1, 0.2, 0.3, 0.4, 0.5, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.7 }));
+        Assert.Equal([0.6, 0.7, 0.8, 0.9, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.2, KeptOffsets = PlannerOptions.FirstKeptOffsets }));
         Assert.Equal([0.5, 0.98], GeoPlanner.KeptFractions(new PlannerOptions { Ratio = 0.5, KeptOffsets = [0, 0.6, 0.9] }));
     }
 
@@ -226,8 +229,8 @@ public class PlanningTests
         Assert.Equal(SearchMethod.Greedy, GeoPlanner.ChooseSearch(SearchMethod.Greedy, 4, 10).Method);
         var deep = GeoPlanner.ChooseSearch(SearchMethod.Exact, 32, 1_000_000);
         Assert.Equal((SearchMethod.Exact, "requested; 1,000,000 group × rank choices on 32 layers per type"), (deep.Method, deep.Reason));
-        // 12 layers, groups of 2, 5 ranks: 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 5.
-        Assert.Equal((3 * 78 + 12) * 5L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
+        // 12 layers, groups of 2, 7 ranks (the default's at 0.3): 78 groups of each of the 3 shared types and 12 single layers of mlp.c_proj, × 7.
+        Assert.Equal((3 * 78 + 12) * 7L, GeoPlanner.SearchVariables(TinyModels.Gpt2Deep(12), new PlannerOptions { Ratio = 0.3 }, null));
     }
 
     [Fact]

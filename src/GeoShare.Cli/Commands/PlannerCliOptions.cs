@@ -33,7 +33,7 @@ public static class PlannerCliOptions
         new("--cost-singles", "chosen|first", "screened costing: cost a single layer when the cost-then-verify search chooses it (its bounds stand in until then), or every single layer before the first search (the same plan; more groups costed)", "chosen"),
         new("--gradient", null, "include the first-order term ⟨g, δ⟩ of the calibration batch in the predicted loss (off: at a trained minimum it is noise)"),
         new("--trust", "TAU", "trust region: ‖δ‖ ≤ (1 + TAU)·‖δ of Basis Sharing‖ per layer", Text(Defaults.Trust)),
-        new("--kept-offsets", "D,D,…|wide", "each group's rank options: kept fractions 1 − ratio + these offsets (above 0.98: 0.98; below 0.02: left out); wide: −0.4 … +0.3 by 0.1 and 0.98 (better at 0.2–0.3 in bench/ablation.md, more costly)", string.Join(",", Defaults.KeptOffsets.Select(Text))),
+        new("--kept-offsets", "D,D,…|wide|first", "each group's rank options: kept fractions 1 − ratio + these offsets (above 0.98: 0.98; below 0.02: left out); wide: −0.4 … +0.3 by 0.1 and 0.98 (nine options, more costly); first: the planner's until 2026-12-07, ±0.1, ±0.2 (bench/ablation.md compares them)", string.Join(",", Defaults.KeptOffsets.Select(Text))),
     ];
 
     /// <summary>The planner's options that need no model, checked before it is loaded (<paramref name="layers"/> from config.json).</summary>
@@ -57,6 +57,7 @@ public static class PlannerCliOptions
     private static double[] KeptOffsets(ParsedArgs a)
     {
         if (a.String("--kept-offsets") == "wide") return PlannerOptions.WideKeptOffsets;
+        if (a.String("--kept-offsets") == "first") return PlannerOptions.FirstKeptOffsets;
         var offsets = a.DoubleList("--kept-offsets");
         if (offsets.Count == 0) throw new UsageException("--kept-offsets: empty list (leave it out for the default)");
         if (offsets.Any(d => d <= -1 || d > 1)) throw new UsageException($"--kept-offsets: every offset must be within (−1, 1], got {a.String("--kept-offsets")}");
@@ -290,6 +291,7 @@ public static class PlannerCliOptions
             (g.Objective - r.Search.Objective) / Math.Max(Math.Abs(r.Search.Objective), 1e-300)),
         Budget = r.Budget,
         StoredParameters = r.Search.Parameters,
+        KeptFractions = r.KeptFractions,
         CandidateGroups = r.CandidateGroups,
         PictureGroups = r.PictureGroups,
         Costing = new(Name(r.Costing.Requested), Name(r.Costing.Method), r.Costing.Reason, r.AllowedGroups, r.ScreenedGroups, r.CandidateGroups, r.CellGroups, r.ScreenSeconds)

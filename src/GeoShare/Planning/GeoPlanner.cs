@@ -53,11 +53,15 @@ public sealed record PlannerOptions
     public SearchMethod Search { get; init; } = SearchMethod.Auto;
     public double TimeLimitSeconds { get; init; } = 120;
     /// <summary>
-    /// Rank options of a group: kept fractions 1 − ratio + these offsets (<see cref="GeoPlanner.KeptFractions"/>). Wider
-    /// options (<see cref="WideKeptOffsets"/>) measured better at 0.2–0.3 (bench/ablation.md) but cost more per group
-    /// and were slightly worse at GPT-2 0.4 with the refit; they are not the default yet.
+    /// Rank options of a group: kept fractions 1 − ratio + these offsets (<see cref="GeoPlanner.KeptFractions"/>). The
+    /// default is the first planner's ±0.1, ±0.2 (<see cref="FirstKeptOffsets"/>) and two far options, −0.4 and 0.98: the
+    /// ±0.2 ends were chosen for many groups, and these two bought most of what all nine wide options did
+    /// (bench/ablation.md: "Rank options"); without the ±0.1 steps (five options) GPT-2 and LLaMA lost at 0.7.
     /// </summary>
-    public double[] KeptOffsets { get; init; } = [-0.2, -0.1, 0, 0.1, 0.2];
+    public double[] KeptOffsets { get; init; } = [-0.4, -0.2, -0.1, 0, 0.1, 0.2, 1];
+
+    /// <summary>The first planner's rank options (the default until 2026-12-07): 1 − ratio ± 0.1, ± 0.2.</summary>
+    public static readonly double[] FirstKeptOffsets = [-0.2, -0.1, 0, 0.1, 0.2];
 
     /// <summary>1 − ratio − 0.4 … + 0.3 by 0.1 and 0.98 (the last offset, 1, is lowered to 0.98 at any ratio): `--kept-offsets wide`.</summary>
     public static readonly double[] WideKeptOffsets = [-0.4, -0.3, -0.2, -0.1, 0, 0.1, 0.2, 0.3, 1];
@@ -131,6 +135,8 @@ public sealed class PlannerResult : IDisposable
     public required IReadOnlyDictionary<string, BlockCurvatureModel> Curvature { get; init; }
     public required SearchChoice SearchChoice { get; init; }
     public required SearchResult Search { get; init; }
+    /// <summary>The kept fractions of every group's rank options (<see cref="GeoPlanner.KeptFractions"/>).</summary>
+    public required double[] KeptFractions { get; init; }
     /// <summary>The greedy search on the same costs, beside the exact one; null where the search was greedy or not every single layer was costed.</summary>
     public SearchResult? GreedyComparison { get; init; }
     /// <summary>Extra predicted loss of sharing each pair of layers, per shared type (for the picture).</summary>
@@ -178,7 +184,7 @@ public static class GeoPlanner
 {
     /// <summary>
     /// Most (group, rank) choices `--search auto` hands to CP-SAT. The search itself is small: 78 groups × 5 ranks × 4
-    /// types at 12 layers (groups of 2) took at most 3 s in bench/; 32 layers with groups of 2 are 528 × 5 per type.
+    /// types at 12 layers (groups of 2) took at most 3 s in bench/; 32 layers with groups of 2 are 528 × 7 per type.
     /// Beyond this (e.g. every group of 3 of 32 layers, 5,488 per type, fully costed) auto runs the greedy search.
     /// </summary>
     public const long ExactSearchMaxVariables = 40_000;
@@ -337,6 +343,7 @@ public static class GeoPlanner
             return new PlannerResult
             {
                 Plan = plan, Costs = costs, Curvature = curvature, OwnsCurvature = owns, SearchChoice = choice, Search = result, GreedyComparison = greedy,
+                KeptFractions = KeptFractions(o),
                 PairwiseCost = pairwise, CandidateGroups = searched, PictureGroups = costs.Evaluated - searched,
                 Costing = candidates.Costing, AllowedGroups = candidates.Allowed, ScreenedGroups = candidates.Screened, CellGroups = o.Cells?.Read ?? 0,
                 ScreenSeconds = candidates.Seconds, ScreenInitialGroups = candidates.Initial, ScreenRounds = candidates.Rounds, ScreenBoundSeconds = candidates.BoundSeconds,

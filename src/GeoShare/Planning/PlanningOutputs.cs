@@ -13,6 +13,8 @@ public sealed record PlannerSummary
     public GreedyComparisonSummary? GreedyOnTheSameCosts { get; init; }
     public required long Budget { get; init; }
     public required long StoredParameters { get; init; }
+    /// <summary>Kept fractions of each group's rank options (absent in cells written before 2026-12-07).</summary>
+    public double[]? KeptFractions { get; init; }
     public required int CandidateGroups { get; init; }
     /// <summary>Groups costed only for the pairwise-cost pictures (absent in older cells).</summary>
     public int? PictureGroups { get; init; }
