@@ -441,7 +441,8 @@ public static class GeoPlanner
         {
             progress?.Report(new ProgressTick("group costs", 0, total, "groups"));
             var jobs = Jobs(model, candidateLists);
-            var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers), j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers));
+            var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers), j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers),
+                j => costs.IsCached(j.Type, j.Layers) ? 0 : costs.Work(j.Type, j.Layers));
             foreach (var t in model.ProjectionTypes)
                 types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }

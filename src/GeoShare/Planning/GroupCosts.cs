@@ -61,6 +61,15 @@ public sealed class GroupCostEvaluator : IDisposable
         return WideJobs.IsWide(site.InFeatures, site.OutFeatures, layers.Length);
     }
 
+    /// <summary>A relative estimate of a group's exact cost for scheduling: n·in·out·min(in, n·out) (the basis's span and a
+    /// rank's [r, r]·[r, out] products grow so).</summary>
+    public double Work(string type, int[] layers)
+    {
+        var site = _model.Site(type, layers[0]);
+        double n = layers.Length, i = site.InFeatures, o = site.OutFeatures;
+        return n * i * o * Math.Min(i, n * o);
+    }
+
     private static long Mask(int[] layers) => layers.Aggregate(0L, (m, l) => m | (1L << l));
 
     public GroupCandidate Evaluate(string type, int[] layers, IReadOnlyList<int> ranks)

@@ -11,19 +11,21 @@ internal static class SingleThreadedWorkers
 {
     /// <param name="wide">Jobs that must run alone (<see cref="WideJobs"/>): they run first, one at a time with every thread;
     /// the others then run on the single-threaded workers. Results are in the jobs' order either way.</param>
-    public static T[] Map<TJob, T>(IReadOnlyList<TJob> jobs, Func<TJob, T> work, Func<TJob, bool>? wide)
+    /// <param name="size">An estimate of each job's work: the workers take the largest first, so that no worker is left alone
+    /// with a large job at the end (longest-processing-time order).</param>
+    public static T[] Map<TJob, T>(IReadOnlyList<TJob> jobs, Func<TJob, T> work, Func<TJob, bool>? wide, Func<TJob, double>? size = null)
     {
-        if (wide is null) return Map(jobs, work);
+        if (wide is null) return Map(jobs, work, size);
         var results = new T[jobs.Count];
         var isWide = jobs.Select(wide).ToArray();   // decided once, before any job runs
         foreach (int i in Enumerable.Range(0, jobs.Count).Where(i => isWide[i])) results[i] = work(jobs[i]);
         var rest = Enumerable.Range(0, jobs.Count).Where(i => !isWide[i]).ToList();
-        var done = Map(rest, i => work(jobs[i]));
+        var done = Map(rest, i => work(jobs[i]), size is null ? null : i => size(jobs[i]));
         for (int k = 0; k < rest.Count; k++) results[rest[k]] = done[k];
         return results;
     }
 
-    public static T[] Map<TJob, T>(IReadOnlyList<TJob> jobs, Func<TJob, T> work)
+    public static T[] Map<TJob, T>(IReadOnlyList<TJob> jobs, Func<TJob, T> work, Func<TJob, double>? size = null)
     {
         var results = new T[jobs.Count];
         int workers = Math.Max(1, torch.get_num_threads());
@@ -35,7 +37,12 @@ internal static class SingleThreadedWorkers
         torch.set_num_threads(1);
         try
         {
-            Parallel.For(0, jobs.Count, new ParallelOptions { MaxDegreeOfParallelism = workers }, i => results[i] = work(jobs[i]));
+            // One job at a time to whichever worker is free, the largest first where sizes are given (a stable order: ties
+            // keep theirs): with jobs of very different sizes a late large one left the other worker idle.
+            var order = Enumerable.Range(0, jobs.Count);
+            if (size is not null) order = order.OrderByDescending(i => size(jobs[i]));
+            Parallel.ForEach(System.Collections.Concurrent.Partitioner.Create(order.ToArray(), System.Collections.Concurrent.EnumerablePartitionerOptions.NoBuffering),
+                new ParallelOptions { MaxDegreeOfParallelism = workers }, i => results[i] = work(jobs[i]));
         }
         catch (AggregateException e)
         {
