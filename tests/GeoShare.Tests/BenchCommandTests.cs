@@ -25,7 +25,7 @@ public class BenchCommandTests
             Assert.Contains(row.Method == "none" ? $"| none (dense) | {metric} |" : $"| {row.Method} | {metric} |", md);
         }
         Assert.Contains("| **best heuristic** | 74.9305 (adjacent) |", md);
-        Assert.Contains("| **geo vs best heuristic** | better by 0.3285 |", md);
+        Assert.Contains("| **geo vs best heuristic** | better by 0.4708 |", md);
         Assert.NotEmpty(results.Pictures);
         foreach (var p in results.Pictures) PngAssert.IsPicture(Path.Combine(tmp.File("out"), p));
         Assert.True(File.Exists(tmp.File("out/plots/quality-gpt2.png")));
