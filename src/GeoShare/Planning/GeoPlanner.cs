@@ -343,7 +343,7 @@ public static class GeoPlanner
             return new PlannerResult
             {
                 Plan = plan, Costs = costs, Curvature = curvature, OwnsCurvature = owns, SearchChoice = choice, Search = result, GreedyComparison = greedy,
-                KeptFractions = KeptFractions(o),
+                KeptFractions = kept,
                 PairwiseCost = pairwise, CandidateGroups = searched, PictureGroups = costs.Evaluated - searched,
                 Costing = candidates.Costing, AllowedGroups = candidates.Allowed, ScreenedGroups = candidates.Screened, CellGroups = o.Cells?.Read ?? 0,
                 ScreenSeconds = candidates.Seconds, ScreenInitialGroups = candidates.Initial, ScreenRounds = candidates.Rounds, ScreenBoundSeconds = candidates.BoundSeconds,
@@ -442,7 +442,7 @@ public static class GeoPlanner
             progress?.Report(new ProgressTick("group costs", 0, total, "groups"));
             var jobs = Jobs(model, candidateLists);
             var evaluated = SingleThreadedWorkers.Map(jobs, j => Eval(j.Type, j.Layers), j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers),
-                j => costs.IsCached(j.Type, j.Layers) ? 0 : costs.Work(j.Type, j.Layers));
+                j => costs.Work(j.Type, j.Layers));
             foreach (var t in model.ProjectionTypes)
                 types.Add(new TypeSearch(t, n, jobs.Select((j, i) => (j, i)).Where(x => x.j.Type == t).Select(x => evaluated[x.i]).ToList()));
         }

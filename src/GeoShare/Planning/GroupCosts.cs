@@ -61,10 +61,11 @@ public sealed class GroupCostEvaluator : IDisposable
         return WideJobs.IsWide(site.InFeatures, site.OutFeatures, layers.Length);
     }
 
-    /// <summary>A relative estimate of a group's exact cost for scheduling: n·in·out·min(in, n·out) (the basis's span and a
-    /// rank's [r, r]·[r, out] products grow so).</summary>
+    /// <summary>A relative estimate of what costing a group still takes, for scheduling: 0 where it is cached, else
+    /// n·in·out·min(in, n·out) (the basis's span and a rank's [r, r]·[r, out] products grow so).</summary>
     public double Work(string type, int[] layers)
     {
+        if (IsCached(type, layers)) return 0;
         var site = _model.Site(type, layers[0]);
         double n = layers.Length, i = site.InFeatures, o = site.OutFeatures;
         return n * i * o * Math.Min(i, n * o);

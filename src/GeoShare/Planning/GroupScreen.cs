@@ -323,7 +323,7 @@ public static class GroupScreen
                 var c = Exact(j.Type, j.Layers);
                 if (!cached) progress?.Report(new ProgressTick("group costs", Math.Min(Interlocked.Increment(ref costedNow), toCost), toCost, "groups"));
                 return c;
-            }, j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers), j => costs.IsCached(j.Type, j.Layers) ? 0 : costs.Work(j.Type, j.Layers));
+            }, j => !costs.IsCached(j.Type, j.Layers) && costs.IsWide(j.Type, j.Layers), j => costs.Work(j.Type, j.Layers));
             var types = model.ProjectionTypes.Select(t => new TypeSearch(t, n,
                 evaluated.Where(c => c.Type == t)
                     .Concat(bounds.GetValueOrDefault(t)?.Values.Where(b => !costed[t].Contains(Mask(b.Layers))).Select(b => AsCandidate(model, b)) ?? [])
