@@ -1,3 +1,4 @@
+using GeoShare.Evaluation;
 using GeoShare.Models;
 using GeoShare.Sharing;
 
@@ -54,5 +55,39 @@ public class CompressCommandTests
         Assert.NotEqual(Run("0.4", "auto-40"), Run("0.4", "off-40", "--refit", "off"));
         Assert.Equal(Run("0.4", "on-40", "--refit", "on"), Weights(tmp.File("auto-40")));
         Assert.Equal(Run("0.3", "auto-30"), Run("0.3", "off-30", "--refit", "off"));
+    }
+
+    /// <summary>
+    /// --eval-ood: the compressed model's perplexity on a second text equals `eval` of the written checkpoint on it, in
+    /// memory and layer by layer; the test text's evaluation is unchanged by it; refused by name for the ViT.
+    /// </summary>
+    [Fact]
+    public void OutOfDomainEvaluationIsTheWrittenModelsPerplexityOnThatText()
+    {
+        using var tmp = new TempDir();
+        string model = TinyModelFolders.Gpt2(tmp, 2), data = TinyModelFolders.Text(tmp), ood = Repo.Path("assets", "data", "out-of-domain", "gpl-3.txt");
+        CompressOutput Run(string name, params string[] extra)
+        {
+            var r = Compress(model, data, ["--ratio", "0.4", "--method", "adjacent", "--out", tmp.File(name), "--eval", data, "--eval-ood", ood,
+                "--eval-limit", "12", "--save-dtype", "float32", "--json", tmp.File(name + ".json"), .. extra]);
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            return JsonOutput.Read<CompressOutput>(tmp.File(name + ".json"));
+        }
+        var inMemory = Run("in-memory", "--streaming", "off");
+        var e = GeoshareProcess.Run("eval", "--model", tmp.File("in-memory"), "--data", ood, "--limit", "12", "--json", tmp.File("eval.json"));
+        Assert.True(e.ExitCode == 0, e.Stderr);
+        var written = JsonOutput.Read<EvalOutput>(tmp.File("eval.json"));
+        Assert.Equal(ood, inMemory.OodEvaluation!.Data);
+        Assert.Equal(written.Perplexity!.Value, inMemory.OodEvaluation.Perplexity!.Value, 1e-9);
+        Assert.NotEqual(inMemory.Evaluation!.Perplexity, inMemory.OodEvaluation.Perplexity);
+        var layered = Run("layered", "--streaming", "on");
+        Assert.Equal(written.Perplexity!.Value, layered.OodEvaluation!.Perplexity!.Value, 1e-4);
+        Assert.Equal(inMemory.Evaluation.Perplexity!.Value, layered.Evaluation!.Perplexity!.Value, 1e-4);
+
+        var vit = GeoshareProcess.Run("compress", "--model", Repo.Vit, "--fashion-mnist", Repo.FashionMnist, "--ratio", "0.4", "--method", "adjacent",
+            "--eval", "t10k", "--eval-ood", ood, "--json", tmp.File("vit.json"));
+        Assert.Equal(2, vit.ExitCode);
+        Assert.Contains("--eval-ood: a second text applies to language models", vit.Stderr);
+        Assert.False(File.Exists(tmp.File("vit.json")));
     }
 }

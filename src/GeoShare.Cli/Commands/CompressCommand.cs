@@ -31,7 +31,8 @@ public sealed class CompressCommand : ICommand
         new("--out", "DIR", "write the compressed model here (safetensors + plan + config + tokenizer)"),
         new("--force", null, "replace a non-empty --out folder"),
         new("--eval", "FILE", "evaluate the compressed language model on this text file (for the ViT: --eval t10k)"),
-        new("--eval-limit", "N", "evaluate only the first N windows (images)"),
+        new("--eval-ood", "FILE", "also evaluate the compressed language model on this second, out-of-domain text (JSON ood_evaluation)"),
+        new("--eval-limit", "N", "evaluate only the first N windows (images) of --eval and of --eval-ood"),
         new("--dtype", "TYPE", "element type to compute in: float32, float64 or bfloat16", "float32"),
         new("--save-dtype", "TYPE", "element type of the --out checkpoint: float32, float16 or bfloat16", DefaultNote: "the input checkpoint's (F16 stays F16, BF16 stays BF16)"),
         CommonOptions.Streaming,
@@ -54,7 +55,7 @@ public sealed class CompressCommand : ICommand
         var total = Stopwatch.StartNew();
         string modelDir = a.Required("--model");
         string? planPath = a.String("--plan"), outDir = a.String("--out"), evalData = a.String("--eval");
-        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist", "--plan", "--eval"], ("--out", OutputKind.Folder));
+        CommonOptions.CheckOutputs(a, ["--model", "--data", "--fashion-mnist", "--plan", "--eval", "--eval-ood"], ("--out", OutputKind.Folder));
         if (a.Flag("--force") && outDir is null) throw new UsageException("--force replaces an --out folder: give --out DIR");
         using var outLock = outDir is null ? null : OutputLock.Acquire(outDir, $"--out {outDir}");
         if (outDir is not null) CheckOutFolder(outDir, a.Flag("--force"));
@@ -75,7 +76,7 @@ public sealed class CompressCommand : ICommand
         if (model.Sites.Any(s => model.GetProjection(s) is not DenseLinear))
             throw new UsageException($"{modelDir} is already compressed; compress the original model");
         var progress = new ConsoleProgress();
-        var (calibration, evaluate) = Data(model, modelDir, a);
+        var (calibration, evaluate, evaluateOod) = Data(model, modelDir, a);
 
         string method = planPath is null ? a.Required("--method") : "plan";
         loadedPlan?.Validate(model, planPath!);
@@ -122,6 +123,8 @@ public sealed class CompressCommand : ICommand
 
         CompressedModelEvaluation? evalResult = evaluate is null ? null : evaluate(model, progress);
         progress.EndLine();
+        CompressedModelEvaluation? oodResult = evaluateOod is null ? null : evaluateOod(model, progress);
+        progress.EndLine();
         if (outDir is not null)
         {
             var saved = new { plan.Method, plan.Ratio, report, calibration = calibration.Description };
@@ -135,7 +138,7 @@ public sealed class CompressCommand : ICommand
             {
                 Model = modelDir, ModelType = model.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
                 Calibration = calibration.Description, Refit = report.Refitted, Report = report, AchievedRatio = report.Ratio,
-                ParameterBytes = model.ParameterBytes(), Evaluation = evalResult, OutDir = outDir,
+                ParameterBytes = model.ParameterBytes(), Evaluation = evalResult, OodEvaluation = oodResult, OutDir = outDir,
                 SaveDtype = outDir is null ? null : CalibrationOptions.Name(saveDType ?? CompressedCheckpoint.DefaultSaveDType(model)),
                 CheckpointBytes = outDir is null ? null : new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
                 Planner = planner is null ? null : PlannerCliOptions.Summary(planner),
@@ -245,24 +248,26 @@ public sealed class CompressCommand : ICommand
             CompressedCheckpoint.Save(spill, plan, modelDir, outDir, saved, replace: a.Flag("--force"));
             ConsoleProgress.Status($"wrote {outDir} ({new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length:N0} bytes of weights, {CalibrationOptions.Name(stored)})");
 
-            CompressedModelEvaluation? evalResult = null;
-            if (a.String("--eval") is { } evalData)
+            CompressedModelEvaluation? EvaluateWritten(string? evalData)
             {
+                if (evalData is null) return null;
                 int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
                 var test = TokenWindows.FromFile(evalData, ByteLevelBpeTokenizer.Load(modelDir), 256);
                 using var compressed = CompressedCheckpoint.OpenStream(outDir, dtype);
                 var s = Evaluator.Perplexity(compressed, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
                 progress.EndLine();
                 Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s, layer by layer)");
-                evalResult = new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+                return new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
             }
+            var evalResult = EvaluateWritten(a.String("--eval"));
+            var oodResult = EvaluateWritten(a.String("--eval-ood"));
             if (a.String("--json") is { } jsonPath)
             {
                 JsonOutput.Write(jsonPath, new CompressOutput
                 {
                     Model = modelDir, ModelType = shell.Config.ModelType, Method = plan.Method, Ratio = plan.Ratio,
                     Calibration = calibration.Description, Refit = report.Refitted, Report = report, AchievedRatio = report.Ratio,
-                    ParameterBytes = report.ModelBytesAfter, Evaluation = evalResult, OutDir = outDir, SaveDtype = CalibrationOptions.Name(stored),
+                    ParameterBytes = report.ModelBytesAfter, Evaluation = evalResult, OodEvaluation = oodResult, OutDir = outDir, SaveDtype = CalibrationOptions.Name(stored),
                     CheckpointBytes = new FileInfo(Path.Combine(outDir, Checkpoint.SingleFile)).Length, Plan = plan,
                     Planner = planner is null ? null : PlannerCliOptions.Summary(planner),
                     Threads = torch.get_num_threads(), Allocator = NativeAllocator.Name, WallSeconds = total.Elapsed.TotalSeconds, Streaming = true,
@@ -331,7 +336,7 @@ public sealed class CompressCommand : ICommand
         a.Int("--calib-stride", min: 1);
         a.Int("--seed", min: 0);
         if (a.Has("--eval-limit")) a.Int("--eval-limit", min: 1);
-        a.RefuseUnless(a.Has("--eval"), "--eval-limit", "limits --eval: give --eval FILE too");
+        a.RefuseUnless(a.Has("--eval") || a.Has("--eval-ood"), "--eval-limit", "limits --eval: give --eval FILE too");
         if (planPath is null) CalibrationOptions.DType(a, allowBFloat16: true);
         CalibrationOptions.SaveDType(a);
         // The layer count, from config.json, bounds --group-size, --unique and the planner's layer options.
@@ -359,27 +364,37 @@ public sealed class CompressCommand : ICommand
     private static string RankSummary(int[] ranks) =>
         ranks.Distinct().Count() == 1 ? $"{ranks[0]} × {ranks.Length}" : string.Join(",", ranks);
 
-    /// <summary>The calibration set, and (with --eval) how to evaluate the compressed model and print its line.</summary>
-    private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, CompressedModelEvaluation>?) Data(PretrainedModel model, string modelDir, ParsedArgs a)
+    /// <summary>
+    /// The calibration set, and (with --eval, --eval-ood) how to evaluate the compressed model and print its line; the
+    /// second text is for language models only.
+    /// </summary>
+    private static (CalibrationSet, Func<PretrainedModel, ConsoleProgress, CompressedModelEvaluation>?, Func<PretrainedModel, ConsoleProgress, CompressedModelEvaluation>?) Data(
+        PretrainedModel model, string modelDir, ParsedArgs a)
     {
         int? limit = a.Has("--eval-limit") ? a.Int("--eval-limit", min: 1) : null;
-        string? evalData = a.String("--eval");
+        string? evalData = a.String("--eval"), oodData = a.String("--eval-ood");
         if (model.Task == ModelTask.CausalLanguageModel)
         {
             var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
-            if (evalData is null) return (calibration, null);
-            var test = TokenWindows.FromFile(evalData, ByteLevelBpeTokenizer.Load(modelDir), 256);
-            return (calibration, (m, progress) =>
+            Func<PretrainedModel, ConsoleProgress, CompressedModelEvaluation>? Perplexity(string? file)
             {
-                var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
-                Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s)");
-                return new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
-            });
+                if (file is null) return null;
+                var test = TokenWindows.FromFile(file, ByteLevelBpeTokenizer.Load(modelDir), 256);
+                return (m, progress) =>
+                {
+                    var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
+                    Console.WriteLine($"{file}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s)");
+                    return new CompressedModelEvaluation { Data = file, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+                };
+            }
+            return (calibration, Perplexity(evalData), Perplexity(oodData));
         }
+        if (oodData is not null)
+            throw new UsageException($"--eval-ood: a second text applies to language models; {modelDir} is a {(model.Task == ModelTask.SentenceEncoder ? "sentence encoder" : "image classifier")}");
         if (model.Task == ModelTask.SentenceEncoder)
         {
             var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
-            if (evalData is null) return (calibration, null);
+            if (evalData is null) return (calibration, null, null);
             // The dense model's embeddings of the evaluation sentences, taken now, before the model is compressed in place.
             var sentences = CalibrationOptions.Sentences(model, modelDir, evalData, limit);
             var dense = Evaluator.Embeddings(model, sentences).DetachFromDisposeScope();
@@ -389,10 +404,10 @@ public sealed class CompressCommand : ICommand
                 dense.Dispose();
                 Console.WriteLine($"{evalData}: mean cosine {CommonOptions.Fmt(s.MeanCosine, "0.000000")}, min {CommonOptions.Fmt(s.MinCosine, "0.000000")}, 10-NN agreement {CommonOptions.Fmt(s.Knn10Agreement)} against the dense model ({s.Sentences} sentences, {CommonOptions.Fmt(s.SentencesPerSecond, "0.0")} sentences/s)");
                 return new CompressedModelEvaluation { Data = evalData, MeanNll = 2 * (1 - s.MeanCosine), MeanCosine = s.MeanCosine, MinCosine = s.MinCosine, Knn10Agreement = s.Knn10Agreement, Sentences = s.Sentences, WallSeconds = s.Seconds };
-            });
+            }, null);
         }
         var calib = CalibrationOptions.CalibrationSet(model, modelDir, a);
-        if (evalData is null) return (calib, null);
+        if (evalData is null) return (calib, null, null);
         string dir = a.Required("--fashion-mnist");
         var pre = ImagePreprocessor.Load(modelDir);
         if (evalData != "t10k") throw new UsageException("--eval for the ViT: t10k (the Fashion-MNIST test split)");
@@ -402,6 +417,6 @@ public sealed class CompressCommand : ICommand
             var s = Evaluator.Accuracy(m, testImages, pre, 50, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, testImages.Count)).ToArray() : null);
             Console.WriteLine($"t10k: accuracy {CommonOptions.Fmt(s.Accuracy)} ({s.Correct}/{s.Images}, {CommonOptions.Fmt(s.ImagesPerSecond, "0")} images/s)");
             return new CompressedModelEvaluation { Data = "t10k", Accuracy = s.Accuracy, Images = s.Images, MeanNll = s.MeanNll, ImagesPerSecond = s.ImagesPerSecond, WallSeconds = s.Seconds };
-        });
+        }, null);
     }
 }

@@ -105,6 +105,8 @@ public sealed record CompressOutput
     public required long ParameterBytes { get; init; }
     /// <summary>Null without --eval.</summary>
     public CompressedModelEvaluation? Evaluation { get; init; }
+    /// <summary>With --eval-ood: the same model on a second, out-of-domain text.</summary>
+    public CompressedModelEvaluation? OodEvaluation { get; init; }
     public string? OutDir { get; init; }
     /// <summary>With --out: the dtype the checkpoint was written in (float16, bfloat16, float32) and its weights file's bytes.</summary>
     public string? SaveDtype { get; init; }
