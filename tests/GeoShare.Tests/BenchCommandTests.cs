@@ -11,8 +11,10 @@ public class BenchCommandTests
         using var tmp = new TempDir();
         string cells = tmp.File("cells");
         Directory.CreateDirectory(cells);
+        // The cells of before --eval-ood, and their out-of-domain companions.
         foreach (var name in new[] { "gpt2-none", "gpt2-adjacent-0.2", "gpt2-svd-0.2", "gpt2-geo-0.2" })
-            File.Copy(Path.Combine(Repo.Root, "bench/results/sharing", name + ".json"), Path.Combine(cells, name + ".json"));
+            foreach (var file in new[] { name, name + "-ood" })
+                File.Copy(Path.Combine(Repo.Root, "bench/results/sharing", file + ".json"), Path.Combine(cells, file + ".json"));
         var r = GeoshareProcess.Run("bench", "--models", "gpt2", "--ratios", "0.2", "--methods", "adjacent,svd,geo", "--report-only",
             "--results", cells, "--out", tmp.File("out"));
         Assert.True(r.ExitCode == 0, r.Stderr);
@@ -26,6 +28,18 @@ public class BenchCommandTests
         }
         Assert.Contains("| **best heuristic** | 74.9305 (adjacent) |", md);
         Assert.Contains("| **geo vs best heuristic** | better by 0.4708 |", md);
+        Assert.Contains("| **ΔPPL(geo) / ΔPPL(best heuristic)** | 0.462 |", md); // (74.4596 − 74.0546) / (74.9305 − 74.0546)
+        // The out-of-domain table: each row's perplexity from its companion, after the test table.
+        string ood = md[md.IndexOf("Out-of-domain perplexity", StringComparison.Ordinal)..];
+        foreach (var row in results.Cells)
+        {
+            Assert.NotNull(row.OutOfDomainPerplexity);
+            string p = row.OutOfDomainPerplexity!.Value.ToString("0.0000", CultureInfo.InvariantCulture);
+            Assert.Contains(row.Method == "none" ? $"| none (dense) | {p} |" : $"| {row.Method} | {p} |", ood);
+        }
+        string companion = Path.Combine(cells, "gpt2-svd-0.2-ood.json");
+        Assert.Equal(JsonOutput.Read<GeoShare.Evaluation.CompressOutput>(companion).OodEvaluation!.Perplexity, results.Cells.Single(c => c.Method == "svd").OutOfDomainPerplexity);
+        Assert.True(File.Exists(tmp.File("out/plots/quality-gpt2-ood.png")));
         Assert.NotEmpty(results.Pictures);
         foreach (var p in results.Pictures) PngAssert.IsPicture(Path.Combine(tmp.File("out"), p));
         Assert.True(File.Exists(tmp.File("out/plots/quality-gpt2.png")));

@@ -99,13 +99,14 @@ public class JsonOutputTests
         Assert.Equal(File.ReadAllText(Repo.Path("bench", "report.md")), File.ReadAllText(tmp.File("report.md")));
         Assert.Equal(File.ReadAllText(Repo.Path("bench", "results.json")), File.ReadAllText(tmp.File("results.json")));
         var results = JsonOutput.Read<BenchResults>(tmp.File("results.json"));
-        Assert.Equal(123, results.Cells.Count); // 3 models × (dense + 4 ratios × 10 methods)
+        Assert.Equal(163, results.Cells.Count); // dense + 10 methods at 6 ratios (GPT-2, LLaMA) or 4 (the ViT)
+        Assert.All(results.Cells.Where(c => c.Model != "vit"), c => Assert.NotNull(c.OutOfDomainPerplexity));
         var plots = results.Pictures.Where(p => p.StartsWith("plots/")).ToList();
         Assert.Contains(plots, p => p.Contains("pairwise-cost-"));
         foreach (var p in plots)
             Assert.True(File.ReadAllBytes(Repo.Path("bench", p)).SequenceEqual(File.ReadAllBytes(Path.Combine(tmp.Path, p))), $"{p} differs from the committed picture");
         var summary = JsonOutput.Read<BenchOutput>(tmp.File("bench.json"));
-        Assert.Equal(("bench", 123 + 3, 0), (summary.Command, summary.Cells, summary.Missing)); // and a curvature cell per model
+        Assert.Equal(("bench", 163 + 3, 0), (summary.Command, summary.Cells, summary.Missing)); // and a curvature cell per model
     }
 
     [Fact]

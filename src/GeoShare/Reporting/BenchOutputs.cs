@@ -21,7 +21,8 @@ public sealed record BenchResults(IReadOnlyList<BenchCellResult> Cells, IReadOnl
 /// <summary>
 /// One cell of the sweep: a model, a method and a ratio (none for the dense model). Metric: test perplexity
 /// (language models), accuracy (the ViT) or mean cosine with the dense model's embeddings (sentence encoders, which also
-/// give <paramref name="Knn10Agreement"/>); throughput: tokens, images or sentences per second.
+/// give <paramref name="Knn10Agreement"/>); throughput: tokens, images or sentences per second. Language models also
+/// give the perplexity of the same model on the out-of-domain text (null while that cell has not run).
 /// </summary>
 public sealed record BenchCellResult(string Model, string Method, double? Ratio, double Metric, double MeanNll, long Parameters, long ParameterBytes,
-    double Throughput, double? AchievedRatio, double Seconds, double? Knn10Agreement = null);
+    double Throughput, double? AchievedRatio, double Seconds, double? Knn10Agreement = null, double? OutOfDomainPerplexity = null);
