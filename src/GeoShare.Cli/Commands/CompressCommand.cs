@@ -256,8 +256,7 @@ public sealed class CompressCommand : ICommand
                 using var compressed = CompressedCheckpoint.OpenStream(outDir, dtype);
                 var s = Evaluator.Perplexity(compressed, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
                 progress.EndLine();
-                Console.WriteLine($"{evalData}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s, layer by layer)");
-                return new CompressedModelEvaluation { Data = evalData, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+                return PerplexityEvaluation(evalData, s, ", layer by layer");
             }
             var evalResult = EvaluateWritten(a.String("--eval"));
             var oodResult = EvaluateWritten(a.String("--eval-ood"));
@@ -336,7 +335,7 @@ public sealed class CompressCommand : ICommand
         a.Int("--calib-stride", min: 1);
         a.Int("--seed", min: 0);
         if (a.Has("--eval-limit")) a.Int("--eval-limit", min: 1);
-        a.RefuseUnless(a.Has("--eval") || a.Has("--eval-ood"), "--eval-limit", "limits --eval: give --eval FILE too");
+        a.RefuseUnless(a.Has("--eval") || a.Has("--eval-ood"), "--eval-limit", "limits --eval and --eval-ood: give --eval FILE or --eval-ood FILE too");
         if (planPath is null) CalibrationOptions.DType(a, allowBFloat16: true);
         CalibrationOptions.SaveDType(a);
         // The layer count, from config.json, bounds --group-size, --unique and the planner's layer options.
@@ -361,6 +360,13 @@ public sealed class CompressCommand : ICommand
         if (!force) throw new UsageException($"--out {outDir} exists and holds a GeoShare compressed model (use --force to replace it)");
     }
 
+    /// <summary>A language model's evaluation on one text: its line on the console and its JSON record.</summary>
+    private static CompressedModelEvaluation PerplexityEvaluation(string file, LanguageModelScore s, string how)
+    {
+        Console.WriteLine($"{file}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s{how})");
+        return new CompressedModelEvaluation { Data = file, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+    }
+
     private static string RankSummary(int[] ranks) =>
         ranks.Distinct().Count() == 1 ? $"{ranks[0]} × {ranks.Length}" : string.Join(",", ranks);
 
@@ -383,14 +389,13 @@ public sealed class CompressCommand : ICommand
                 return (m, progress) =>
                 {
                     var s = Evaluator.Perplexity(m, test, null, progress, limit is int l ? Enumerable.Range(0, Math.Min(l, test.Count)).ToArray() : null);
-                    Console.WriteLine($"{file}: perplexity {CommonOptions.Fmt(s.Perplexity)} (mean NLL {CommonOptions.Fmt(s.MeanNll, "0.000000")}, {s.PredictedTokens} tokens, {CommonOptions.Fmt(s.TokensPerSecond, "0")} tokens/s)");
-                    return new CompressedModelEvaluation { Data = file, Perplexity = s.Perplexity, MeanNll = s.MeanNll, PredictedTokens = s.PredictedTokens, TokensPerSecond = s.TokensPerSecond, WallSeconds = s.Seconds };
+                    return PerplexityEvaluation(file, s, "");
                 };
             }
             return (calibration, Perplexity(evalData), Perplexity(oodData));
         }
         if (oodData is not null)
-            throw new UsageException($"--eval-ood: a second text applies to language models; {modelDir} is a {(model.Task == ModelTask.SentenceEncoder ? "sentence encoder" : "image classifier")}");
+            throw new UsageException($"--eval-ood: a second text applies to language models; {modelDir} is {(model.Task == ModelTask.SentenceEncoder ? "a sentence encoder" : "an image classifier")}");
         if (model.Task == ModelTask.SentenceEncoder)
         {
             var calibration = CalibrationOptions.CalibrationSet(model, modelDir, a);
